@@ -1,0 +1,85 @@
+"""bench: a plugin-based benchmark harness for explanation methods on image classifiers.
+
+Importing ``bench`` is cheap: TensorFlow is imported only when a component or
+the engine needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import (
+    BenchError,
+    ComponentOutputError,
+    ConfigError,
+    DataError,
+    PluginConflictError,
+    PluginError,
+    UnknownComponentError,
+    WeightsError,
+)
+from .hookspecs import hookimpl, hookspec
+from .plugins import create, register_plugin, registry, unregister_plugin
+from .specs import (
+    ComponentSpec,
+    DatasetSpec,
+    ExplainerSpec,
+    MetricSpec,
+    ModelSpec,
+    PerturbationSpec,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "KerasModel": ("bench.models", "KerasModel"),
+    "evaluate_aopc": ("bench.aopc", "evaluate_aopc"),
+    "AOPCResult": ("bench.aopc", "AOPCResult"),
+    "run": ("bench.runner", "run"),
+    "load_config": ("bench.config", "load_config"),
+    "Split": ("bench.data", "Split"),
+    "DatasetSplits": ("bench.data", "DatasetSplits"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module_name, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module_name), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bench' has no attribute {name!r}")
+
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    "registry",
+    "create",
+    "register_plugin",
+    "unregister_plugin",
+    "run",
+    "evaluate_aopc",
+    "AOPCResult",
+    "KerasModel",
+    "load_config",
+    "Split",
+    "DatasetSplits",
+    "ComponentSpec",
+    "DatasetSpec",
+    "ModelSpec",
+    "ExplainerSpec",
+    "PerturbationSpec",
+    "MetricSpec",
+    "BenchError",
+    "ConfigError",
+    "DataError",
+    "PluginError",
+    "PluginConflictError",
+    "UnknownComponentError",
+    "WeightsError",
+    "ComponentOutputError",
+]

@@ -1,0 +1,53 @@
+"""Every hook of bench, declared in one place. All hooks are named ``bench_*``.
+
+Hooks only register: each returns an iterable of spec objects. No work runs in
+a hook; the harness calls the specs' factories later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pluggy
+
+from .specs import DatasetSpec, ExplainerSpec, MetricSpec, ModelSpec, PerturbationSpec
+
+PROJECT_NAME = "bench"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def bench_register_datasets() -> Iterable[DatasetSpec]:
+    """Return the dataset specs this plugin contributes."""
+
+
+@hookspec
+def bench_register_models() -> Iterable[ModelSpec]:
+    """Return the model specs this plugin contributes."""
+
+
+@hookspec
+def bench_register_explainers() -> Iterable[ExplainerSpec]:
+    """Return the explainer specs this plugin contributes."""
+
+
+@hookspec
+def bench_register_perturbations() -> Iterable[PerturbationSpec]:
+    """Return the perturbation specs this plugin contributes."""
+
+
+@hookspec
+def bench_register_metrics() -> Iterable[MetricSpec]:
+    """Return the metric specs this plugin contributes."""
+
+
+#: hook name -> component kind it registers
+REGISTRATION_HOOKS: dict[str, str] = {
+    "bench_register_datasets": "dataset",
+    "bench_register_models": "model",
+    "bench_register_explainers": "explainer",
+    "bench_register_perturbations": "perturbation",
+    "bench_register_metrics": "metric",
+}

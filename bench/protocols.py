@@ -1,0 +1,93 @@
+"""The component contracts, as ``typing.Protocol``s.
+
+Every component follows scikit-learn's constructor discipline: keyword
+parameters only, stored as given, no heavy work in ``__init__``, and
+``get_params()`` returning them (they are recorded in every result).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+    import tensorflow as tf
+
+    from .data import DatasetSplits
+
+
+@runtime_checkable
+class Component(Protocol):
+    def get_params(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Dataset(Component, Protocol):
+    """Loads the splits. ``load()`` may be slow; the harness caches its result."""
+
+    def load(self) -> DatasetSplits: ...
+
+    def fingerprint(self) -> str:
+        """A hash of what ``load()`` will return (file list + contents, or generator params)."""
+        ...
+
+
+@runtime_checkable
+class Model(Component, Protocol):
+    """A classifier taking float32 [0, 1] images (N, H, W, 3).
+
+    ``keras`` returns class probabilities; ``logits_keras`` the pre-softmax
+    logits; ``feature_layer`` names the layer Grad-CAM uses and
+    ``features_and_logits`` returns (that layer's output, logits) from one graph,
+    differentiable (no "graph disconnected" on nested backbones).
+    """
+
+    @property
+    def keras(self) -> keras.Model: ...
+
+    @property
+    def logits_keras(self) -> keras.Model: ...
+
+    @property
+    def feature_layer(self) -> str: ...
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def features_and_logits(self, images: Any) -> tuple[tf.Tensor, tf.Tensor]: ...
+
+
+@runtime_checkable
+class Explainer(Component, Protocol):
+    """``explain(model, images, targets) -> heatmaps`` (float32 (N, h, w), larger = more relevant).
+
+    images: float32 (N, H, W, 3) in [0, 1]; targets: int (N,). An explainer that
+    needs per-image identities (to seed, say) may accept an ``ids`` keyword; the
+    harness passes it when the signature has it.
+    """
+
+    def explain(self, model: Model, images: np.ndarray, targets: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Perturbation(Component, Protocol):
+    """``perturb(images, masks, seeds) -> images``.
+
+    images: float32 (B, H, W, 3), the originals x^(0); masks: bool (B, H, W),
+    the union of the regions perturbed so far; seeds: int (B,), one per image.
+    Returns x^(k). Deterministic given the seeds.
+    """
+
+    def perturb(self, images: np.ndarray, masks: np.ndarray, seeds: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Metric(Component, Protocol):
+    """Scores perturbation curves: ``score(curves) -> per-image values`` (N,)."""
+
+    def score(self, curves: np.ndarray) -> np.ndarray: ...

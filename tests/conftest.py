@@ -1,0 +1,20 @@
+"""Shared test setup: quiet TensorFlow, deterministic seeds, isolated Keras home."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_keras_home(tmp_path_factory, monkeypatch):
+    """Never touch (or download into) the user's ~/.keras from a test."""
+    home = tmp_path_factory.getbasetemp() / "keras_home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    yield

@@ -1,0 +1,337 @@
+"""The ``bench`` command line.
+
+    bench plugins [--json]
+    bench list {datasets,models,explainers,perturbations,metrics}
+    bench run [--all] [--dataset D] [--model M ...] [--explainer E ...] [--perturbation P ...]
+              [--config FILE] [--preset NAME] [--data PATH] [--weights imagenet|none|PATH]
+              [--executor local|ray] [--out DIR] [--set section.key=value ...] [--dry-run] [--quiet]
+    bench leaderboard [--format md|csv|json|html|latex] [--out FILE] [--results DIR]
+    bench new-plugin NAME --kind explainer|perturbation|model|dataset [--dir DIR]
+    bench data describe [--dataset NAME] [--data PATH] [--json]
+    bench data show NAME [--data PATH] --out FILE.png
+    bench config [--preset NAME] [--config FILE]      (print the resolved config)
+
+Exit status: 0 all good, 1 some cells failed, 2 bad input (config, plugin, data), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import BenchError
+from .specs import KINDS
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+# ---------------------------------------------------------------------------------------
+# plugins / list
+# ---------------------------------------------------------------------------------------
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import registry
+
+    reg = registry()
+    infos = [p.to_dict() for p in reg.plugins]
+    if args.json:
+        print(json.dumps({"plugins": infos}, indent=2))
+        return EXIT_OK
+    from tabulate import tabulate
+
+    rows = []
+    for p in infos:
+        comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["components"].items()) or "-"
+        status = p["status"] if p["status"] == "ok" else f"{p['status']}: {p['error']}"
+        rows.append([p["name"], p["distribution"] or "-", p["version"] or "-", comps, status, p["file"] or "-"])
+    print(tabulate(rows, headers=["plugin", "distribution", "version", "components", "status", "file"]))
+    failed = reg.failed_plugins
+    if failed:
+        print(f"\n{len(failed)} plugin(s) failed to load; the others work.", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .plugins import normalise_kind, registry
+
+    kind = normalise_kind(args.kind)
+    table = registry()[kind]
+    if args.json:
+        print(json.dumps([r.provenance() | {"description": r.spec.description} for r in table.values()], indent=2))
+        return EXIT_OK
+    from tabulate import tabulate
+
+    rows = [[r.name, r.version, r.plugin.name, r.spec.description] for r in sorted(table.values(), key=lambda r: r.name)]
+    print(tabulate(rows, headers=[kind, "version", "plugin", "description"]))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------------------
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``--set aopc.grid=3`` -> {"aopc": {"grid": 3}} (values parsed as TOML, else string)."""
+    from .errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from .config import ALL, merge
+
+    o: dict[str, Any] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        o.setdefault(section, {})[key] = value
+
+    if args.all:
+        for section in ("models", "explainers", "perturbations"):
+            put(section, "names", [ALL])
+    if args.dataset:
+        put("dataset", "name", args.dataset)
+    if args.model:
+        put("models", "names", args.model)
+    if args.explainer:
+        put("explainers", "names", args.explainer)
+    if args.perturbation:
+        put("perturbations", "names", args.perturbation)
+    if args.data:
+        put("dataset", "data", str(Path(args.data).expanduser()))
+    if args.weights:
+        put("models", "weights", args.weights)
+    if args.executor:
+        put("run", "executor", args.executor)
+    if args.ray_address:
+        put("run", "ray_address", args.ray_address)
+    if args.out:
+        put("run", "out", args.out)
+    if args.seed is not None:
+        put("run", "seed", args.seed)
+    return merge(o, _parse_set(args.set or []))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runner import make_plan, plan_summary, run
+
+    cfg = load_config(args.config, preset=args.preset, overrides=run_overrides(args))
+    if args.dry_run:
+        plan = make_plan(cfg)
+        print(json.dumps({"config": cfg, "plan": plan_summary(plan)}, indent=2, default=str))
+        return EXIT_OK
+    result = run(cfg, quiet=args.quiet)
+    out = sys.stdout
+    print(f"\nrun {result.run_id}: {len(result.cells)} cells, {len(result.failed)} failed -> {result.run_dir}", file=out)
+    if result.leaderboard:
+        md = result.leaderboard.get("md")
+        if md is not None and Path(md).exists():
+            print(Path(md).read_text(encoding="utf-8"), file=out)
+        print("leaderboard: " + ", ".join(str(p) for p in result.leaderboard.values()), file=out)
+    if result.failed:
+        print("\nfailed cells:", file=sys.stderr)
+        for c in result.failed:
+            print(f"  {c['cell_id']} (stage {c['stage']}): {c['error']}", file=sys.stderr)
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.ok else EXIT_FAILED_CELLS
+
+
+# ---------------------------------------------------------------------------------------
+# leaderboard
+# ---------------------------------------------------------------------------------------
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .leaderboard import build_leaderboard, collect, render
+
+    results = Path(args.results)
+    if not (results / "runs").is_dir():
+        raise BenchError(f"no runs under {str(results / 'runs')!r}: run `bench run` first")
+    paths = build_leaderboard(results, baseline=args.baseline)
+    if args.format:
+        fmt = "tex" if args.format == "latex" else args.format
+        text = render(collect(results), fmt) if fmt not in paths else Path(paths[fmt]).read_text(encoding="utf-8")
+        if args.out:
+            from .store import atomic_write_text
+
+            atomic_write_text(Path(args.out), text)
+            print(f"wrote {args.out}")
+        else:
+            print(text)
+    else:
+        for fmt, p in paths.items():
+            print(f"{fmt}: {p}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+# new-plugin
+# ---------------------------------------------------------------------------------------
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import render_plugin
+
+    folder = render_plugin(args.name, kind=args.kind, directory=Path(args.dir))
+    print(f"wrote {folder}\nnext: pip install -e {folder} && pytest {folder} && bench plugins")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------
+def _dataset_component(name: str, data: str | None, params: Sequence[str]) -> Any:
+    from .plugins import create
+
+    kwargs: dict[str, Any] = {}
+    for key, value in _parse_set([f"p.{item}" for item in params]).get("p", {}).items():
+        kwargs[key] = value
+    if data:
+        kwargs["root"] = str(Path(data).expanduser())
+    return create("dataset", name, **kwargs)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "describe":
+        ds = _dataset_component(args.dataset, args.data, args.param or [])
+        splits = ds.load()
+        info = splits.describe()
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return EXIT_OK
+        from tabulate import tabulate
+
+        rows = [[c] + [info["splits"][s][c] for s in ("train", "val", "test")] for c in info["classes"]]
+        rows.append(["total"] + [sum(info["splits"][s].values()) for s in ("train", "val", "test")])
+        print(f"dataset {info['dataset']}  fingerprint {info['fingerprint']}  image size {info['image_size']}")
+        print(f"masks: lung={info['masks']['lung']} lesion={info['masks']['lesion']}")
+        print(tabulate(rows, headers=["class", "train", "val", "test"]))
+        return EXIT_OK
+    if args.data_command == "show":
+        from .dataset_figure import write_dataset_grid
+
+        ds = _dataset_component(args.name, args.data, args.param or [])
+        path = write_dataset_grid(ds.load(), args.out, per_class=args.per_class, split=args.split)
+        print(f"wrote {path}")
+        return EXIT_OK
+    raise BenchError("usage: bench data {describe,show}")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config, preset=args.preset)
+    print(json.dumps(cfg, indent=2))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="Benchmark explanation methods (XAI) on image classifiers: which heatmaps are most faithful?",
+    )
+    parser.add_argument("--version", action="version", version=f"bench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="installed plugins, where they come from, what they register")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("list", help="registered components of one kind")
+    p.add_argument("kind", choices=[k + "s" for k in KINDS] + list(KINDS))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="run the benchmark grid")
+    p.add_argument("--all", action="store_true", help="every registered model x explainer x perturbation")
+    p.add_argument("--dataset")
+    p.add_argument("--model", action="append", metavar="M")
+    p.add_argument("--explainer", action="append", metavar="E")
+    p.add_argument("--perturbation", action="append", metavar="P")
+    p.add_argument("--config", metavar="FILE", help="TOML config (see bench/presets/*.toml)")
+    p.add_argument("--preset", metavar="NAME", help="built-in preset: demo (default), covid-radiography")
+    p.add_argument("--data", metavar="PATH", help="dataset folder (for datasets read from disk)")
+    p.add_argument("--weights", metavar="imagenet|none|PATH")
+    p.add_argument("--executor", choices=["local", "ray"])
+    p.add_argument("--ray-address", metavar="ADDRESS")
+    p.add_argument("--out", metavar="DIR", help="results folder (default: results)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override any config key")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the cells, run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("leaderboard", help="rebuild results/leaderboard.* from results/runs/")
+    p.add_argument("--format", choices=["md", "csv", "json", "html", "latex", "tex"])
+    p.add_argument("--out", metavar="FILE")
+    p.add_argument("--results", default="results", metavar="DIR")
+    p.add_argument("--baseline", default="random", help="explainer for 'gain over random'")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("new-plugin", help="write a ready-to-install plugin package")
+    p.add_argument("name")
+    p.add_argument("--kind", required=True, choices=["explainer", "perturbation", "model", "dataset"])
+    p.add_argument("--dir", default=".", metavar="DIR")
+    p.set_defaults(func=cmd_new_plugin)
+
+    p = sub.add_parser("data", help="describe or show a dataset")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("describe")
+    d.add_argument("--dataset", default="synthetic-cxr")
+    d.add_argument("--data", metavar="PATH")
+    d.add_argument("--param", action="append", metavar="KEY=VALUE")
+    d.add_argument("--json", action="store_true")
+    d = dsub.add_parser("show")
+    d.add_argument("name")
+    d.add_argument("--data", metavar="PATH")
+    d.add_argument("--param", action="append", metavar="KEY=VALUE")
+    d.add_argument("--out", required=True, metavar="FILE.png")
+    d.add_argument("--per-class", type=int, default=4)
+    d.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("config", help="print the resolved config")
+    p.add_argument("--preset")
+    p.add_argument("--config", metavar="FILE")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_tensorflow()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

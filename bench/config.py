@@ -1,0 +1,290 @@
+"""Run configuration: TOML + presets + CLI overrides -> a validated, fully resolved config.
+
+Layers, later wins: built-in defaults <- preset (``demo`` unless a config file is
+given) <- config file <- CLI flags. Every key is checked: an unknown key or a
+wrong type is an error naming its TOML path and suggesting the closest valid key.
+The resolved config (every default filled in) is written into each run's manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, did_you_mean
+
+ALL = "all"
+ORDERS = ("morf", "lerf", "random")
+
+#: section -> key -> (accepted types, default). ``dict`` keys hold free-form plugin params.
+SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
+    "run": {
+        "seed": ((int,), 0),
+        "out": ((str,), "results"),
+        "executor": ((str,), "local"),
+        "ray_address": ((str,), ""),
+        "fail_fast": ((bool,), False),
+    },
+    "dataset": {
+        "name": ((str,), "synthetic-cxr"),
+        "data": ((str,), ""),
+        "params": ((dict,), {}),
+    },
+    "models": {
+        "names": ((list,), [ALL]),
+        "weights": ((str,), "default"),
+        "params": ((dict,), {}),
+    },
+    "training": {
+        "epochs": ((int,), 20),
+        "batch_size": ((int,), 32),
+        "learning_rate": ((float, int), 1e-3),
+        "selection": ((str,), "disease_recall"),
+    },
+    "explainers": {
+        "names": ((list,), [ALL]),
+        "batch_size": ((int,), 32),
+        "params": ((dict,), {}),
+    },
+    "perturbations": {
+        "names": ((list,), [ALL]),
+        "params": ((dict,), {}),
+    },
+    "aopc": {
+        "grid": ((int, list), 9),
+        "orders": ((list,), ["morf"]),
+        "batch_size": ((int,), 64),
+        "max_images": ((int,), 0),
+        "strategy": ((str,), "full"),
+        "confidence": ((float,), 0.95),
+        "bootstrap": ((int,), 10000),
+        "baseline": ((str,), "random"),
+    },
+    "leaderboard": {
+        "formats": ((list,), ["md", "csv", "json", "html", "tex"]),
+        "figures": ((bool,), True),
+    },
+}
+
+#: The plugin kind behind each ``names`` section.
+SECTION_KIND = {"models": "model", "explainers": "explainer", "perturbations": "perturbation"}
+
+
+def defaults() -> dict[str, Any]:
+    return {sec: {k: copy.deepcopy(v[1]) for k, v in keys.items()} for sec, keys in SCHEMA.items()}
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("bench") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    names = preset_names()
+    if name not in names:
+        raise ConfigError(
+            f"unknown preset {name!r}{did_you_mean(name, names)}; presets: {', '.join(names)}"
+        )
+    text = (resources.files("bench") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+    return _parse_toml(text, f"preset {name!r}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    return _parse_toml(p.read_text(encoding="utf-8"), f"config file {str(p)!r}")
+
+
+def _parse_toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from exc
+
+
+def merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overlay`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "integer", float: "float", str: "string", bool: "boolean", list: "array", dict: "table"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def validate_structure(cfg: Mapping[str, Any], where: str = "config") -> None:
+    """Unknown sections/keys and wrong types -> ConfigError naming the TOML path."""
+    for section, table in cfg.items():
+        if section == "preset":
+            if table is not None and not isinstance(table, str):
+                raise ConfigError(f"{where}: preset must be a string, got {table!r}")
+            continue
+        if section not in SCHEMA:
+            raise ConfigError(
+                f"{where}: unknown section [{section}]{did_you_mean(section, SCHEMA)}; "
+                f"sections: {', '.join(SCHEMA)}"
+            )
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: [{section}] must be a table, got {type(table).__name__}")
+        keys = SCHEMA[section]
+        for key, value in table.items():
+            path = f"{section}.{key}"
+            if key not in keys:
+                candidates = [f"{section}.{k}" for k in keys] + [
+                    f"{s}.{k}" for s, ks in SCHEMA.items() for k in ks if s != section
+                ]
+                raise ConfigError(
+                    f"{where}: unknown key {path!r}{did_you_mean(path, candidates)}; "
+                    f"keys of [{section}]: {', '.join(keys)}"
+                )
+            types, _ = keys[key]
+            ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+            if float in types and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise ConfigError(
+                    f"{where}: {path} must be {_type_name(types)}, got {type(value).__name__} {value!r}"
+                )
+            if key == "names" or key in ("orders", "formats"):
+                for i, item in enumerate(value):
+                    if not isinstance(item, str):
+                        raise ConfigError(f"{where}: {path}[{i}] must be a string, got {item!r}")
+            if key == "params" and section != "dataset":
+                for name, params in value.items():
+                    if not isinstance(params, Mapping):
+                        raise ConfigError(
+                            f"{where}: {path}.{name} must be a table of parameters, got {params!r}"
+                        )
+
+
+def validate_values(cfg: Mapping[str, Any]) -> None:
+    """Value checks that need no plugin: ranges, enums."""
+    grid = cfg["aopc"]["grid"]
+    cells = [grid, grid] if isinstance(grid, int) else grid
+    if len(cells) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cells):
+        raise ConfigError(f"aopc.grid must be a positive integer or [rows, cols], got {grid!r}")
+    for i, order in enumerate(cfg["aopc"]["orders"]):
+        if order not in ORDERS:
+            raise ConfigError(
+                f"aopc.orders[{i}] = {order!r} is not an order{did_you_mean(order, ORDERS)}; "
+                f"orders: {', '.join(ORDERS)}"
+            )
+    if not cfg["aopc"]["orders"]:
+        raise ConfigError("aopc.orders must name at least one order")
+    if cfg["aopc"]["strategy"] not in ("auto", "full", "incremental"):
+        raise ConfigError(
+            f"aopc.strategy must be 'auto', 'full' or 'incremental', got {cfg['aopc']['strategy']!r}"
+        )
+    if not 0 < cfg["aopc"]["confidence"] < 1:
+        raise ConfigError(f"aopc.confidence must be in (0, 1), got {cfg['aopc']['confidence']!r}")
+    for path, value in (
+        ("training.epochs", cfg["training"]["epochs"]),
+        ("training.batch_size", cfg["training"]["batch_size"]),
+        ("explainers.batch_size", cfg["explainers"]["batch_size"]),
+        ("aopc.batch_size", cfg["aopc"]["batch_size"]),
+        ("aopc.bootstrap", cfg["aopc"]["bootstrap"]),
+    ):
+        if value < 1:
+            raise ConfigError(f"{path} must be >= 1, got {value!r}")
+    if cfg["aopc"]["max_images"] < 0:
+        raise ConfigError(f"aopc.max_images must be >= 0 (0 = all), got {cfg['aopc']['max_images']!r}")
+    if cfg["run"]["executor"] not in ("local", "ray"):
+        raise ConfigError(
+            f"run.executor must be 'local' or 'ray', got {cfg['run']['executor']!r}"
+            f"{did_you_mean(cfg['run']['executor'], ('local', 'ray'))}"
+        )
+    formats = ("md", "csv", "json", "html", "tex")
+    for i, fmt in enumerate(cfg["leaderboard"]["formats"]):
+        if fmt not in formats:
+            raise ConfigError(
+                f"leaderboard.formats[{i}] = {fmt!r} is unknown{did_you_mean(fmt, formats)}; "
+                f"formats: {', '.join(formats)}"
+            )
+
+
+def load_config(
+    config: str | Path | Mapping[str, Any] | None = None,
+    *,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The validated config with every default filled in (plugin names not yet checked).
+
+    ``config``: a TOML file path, a mapping, or None. ``preset``: a built-in preset;
+    when neither a file nor a mapping is given the ``demo`` preset is used.
+    ``overrides``: ``{"section": {"key": value}}`` applied last (CLI flags).
+    A config may name its base preset with a top-level ``preset = "name"``.
+    An already resolved config (every section present) is re-validated and returned.
+    """
+    if isinstance(config, Mapping) and all(sec in config for sec in SCHEMA) and preset is None:
+        cfg = merge(dict(config), overrides or {})
+        validate_structure(cfg, "config")
+        validate_values(cfg)
+        cfg.setdefault("preset", None)
+        return cfg
+    cfg = defaults()
+    layer: dict[str, Any] | None = None
+    where = "config"
+    if config is not None:
+        if isinstance(config, Mapping):
+            layer = dict(config)
+        else:
+            layer, where = read_config_file(config), f"config file {str(config)!r}"
+        validate_structure(layer, where)
+        # a config file may build on a preset: preset = "covid-radiography"
+        if preset is None:
+            preset = layer.pop("preset", None)
+        else:
+            layer.pop("preset", None)
+    elif preset is None:
+        preset = "demo"
+    if preset is not None:
+        base = read_preset(preset)
+        validate_structure(base, f"preset {preset!r}")
+        cfg = merge(cfg, base)
+    if layer is not None:
+        cfg = merge(cfg, layer)
+    if overrides:
+        validate_structure(overrides, "command line")
+        cfg = merge(cfg, overrides)
+    validate_values(cfg)
+    cfg["preset"] = preset
+    return cfg
+
+
+def resolve_names(cfg: Mapping[str, Any], section: str, registry: Any) -> list[str]:
+    """Expand ``"all"`` and check each name against the registry (error names the key)."""
+    kind = SECTION_KIND[section]
+    known = registry.names(kind)
+    names: list[str] = []
+    for i, name in enumerate(cfg[section]["names"]):
+        if name == ALL:
+            names.extend(n for n in known if n not in names)
+            continue
+        if name not in known:
+            raise ConfigError(
+                f"{section}.names[{i}]: unknown {kind} {name!r}{did_you_mean(name, known)}; "
+                f"known {kind}s: {', '.join(known) or '(none registered)'}"
+            )
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ConfigError(f"{section}.names selects no {kind}: none is registered")
+    return names
+
+
+def grid_shape(grid: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(grid, int):
+        return (grid, grid)
+    return (int(grid[0]), int(grid[1]))

@@ -1,0 +1,789 @@
+"""The benchmark run: a grid of cells (dataset x model x explainer x perturbation).
+
+Each stage is a pure function of its inputs and is cached under a content hash
+of them (plugin name + version + parameters + upstream keys + seed) in
+``results/cache/``, so a re-run recomputes nothing and a run killed at any
+point finishes only the remaining work when started again:
+
+    dataset split  -> trained model (+ test evaluation) -> heatmaps -> curves -> cell
+
+Cells are plain data in (:class:`CellTask` + the resolved config) and plain
+data out (a JSON-able record), so another executor can run them. A cell that
+raises, or whose component returns a wrong shape, dtype or NaN, is recorded as
+failed with its message; the other cells finish and are saved.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import config as config_mod
+from .errors import BenchError, ComponentOutputError, ConfigError, did_you_mean
+from .plugins import accepted_params, check_params, registry
+from .store import Cache, content_key, write_json, write_npz
+
+#: Bumped when a stage's stored format or semantics change (invalidates caches).
+STAGE_VERSION = {"dataset": 1, "model": 1, "evaluation": 1, "heatmaps": 1, "curves": 1}
+
+
+def log(message: str, *, quiet: bool = False) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# plan
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CellTask:
+    """One cell of the grid: plain data."""
+
+    dataset: str
+    model: str
+    explainer: str
+    perturbation: str
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.dataset}__{self.model}__{self.explainer}__{self.perturbation}"
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.dataset}__{self.model}"
+
+
+@dataclass
+class Plan:
+    """The resolved config plus the component names it selects."""
+
+    config: dict[str, Any]
+    dataset: str
+    models: list[str]
+    explainers: list[str]
+    perturbations: list[str]
+
+    @property
+    def cells(self) -> list[CellTask]:
+        return [
+            CellTask(self.dataset, m, e, p)
+            for m in self.models
+            for e in self.explainers
+            for p in self.perturbations
+        ]
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.config["run"]["out"])
+
+
+def make_plan(cfg: Mapping[str, Any]) -> Plan:
+    """Check every plugin name and parameter of a loaded config."""
+    reg = registry()
+    cfg = dict(cfg)
+    dataset = cfg["dataset"]["name"]
+    known = reg.names("dataset")
+    if dataset not in known:
+        raise ConfigError(
+            f"dataset.name: unknown dataset {dataset!r}{did_you_mean(dataset, known)}; "
+            f"known datasets: {', '.join(known) or '(none registered)'}"
+        )
+    plan = Plan(
+        config=cfg,
+        dataset=dataset,
+        models=config_mod.resolve_names(cfg, "models", reg),
+        explainers=config_mod.resolve_names(cfg, "explainers", reg),
+        perturbations=config_mod.resolve_names(cfg, "perturbations", reg),
+    )
+    for section in ("models", "explainers", "perturbations"):
+        kind = config_mod.SECTION_KIND[section]
+        selected = getattr(plan, section)
+        for name in cfg[section]["params"]:
+            if name not in reg.names(kind):
+                raise ConfigError(
+                    f"{section}.params.{name}: unknown {kind} {name!r}"
+                    f"{did_you_mean(name, reg.names(kind))}"
+                )
+            if name in selected:
+                factory = reg.get(kind, name).spec.load_factory()
+                check_params(factory, cfg[section]["params"][name], where=f"{section}.params.{name}")
+    dataset_params(plan)  # validates dataset params and --data
+    return plan
+
+
+def dataset_params(plan: Plan) -> dict[str, Any]:
+    cfg = plan.config["dataset"]
+    entry = registry().get("dataset", plan.dataset)
+    factory = entry.spec.load_factory()
+    params = dict(cfg["params"])
+    if cfg["data"]:
+        names, var_kw = accepted_params(factory)
+        if "root" not in names and not var_kw:
+            raise ConfigError(
+                f"dataset {plan.dataset!r} reads no folder: --data / dataset.data is not accepted"
+            )
+        params["root"] = cfg["data"]
+    check_params(factory, params, where=f"dataset.params ({plan.dataset!r})")
+    return params
+
+
+def model_params(plan: Plan, name: str, image_shape: tuple[int, int], num_classes: int) -> dict[str, Any]:
+    """Per-model params: config params, the dataset's input shape and classes, ``models.weights``.
+
+    ``models.weights`` (CLI ``--weights``) applies to the models whose factory has a
+    ``weights`` parameter defaulting to pretrained weights (anything but none);
+    a model's own ``models.params.<name>.weights`` always wins.
+    """
+    entry = registry().get("model", name)
+    factory = entry.spec.load_factory()
+    params = dict(plan.config["models"]["params"].get(name, {}))
+    names, var_kw = accepted_params(factory)
+    if "input_shape" in names or var_kw:
+        params.setdefault("input_shape", [int(image_shape[0]), int(image_shape[1]), 3])
+    if "num_classes" in names or var_kw:
+        params.setdefault("num_classes", int(num_classes))
+    weights = plan.config["models"]["weights"]
+    if weights != "default" and "weights" in names and "weights" not in params:
+        target = factory.__init__ if inspect.isclass(factory) else factory
+        default = inspect.signature(target).parameters["weights"].default
+        if default not in (None, "none", inspect.Parameter.empty):
+            params["weights"] = weights
+    return params
+
+
+# --------------------------------------------------------------------------------------
+# stages (pure, cached)
+# --------------------------------------------------------------------------------------
+#: In-process memo of loaded stage outputs, keyed by content key.
+_MEMO: dict[str, Any] = {}
+
+
+def clear_memo() -> None:
+    _MEMO.clear()
+
+
+def _version(kind: str, name: str) -> str:
+    return registry().get(kind, name).version
+
+
+def _component_params(obj: Any) -> dict[str, Any]:
+    get = getattr(obj, "get_params", None)
+    return dict(get()) if callable(get) else {}
+
+
+@dataclass
+class DatasetArtifact:
+    splits: Any
+    key: str
+    file: Path
+    params: dict[str, Any]
+
+
+@dataclass
+class ModelArtifact:
+    model: Any
+    key: str
+    params: dict[str, Any]
+    record: dict[str, Any]
+    predictions: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+
+
+class Stages:
+    """The cached stage functions of one plan."""
+
+    def __init__(self, plan: Plan, *, cache: Cache | None = None, quiet: bool = False):
+        self.plan = plan
+        self.cache = cache or Cache(plan.results_dir / "cache")
+        self.quiet = quiet
+        self.progress = not quiet
+
+    # ---- dataset ---------------------------------------------------------------------
+    def dataset(self) -> DatasetArtifact:
+        params = dataset_params(self.plan)
+        name = self.plan.dataset
+        component = _create("dataset", name, params)
+        fingerprint = component.fingerprint()
+        key = content_key(
+            "dataset", STAGE_VERSION["dataset"], name, _version("dataset", name), params, fingerprint
+        )
+        if key in _MEMO:
+            return _MEMO[key]
+        from .data import DatasetSplits
+
+        path = self.cache.path("datasets", key, ".npz")
+        if path.exists():
+            splits = DatasetSplits.load_file(path)
+        else:
+            log(f"[dataset] loading {name} ...", quiet=self.quiet)
+            splits = component.load()
+            if not isinstance(splits, DatasetSplits):
+                raise ComponentOutputError(
+                    f"dataset {name!r}: load() returned {type(splits).__name__}, expected DatasetSplits"
+                )
+            splits.save(path)
+        artifact = DatasetArtifact(splits=splits, key=key, file=path, params=_component_params(component) or params)
+        _MEMO[key] = artifact
+        return artifact
+
+    # ---- model: train (cached) + evaluate on test (cached) -----------------------------
+    def model(self, name: str, data: DatasetArtifact) -> ModelArtifact:
+        from .evaluation import evaluate_classification
+        from .training import TrainingConfig, train
+
+        splits = data.splits
+        params = model_params(self.plan, name, splits.image_shape, splits.num_classes)
+        tcfg = self.plan.config["training"]
+        seed = self.plan.config["run"]["seed"]
+        key = content_key(
+            "model", STAGE_VERSION["model"], name, _version("model", name), params, data.key, tcfg, seed
+        )
+        if key in _MEMO:
+            return _MEMO[key]
+        model = _create("model", name, params)
+        training_config = TrainingConfig(
+            epochs=tcfg["epochs"],
+            batch_size=tcfg["batch_size"],
+            learning_rate=float(tcfg["learning_rate"]),
+            seed=seed,
+            selection=tcfg["selection"],
+        )
+        log(f"[train] {name} on {splits.name} ...", quiet=self.quiet)
+        t0 = time.perf_counter()
+        report = train(model, splits, training_config, cache=self.cache, key=key, progress=self.progress)
+        train_seconds = time.perf_counter() - t0
+
+        ekey = content_key("evaluation", STAGE_VERSION["evaluation"], key)
+        stored = self.cache.get_json("evaluation", ekey)
+        arrays = self.cache.get_npz("evaluation", ekey)
+        if stored is None or arrays is None:
+            ev = evaluate_classification(
+                model, splits.test, splits.class_names, batch_size=self.plan.config["aopc"]["batch_size"]
+            )
+            probabilities = np.asarray(ev.probabilities, dtype=np.float32)
+            if not np.all(np.isfinite(probabilities)):
+                raise ComponentOutputError(f"model {name!r} returned non-finite probabilities on the test split")
+            arrays = {
+                "ids": splits.test.ids.astype(str),
+                "labels": np.asarray(ev.labels, dtype=np.int64),
+                "predictions": np.asarray(ev.predictions, dtype=np.int64),
+                "probabilities": probabilities,
+            }
+            stored = ev.to_dict()
+            self.cache.put_npz("evaluation", ekey, **arrays)
+            self.cache.put_json("evaluation", ekey, stored)
+        weights_info = model.weights_info() if hasattr(model, "weights_info") else {}
+        record = {
+            "dataset": splits.name,
+            "model": name,
+            "weights": weights_info.get("weights", params.get("weights", "n/a")),
+            "weights_md5": weights_info.get("md5"),
+            "weights_info": weights_info,
+            "params": _component_params(model) or params,
+            "provenance": registry().get("model", name).provenance(),
+            "key": key,
+            "classification": stored,
+            "training": report.to_dict() if hasattr(report, "to_dict") else dict(report),
+            "train_seconds": train_seconds,
+        }
+        artifact = ModelArtifact(
+            model=model,
+            key=key,
+            params=params,
+            record=record,
+            predictions=arrays["predictions"],
+            labels=arrays["labels"],
+            ids=arrays["ids"],
+        )
+        _MEMO[key] = artifact
+        return artifact
+
+    def explained_subset(self, data: DatasetArtifact, model: ModelArtifact) -> np.ndarray:
+        """Indices (into the test split) of the correctly classified images, capped by max_images."""
+        correct = np.flatnonzero(model.predictions == model.labels)
+        cap = self.plan.config["aopc"]["max_images"]
+        return correct[:cap] if cap else correct
+
+    # ---- heatmaps -----------------------------------------------------------------------
+    def heatmaps(
+        self, name: str, data: DatasetArtifact, model: ModelArtifact, index: np.ndarray
+    ) -> tuple[np.ndarray, str, dict[str, Any], float]:
+        from .explain import compute_heatmaps
+
+        params = dict(self.plan.config["explainers"]["params"].get(name, {}))
+        explainer = _create("explainer", name, params)
+        resolved = _component_params(explainer) or params
+        test = data.splits.test
+        ids = test.ids[index].astype(str)
+        key = content_key(
+            "heatmaps", STAGE_VERSION["heatmaps"], name, _version("explainer", name), resolved, model.key,
+            content_key(list(ids)),
+        )
+        cached = self.cache.get_npz("heatmaps", key)
+        if cached is not None:
+            meta = self.cache.get_json("heatmaps", key) or {}
+            return cached["heatmaps"], key, resolved, float(meta.get("seconds", 0.0))
+        log(f"[explain] {name} on {model.record['model']} ({len(index)} images) ...", quiet=self.quiet)
+        t0 = time.perf_counter()
+        heatmaps = compute_heatmaps(
+            explainer,
+            model.model,
+            test.images[index],
+            model.predictions[index],
+            ids=ids,
+            batch_size=self.plan.config["explainers"]["batch_size"],
+            progress=self.progress,
+            name=name,
+        )
+        seconds = time.perf_counter() - t0
+        self.cache.put_npz("heatmaps", key, heatmaps=heatmaps, ids=ids)
+        self.cache.put_json("heatmaps", key, {"seconds": seconds, "explainer": name, "params": resolved})
+        return heatmaps, key, resolved, seconds
+
+    # ---- curves ---------------------------------------------------------------------------
+    def curves(
+        self,
+        name: str,
+        order: str,
+        data: DatasetArtifact,
+        model: ModelArtifact,
+        index: np.ndarray,
+        heatmaps: np.ndarray,
+        heatmaps_key: str,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+        from .aopc import evaluate_aopc
+
+        params = dict(self.plan.config["perturbations"]["params"].get(name, {}))
+        perturbation = _create("perturbation", name, params)
+        resolved = _component_params(perturbation) or params
+        acfg = self.plan.config["aopc"]
+        grid = config_mod.grid_shape(acfg["grid"])
+        seed = self.plan.config["run"]["seed"]
+        key = content_key(
+            "curves", STAGE_VERSION["curves"], name, _version("perturbation", name), resolved, heatmaps_key,
+            list(grid), order, seed, acfg["confidence"], acfg["bootstrap"],
+        )
+        summary = self.cache.get_json("curves", key)
+        arrays = self.cache.get_npz("curves", key)
+        if summary is not None and arrays is not None:
+            return summary, arrays, resolved
+        test = data.splits.test
+        ids = test.ids[index].astype(str)
+        log(
+            f"[aopc] {model.record['model']} / {order} / {name} "
+            f"({len(index)} images x {grid[0] * grid[1] + 1} passes) ...",
+            quiet=self.quiet,
+        )
+        result = evaluate_aopc(
+            model.model,
+            test.images[index],
+            model.predictions[index],
+            heatmaps,
+            perturbation=perturbation,
+            grid=grid,
+            order=order,
+            seed=seed,
+            ids=ids,
+            batch_size=acfg["batch_size"],
+            progress=self.progress,
+            strategy=acfg["strategy"],
+        )
+        from .statistics import bootstrap_ci
+
+        ci = bootstrap_ci(
+            result.per_image, confidence=acfg["confidence"], n_resamples=acfg["bootstrap"], seed=seed
+        ) if len(result.per_image) else (float("nan"), float("nan"))
+        summary = {
+            "aopc": float(result.aopc) if len(result.per_image) else float("nan"),
+            "ci": [float(ci[0]), float(ci[1])],
+            "n": int(len(result.per_image)),
+            "forward_passes": int(getattr(result, "forward_passes", len(ids) * (grid[0] * grid[1] + 1))),
+            "seconds": float(getattr(result, "seconds", 0.0)),
+            "strategy": str(getattr(result, "strategy", acfg["strategy"])),
+        }
+        arrays = {
+            "curves": np.asarray(result.curves, dtype=np.float32),
+            "per_image": np.asarray(result.per_image, dtype=np.float64),
+            "order": np.asarray(result.order, dtype=np.int32),
+            "ids": ids,
+        }
+        self.cache.put_npz("curves", key, **arrays)
+        self.cache.put_json("curves", key, summary)
+        return summary, arrays, resolved
+
+
+def _create(kind: str, name: str, params: Mapping[str, Any]) -> Any:
+    entry = registry().get(kind, name)
+    factory = entry.spec.load_factory()
+    check_params(factory, params, where=f"{kind} {name!r}")
+    return factory(**params)
+
+
+# --------------------------------------------------------------------------------------
+# cells
+# --------------------------------------------------------------------------------------
+class CellFailure(Exception):
+    def __init__(self, stage: str, exc: BaseException):
+        super().__init__(f"{stage}: {exc}")
+        self.stage = stage
+        self.exc = exc
+
+
+def _stage(stage: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except CellFailure:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a failing plugin fails only its cell
+        raise CellFailure(stage, exc) from exc
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, BenchError):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+def execute_cell(stages: Stages, task: CellTask, run_dir: Path, run_id: str) -> dict[str, Any]:
+    """Run one cell and write its record (and arrays) under ``run_dir``. Never raises for plugin errors."""
+    cfg = stages.plan.config
+    acfg = cfg["aopc"]
+    grid = config_mod.grid_shape(acfg["grid"])
+    record: dict[str, Any] = {
+        "cell_id": task.cell_id,
+        "run_id": run_id,
+        "status": "ok",
+        "error": None,
+        "stage": None,
+        "dataset": task.dataset,
+        "model": task.model,
+        "weights": None,
+        "explainer": task.explainer,
+        "perturbation": task.perturbation,
+        "params": {
+            "aopc": {
+                "grid": list(grid),
+                "orders": list(acfg["orders"]),
+                "seed": cfg["run"]["seed"],
+                "batch_size": acfg["batch_size"],
+                "max_images": acfg["max_images"],
+                "confidence": acfg["confidence"],
+            }
+        },
+        "provenance": {},
+        "classification": None,
+        "n_images": 0,
+        "results": {},
+        "abpc": None,
+        "timings": {},
+        "strategy": None,
+        "curves_file": None,
+        "heatmaps_file": None,
+        "keys": {},
+    }
+    reg = registry()
+    try:
+        data = _stage("dataset", stages.dataset)
+        record["params"]["dataset"] = data.params
+        record["provenance"]["dataset"] = reg.get("dataset", task.dataset).provenance()
+        model = _stage("train", lambda: stages.model(task.model, data))
+        record["weights"] = model.record["weights"]
+        record["params"]["model"] = model.record["params"]
+        record["provenance"]["model"] = model.record["provenance"]
+        record["keys"]["model"] = model.key
+        report = model.record["classification"]
+        record["classification"] = {
+            "recall_macro": report["macro avg"]["recall"],
+            "f1_macro": report["macro avg"]["f1-score"],
+            "precision_macro": report["macro avg"]["precision"],
+            "accuracy": report["accuracy"],
+        }
+        index = stages.explained_subset(data, model)
+        record["n_images"] = int(len(index))
+        if len(index) == 0:
+            raise CellFailure("explain", BenchError(
+                f"model {task.model!r} classified no test image correctly: nothing to explain"
+            ))
+        heatmaps, hkey, eparams, explain_seconds = _stage(
+            "explain", lambda: stages.heatmaps(task.explainer, data, model, index)
+        )
+        record["params"]["explainer"] = eparams
+        record["provenance"]["explainer"] = reg.get("explainer", task.explainer).provenance()
+        record["provenance"]["perturbation"] = reg.get("perturbation", task.perturbation).provenance()
+        record["keys"]["heatmaps"] = hkey
+        test = data.splits.test
+        ids = test.ids[index].astype(str)
+        arrays: dict[str, np.ndarray] = {
+            "ids": ids,
+            "targets": model.predictions[index].astype(np.int64),
+            "labels": model.labels[index].astype(np.int64),
+        }
+        evaluate_seconds = 0.0
+        passes = 0
+        for order in acfg["orders"]:
+            summary, carrays, pparams = _stage(
+                "evaluate",
+                lambda order=order: stages.curves(
+                    task.perturbation, order, data, model, index, heatmaps, hkey
+                ),
+            )
+            record["params"]["perturbation"] = pparams
+            record["results"][order] = {"aopc": summary["aopc"], "ci": summary["ci"], "n": summary["n"]}
+            record["strategy"] = summary["strategy"]
+            evaluate_seconds += summary["seconds"]
+            passes += summary["forward_passes"]
+            arrays[f"{order}_curves"] = carrays["curves"]
+            arrays[f"{order}_per_image"] = carrays["per_image"]
+            arrays[f"{order}_order"] = carrays["order"]
+        if "morf" in acfg["orders"] and "lerf" in acfg["orders"]:
+            from .statistics import abpc, bootstrap_ci
+
+            values = np.asarray(abpc(arrays["morf_curves"], arrays["lerf_curves"]), dtype=np.float64)
+            arrays["abpc_per_image"] = values
+            lo, hi = bootstrap_ci(
+                values, confidence=acfg["confidence"], n_resamples=acfg["bootstrap"], seed=cfg["run"]["seed"]
+            )
+            record["abpc"] = {"value": float(values.mean()), "ci": [float(lo), float(hi)], "n": int(len(values))}
+        record["timings"] = {
+            "explain_seconds": explain_seconds,
+            "evaluate_seconds": evaluate_seconds,
+            "forward_passes": passes,
+            "passes_per_second": passes / evaluate_seconds if evaluate_seconds > 0 else None,
+        }
+        record["curves_file"] = f"curves/{task.cell_id}.npz"
+        record["heatmaps_file"] = f"heatmaps/{task.cell_id}.npz"
+        write_npz(run_dir / record["curves_file"], **arrays)
+        write_npz(run_dir / record["heatmaps_file"], ids=ids, heatmaps=heatmaps.astype(np.float32))
+        write_json(run_dir / "models" / f"{task.model_id}.json", {
+            **{k: v for k, v in model.record.items()},
+            "predictions_file": f"models/{task.model_id}.npz",
+        })
+        write_npz(
+            run_dir / "models" / f"{task.model_id}.npz",
+            ids=model.ids.astype(str), labels=model.labels, predictions=model.predictions,
+        )
+    except CellFailure as failure:
+        record["status"] = "failed"
+        record["stage"] = failure.stage
+        record["error"] = _error_text(failure.exc)
+        record["traceback"] = "".join(
+            traceback.format_exception(type(failure.exc), failure.exc, failure.exc.__traceback__)
+        )[-4000:]
+    record["finished"] = _now()
+    write_json(run_dir / "cells" / f"{task.cell_id}.json", record)
+    return record
+
+
+# --------------------------------------------------------------------------------------
+# executors
+# --------------------------------------------------------------------------------------
+class LocalExecutor:
+    """Runs cells one after another in this process."""
+
+    name = "local"
+
+    def run_cells(
+        self, stages: Stages, tasks: list[CellTask], run_dir: Path, run_id: str
+    ) -> Iterator[dict[str, Any]]:
+        for task in tasks:
+            yield execute_cell(stages, task, run_dir, run_id)
+
+
+def get_executor(name: str, *, address: str = "") -> Any:
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        try:
+            from .ray_executor import RayExecutor
+        except ImportError as exc:
+            raise BenchError(
+                "--executor ray needs Ray: pip install 'saliency-bench[ray]' "
+                f"(or pip install 'ray[default]'); import failed: {exc}"
+            ) from exc
+        return RayExecutor(address=address)
+    raise ConfigError(f"unknown executor {name!r}{did_you_mean(name, ('local', 'ray'))}")
+
+
+# --------------------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------------------
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def new_run_id(cfg: Mapping[str, Any]) -> str:
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{content_key(cfg, time.time_ns())[:6]}"
+
+
+@dataclass
+class RunResult:
+    """What ``bench.run`` returns: the cell records, where they are, what failed."""
+
+    run_id: str
+    run_dir: Path
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    leaderboard: dict[str, Path] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [c for c in self.cells if c["status"] != "ok"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.interrupted
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per cell (and order): the table of the run."""
+        rows = []
+        for c in self.cells:
+            base = {
+                "dataset": c["dataset"],
+                "model": c["model"],
+                "weights": c["weights"],
+                "explainer": c["explainer"],
+                "perturbation": c["perturbation"],
+                "status": c["status"],
+                "error": c["error"],
+                "recall_macro": (c["classification"] or {}).get("recall_macro"),
+                "f1_macro": (c["classification"] or {}).get("f1_macro"),
+                "accuracy": (c["classification"] or {}).get("accuracy"),
+                "n_images": c["n_images"],
+            }
+            for order in c["params"]["aopc"]["orders"]:
+                res = c["results"].get(order, {})
+                base[f"aopc_{order}"] = res.get("aopc")
+                ci = res.get("ci") or [None, None]
+                base[f"aopc_{order}_ci_low"], base[f"aopc_{order}_ci_high"] = ci
+            if c.get("abpc"):
+                base["abpc"] = c["abpc"]["value"]
+            rows.append(base)
+        return rows
+
+    def to_frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows())
+
+
+def run(
+    config: str | Path | Mapping[str, Any] | None = None,
+    *,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    quiet: bool = False,
+    leaderboard: bool = True,
+) -> RunResult:
+    """Run the benchmark grid described by ``config`` (same as ``bench run``).
+
+    ``config`` may be a TOML path, a mapping, or an already-loaded config from
+    :func:`bench.config.load_config`. Returns a :class:`RunResult`;
+    ``result.to_frame()`` is the table as a pandas DataFrame.
+    """
+    cfg = config_mod.load_config(config, preset=preset, overrides=overrides)
+    plan = make_plan(cfg)
+    executor = get_executor(cfg["run"]["executor"], address=cfg["run"]["ray_address"])
+    results_dir = plan.results_dir
+    run_id = new_run_id(cfg)
+    run_dir = results_dir / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stages = Stages(plan, quiet=quiet)
+    reg = registry()
+    manifest: dict[str, Any] = {
+        "run_id": run_id,
+        "status": "running",
+        "created": _now(),
+        "finished": None,
+        "bench_version": __import__("bench").__version__,
+        "config": cfg,
+        "executor": executor.name,
+        "environment": __import__("bench.environment", fromlist=["environment"]).environment(),
+        "plugins": [p.to_dict() for p in reg.plugins],
+        "components": {
+            "dataset": reg.get("dataset", plan.dataset).provenance(),
+            "models": [reg.get("model", n).provenance() for n in plan.models],
+            "explainers": [reg.get("explainer", n).provenance() for n in plan.explainers],
+            "perturbations": [reg.get("perturbation", n).provenance() for n in plan.perturbations],
+        },
+        "seeds": {"run": cfg["run"]["seed"]},
+        "cells": [t.cell_id for t in plan.cells],
+        "failed": [],
+        "timings": {},
+        "dataset": None,
+    }
+    write_json(run_dir / "manifest.json", manifest)
+    result = RunResult(run_id=run_id, run_dir=run_dir)
+    t0 = time.perf_counter()
+    log(
+        f"bench run {run_id}: {len(plan.cells)} cells = {len(plan.models)} models x "
+        f"{len(plan.explainers)} explainers x {len(plan.perturbations)} perturbations on {plan.dataset}",
+        quiet=quiet,
+    )
+    try:
+        try:
+            data = stages.dataset()
+            manifest["dataset"] = {
+                "name": data.splits.name,
+                "fingerprint": data.splits.fingerprint,
+                "params": data.params,
+                "file": str(data.file.resolve()),
+                "class_names": list(data.splits.class_names),
+                "counts": data.splits.counts(),
+                "metadata_keys": sorted(data.splits.metadata),
+            }
+            write_json(run_dir / "dataset.json", {**manifest["dataset"], "metadata": data.splits.metadata})
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # the dataset failing fails every cell, with its message
+            log(f"[dataset] failed: {_error_text(exc)}", quiet=quiet)
+        for i, record in enumerate(executor.run_cells(stages, plan.cells, run_dir, run_id), 1):
+            result.cells.append(record)
+            status = "ok" if record["status"] == "ok" else f"FAILED in {record['stage']}: {record['error']}"
+            morf = record["results"].get(cfg["aopc"]["orders"][0], {}).get("aopc")
+            shown = f" AOPC({cfg['aopc']['orders'][0]})={morf:.4f}" if morf is not None else ""
+            log(f"[{i}/{len(plan.cells)}] {record['cell_id']}: {status}{shown}", quiet=quiet)
+            if cfg["run"]["fail_fast"] and record["status"] != "ok":
+                break
+    except KeyboardInterrupt:
+        result.interrupted = True
+        log("interrupted: finished cells are saved; run again to finish the rest (cached work is reused)")
+    finally:
+        manifest["failed"] = [c["cell_id"] for c in result.failed]
+        manifest["finished"] = _now()
+        manifest["status"] = "interrupted" if result.interrupted else ("failed" if result.failed else "ok")
+        manifest["timings"]["total_seconds"] = time.perf_counter() - t0
+        manifest["cell_timings"] = {c["cell_id"]: c["timings"] for c in result.cells}
+        write_json(run_dir / "manifest.json", manifest)
+    if leaderboard and not result.interrupted and any(c["status"] == "ok" for c in result.cells):
+        from .leaderboard import build_leaderboard
+
+        result.leaderboard = build_leaderboard(
+            results_dir,
+            formats=tuple(cfg["leaderboard"]["formats"]),
+            baseline=cfg["aopc"]["baseline"],
+        )
+    return result
+
+
+def plan_summary(plan: Plan) -> dict[str, Any]:
+    return {
+        "dataset": plan.dataset,
+        "models": plan.models,
+        "explainers": plan.explainers,
+        "perturbations": plan.perturbations,
+        "cells": [asdict(t) | {"cell_id": t.cell_id} for t in plan.cells],
+    }

@@ -83,6 +83,16 @@ class Registered:
     def version(self) -> str:
         return self.spec.version or self.plugin.version or "0"
 
+    def load_factory(self) -> Any:
+        """The factory, imported if lazy; an import failure names the plugin."""
+        try:
+            return self.spec.load_factory()
+        except Exception as exc:
+            raise PluginError(
+                f"{self.kind} {self.name!r} from {self.plugin.label}: cannot load its factory "
+                f"{self.spec.factory_reference!r}: {_format_error(exc)}"
+            ) from exc
+
     def provenance(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -264,7 +274,7 @@ class _Loader:
                     table[spec.name] = Registered(spec=spec, plugin=info)
                     info.components.setdefault(kind, []).append(spec.name)
         # a plugin that failed in a later hook must not keep earlier components
-        for kind, table in components.items():
+        for table in components.values():
             for name in [n for n, r in table.items() if r.plugin.status != "ok"]:
                 del table[name]
         return Registry(components, self.infos)
@@ -302,7 +312,7 @@ def unregister_plugin(name: str) -> None:
 def create(kind: str, name: str, **params: Any) -> Any:
     """An instance of a registered component: ``create("model", "vgg16", weights="none")``."""
     entry = registry().get(kind, name)
-    factory = entry.spec.load_factory()
+    factory = entry.load_factory()
     check_params(factory, params, where=f"{entry.kind} {name!r}")
     return factory(**params)
 

@@ -114,7 +114,7 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
                     f"{did_you_mean(name, reg.names(kind))}"
                 )
             if name in selected:
-                factory = reg.get(kind, name).spec.load_factory()
+                factory = reg.get(kind, name).load_factory()
                 check_params(factory, cfg[section]["params"][name], where=f"{section}.params.{name}")
     dataset_params(plan)  # validates dataset params and --data
     return plan
@@ -123,7 +123,7 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
 def dataset_params(plan: Plan) -> dict[str, Any]:
     cfg = plan.config["dataset"]
     entry = registry().get("dataset", plan.dataset)
-    factory = entry.spec.load_factory()
+    factory = entry.load_factory()
     params = dict(cfg["params"])
     if cfg["data"]:
         names, var_kw = accepted_params(factory)
@@ -144,7 +144,7 @@ def model_params(plan: Plan, name: str, image_shape: tuple[int, int], num_classe
     a model's own ``models.params.<name>.weights`` always wins.
     """
     entry = registry().get("model", name)
-    factory = entry.spec.load_factory()
+    factory = entry.load_factory()
     params = dict(plan.config["models"]["params"].get(name, {}))
     names, var_kw = accepted_params(factory)
     if "input_shape" in names or var_kw:
@@ -424,7 +424,7 @@ class Stages:
 
 def _create(kind: str, name: str, params: Mapping[str, Any]) -> Any:
     entry = registry().get(kind, name)
-    factory = entry.spec.load_factory()
+    factory = entry.load_factory()
     check_params(factory, params, where=f"{kind} {name!r}")
     return factory(**params)
 

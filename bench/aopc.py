@@ -1,0 +1,490 @@
+"""The streaming AOPC engine.
+
+``evaluate_aopc(model, images, targets, heatmaps)`` orders the regions of each
+image by its heatmap (MoRF by default), perturbs them one after another with a
+perturbation plugin and records ``f(x^(k))``, the model's probability of the
+target class, for k = 0..L. AOPC (Samek et al.; the reference study) is
+
+    per_image = sum_{k=1..L} (f(x^(0)) - f(x^(k))) / (L + 1),   aopc = mean(per_image).
+
+It streams (image, step) pairs: each batch holds ``batch_size`` pairs taken
+across images and steps, built on the fly from the original (uint8 or float)
+image and the union mask of its first k regions, so memory is bounded by the
+batch size whatever N is, and every model call is a full batch. The batch
+after the current one is built in a background thread while the model runs.
+
+The perturbation of image i is seeded by ``derive_seed(seed, ids[i])``, never
+by its position, batch or worker: results do not depend on ``batch_size``
+(beyond the model's float rounding), and permuting the images permutes the
+per-image results. The model is only ever called through a
+:class:`bench.forward.ForwardStrategy` (the seam for incremental inference).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import to_model_input
+from .errors import ComponentOutputError, ConfigError, DataError
+from .forward import ForwardBatch, get_strategy, strategy_name
+from .regions import (
+    check_heatmaps,
+    check_ids,
+    count_ties,
+    derive_seeds,
+    grid_shape,
+    rank_of_regions,
+    region_boxes,
+    region_labels,
+    region_order,
+    region_scores,
+)
+from .statistics import bootstrap_ci
+
+DEFAULT_BATCH_SIZE = 64
+RESULT_SCHEMA = 1
+
+
+def aopc_from_curves(curves: Any) -> np.ndarray:
+    """Per-image AOPC (N,) from curves (N, L+1): ``sum_{k>=1} (c_0 - c_k) / (L+1)``."""
+    c = np.asarray(curves, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] < 2:
+        raise ValueError(f"curves must be (N, L+1) with L >= 1, got shape {c.shape}")
+    return (c[:, :1] - c[:, 1:]).sum(axis=1) / c.shape[1]
+
+
+@dataclass
+class AOPCResult:
+    """What :func:`evaluate_aopc` returns.
+
+    curves: float32 (N, L+1), ``f(x^(k))``; per_image: float64 (N,); aopc: their
+    mean; ci: its bootstrap interval; order: int (N, L), region indices in
+    perturbation order; n: number of images.
+    """
+
+    curves: np.ndarray
+    per_image: np.ndarray
+    aopc: float
+    ci: tuple[float, float]
+    order: np.ndarray
+    n: int
+    grid: tuple[int, int]
+    order_name: str
+    seed: int
+    strategy: str
+    forward_passes: int
+    seconds: float
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    targets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ties: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    perturbation: str = ""
+    perturbation_params: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = DEFAULT_BATCH_SIZE
+    image_shape: tuple[int, int] = (0, 0)
+    confidence: float = 0.95
+
+    @property
+    def n_regions(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def passes_per_second(self) -> float:
+        return self.forward_passes / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def mean_curve(self) -> np.ndarray:
+        """float64 (L+1,): the mean curve over images (the study's "AOPC graph")."""
+        if self.n == 0:
+            return np.full(self.n_regions + 1, np.nan)
+        return self.curves.astype(np.float64).mean(axis=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able summary (no per-image arrays; see :meth:`arrays`)."""
+        return {
+            "schema": RESULT_SCHEMA,
+            "aopc": self.aopc,
+            "ci": [self.ci[0], self.ci[1]],
+            "confidence": self.confidence,
+            "n": self.n,
+            "grid": list(self.grid),
+            "n_regions": self.n_regions,
+            "order": self.order_name,
+            "seed": self.seed,
+            "strategy": self.strategy,
+            "perturbation": self.perturbation,
+            "perturbation_params": dict(self.perturbation_params),
+            "batch_size": self.batch_size,
+            "image_shape": list(self.image_shape),
+            "forward_passes": self.forward_passes,
+            "seconds": self.seconds,
+            "passes_per_second": self.passes_per_second,
+            "images_with_ties": int((self.ties > 0).sum()) if self.ties.size else 0,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The per-image arrays, for NPZ (``allow_pickle=False``-safe: ids as str)."""
+        return {
+            "curves": self.curves,
+            "per_image": self.per_image,
+            "order": self.order,
+            "ids": np.asarray([str(i) for i in self.ids], dtype=str)
+            if self.ids.dtype == object
+            else self.ids,
+            "targets": self.targets,
+            "ties": self.ties,
+        }
+
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        """Write ``<path>.json`` (summary) and ``<path>.npz`` (arrays), atomically."""
+        from .store import write_json, write_npz
+
+        base = Path(path)
+        jpath, npath = base.with_suffix(".json"), base.with_suffix(".npz")
+        write_npz(npath, **self.arrays())
+        write_json(jpath, self.to_dict())
+        return jpath, npath
+
+    @classmethod
+    def from_saved(cls, summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> AOPCResult:
+        """Rebuild a result from :meth:`to_dict` and :meth:`arrays` output."""
+        return cls(
+            curves=np.asarray(arrays["curves"]),
+            per_image=np.asarray(arrays["per_image"]),
+            aopc=float(summary["aopc"]),
+            ci=(float(summary["ci"][0]), float(summary["ci"][1])),
+            order=np.asarray(arrays["order"]),
+            n=int(summary["n"]),
+            grid=(int(summary["grid"][0]), int(summary["grid"][1])),
+            order_name=str(summary["order"]),
+            seed=int(summary["seed"]),
+            strategy=str(summary["strategy"]),
+            forward_passes=int(summary["forward_passes"]),
+            seconds=float(summary["seconds"]),
+            ids=np.asarray(arrays.get("ids", np.zeros(0, np.int64))),
+            targets=np.asarray(arrays.get("targets", np.zeros(0, np.int64))),
+            ties=np.asarray(arrays.get("ties", np.zeros(0, np.int64))),
+            perturbation=str(summary.get("perturbation", "")),
+            perturbation_params=dict(summary.get("perturbation_params", {})),
+            batch_size=int(summary.get("batch_size", DEFAULT_BATCH_SIZE)),
+            image_shape=tuple(summary.get("image_shape", (0, 0))),  # type: ignore[arg-type]
+            confidence=float(summary.get("confidence", 0.95)),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> AOPCResult:
+        from .store import read_json, read_npz
+
+        base = Path(path)
+        return cls.from_saved(read_json(base.with_suffix(".json")), read_npz(base.with_suffix(".npz")))
+
+
+# ---- inputs --------------------------------------------------------------------------------
+def _check_images(images: Any) -> np.ndarray:
+    x = np.asarray(images)
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
+        raise DataError(
+            f"images must be uint8 (N, H, W) or float (N, H, W, 3) in [0, 1], got shape {x.shape}"
+        )
+    if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.floating):
+            raise DataError(f"images must be uint8 or float in [0, 1], got dtype {x.dtype}")
+        if x.size:
+            lo, hi = float(np.min(x)), float(np.max(x))
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise DataError("images contain NaN or inf")
+            if lo < -1e-6 or hi > 1.0 + 1e-6:
+                raise DataError(
+                    f"float images must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                    "(pass uint8 images, or divide by 255)"
+                )
+    return x
+
+
+def _check_targets(targets: Any, n: int, num_classes: int) -> np.ndarray:
+    t = np.asarray(targets)
+    if t.shape != (n,):
+        raise DataError(f"targets must be int (N,) = ({n},), got shape {t.shape}")
+    if n and not np.issubdtype(t.dtype, np.integer):
+        if np.issubdtype(t.dtype, np.floating) and np.all(t == np.round(t)):
+            t = t.astype(np.int64)
+        else:
+            raise DataError(f"targets must be integer class indices, got dtype {t.dtype}")
+    t = t.astype(np.int64)
+    if n and (t.min() < 0 or t.max() >= num_classes):
+        raise DataError(f"targets must be class indices in [0, {num_classes}), got [{t.min()}, {t.max()}]")
+    return t
+
+
+def resolve_perturbation(perturbation: Any) -> tuple[Any, str, bool]:
+    """(object with perturb(), display name, mask_local) from a registered name or an object."""
+    if isinstance(perturbation, str):
+        from .plugins import create, registry
+
+        entry = registry().get("perturbation", perturbation)
+        return create("perturbation", perturbation), perturbation, bool(getattr(entry.spec, "mask_local", True))
+    if not callable(getattr(perturbation, "perturb", None)):
+        raise ConfigError(
+            "perturbation must be a registered name or an object with "
+            f"perturb(images, masks, seeds), got {type(perturbation).__name__}"
+        )
+    name = getattr(perturbation, "name", None) or type(perturbation).__name__
+    return perturbation, str(name), bool(getattr(perturbation, "mask_local", False))
+
+
+def _params_of(obj: Any) -> dict[str, Any]:
+    get = getattr(obj, "get_params", None)
+    if callable(get):
+        try:
+            return dict(get())
+        except Exception:  # noqa: BLE001 - provenance only
+            return {}
+    return {}
+
+
+def check_perturbed(out: Any, expected_shape: tuple[int, ...], name: str) -> np.ndarray:
+    """A perturbation's output as float32, or a :class:`ComponentOutputError` naming it."""
+    if not isinstance(out, np.ndarray):
+        try:
+            out = np.asarray(out)
+        except Exception as exc:  # noqa: BLE001
+            raise ComponentOutputError(
+                f"perturbation {name!r} returned {type(out).__name__}, expected a float32 array"
+            ) from exc
+    if out.shape != tuple(expected_shape):
+        raise ComponentOutputError(
+            f"perturbation {name!r} returned shape {out.shape}, expected {tuple(expected_shape)}"
+        )
+    if not np.issubdtype(out.dtype, np.floating):
+        raise ComponentOutputError(f"perturbation {name!r} returned dtype {out.dtype}, expected float32")
+    out = out.astype(np.float32, copy=False)
+    if not np.isfinite(out).all():
+        raise ComponentOutputError(f"perturbation {name!r} returned NaN or inf values")
+    return out
+
+
+def _check_probs(probs: Any, b: int, num_classes: int, where: str) -> np.ndarray:
+    p = np.asarray(probs)
+    if p.shape != (b, num_classes):
+        raise ComponentOutputError(f"{where} returned shape {p.shape}, expected ({b}, {num_classes})")
+    if not np.isfinite(p).all():
+        raise ComponentOutputError(f"{where} returned NaN or inf probabilities")
+    return p
+
+
+# ---- the engine ----------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    images: np.ndarray
+    targets: np.ndarray
+    seeds: np.ndarray
+    order: np.ndarray
+    rank: np.ndarray
+    labels: np.ndarray
+    boxes: np.ndarray
+    perturb: Any
+    perturbation_name: str
+    n_steps: int  # L + 1
+
+
+def _build_batch(plan: _Plan, start: int, stop: int) -> ForwardBatch:
+    steps = plan.n_steps
+    pairs = np.arange(start, stop)
+    img = pairs // steps
+    k = pairs % steps
+    i0, i1 = int(img[0]), int(img[-1]) + 1
+    x0 = to_model_input(plan.images[i0:i1])  # originals of the images in this batch only
+    local = img - i0
+    xk = x0[local]  # (B, H, W, 3) copy
+    sel = np.flatnonzero(k > 0)
+    if sel.size:
+        rank_maps = plan.rank[i0:i1][:, plan.labels]  # (m, H, W)
+        masks = rank_maps[local[sel]] < k[sel, None, None]
+        out = plan.perturb(xk[sel], masks, plan.seeds[img[sel]])
+        xk[sel] = check_perturbed(out, (sel.size, *xk.shape[1:]), plan.perturbation_name)
+    boxes = np.zeros((len(pairs), 4), dtype=np.int64)
+    if sel.size:
+        boxes[sel] = plan.boxes[plan.order[img[sel], k[sel] - 1]]
+    return ForwardBatch(images=xk, image_index=img, step=k, changed_box=boxes, targets=plan.targets[img])
+
+
+def _batches(plan: _Plan, total: int, batch_size: int, prefetch: bool) -> Iterator[ForwardBatch]:
+    bounds = [(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]
+    if not prefetch or len(bounds) < 2:
+        for s, e in bounds:
+            yield _build_batch(plan, s, e)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-aopc") as pool:
+        future = pool.submit(_build_batch, plan, *bounds[0])
+        for nxt in bounds[1:]:
+            batch = future.result()
+            future = pool.submit(_build_batch, plan, *nxt)
+            yield batch
+        yield future.result()
+
+
+def evaluate_aopc(
+    model: Any,
+    images: Any,
+    targets: Any,
+    heatmaps: Any,
+    *,
+    perturbation: Any = "gaussian-noise",
+    grid: Any = 9,
+    order: str = "morf",
+    seed: int = 0,
+    ids: Any = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    strategy: Any = "full",
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    prefetch: bool = True,
+) -> AOPCResult:
+    """AOPC of ``heatmaps`` for ``model`` on ``images``, streamed in batches.
+
+    model: a bench model or a plain ``keras.Model`` ending in a softmax.
+    images: uint8 (N, H, W) or float (N, H, W, 3) in [0, 1].
+    targets: int (N,), the explained class per image (``None``: the predicted class).
+    heatmaps: (N, h, w), any h, w (``None`` only with ``order="random"``).
+    perturbation: a registered name or an object with ``perturb(images, masks, seeds)``.
+    grid: int or (rows, cols); order: ``"morf"``, ``"lerf"`` or ``"random"``.
+    ids: per-image ids keying the noise and the tie-breaks (default ``0..N-1``).
+    batch_size: (image, step) pairs per model call (default 64).
+    strategy: ``"full"`` or a :class:`bench.forward.ForwardStrategy`.
+    """
+    from .models import as_bench_model
+
+    started = time.perf_counter()
+    bm = as_bench_model(model)
+    x = _check_images(images)
+    n = len(x)
+    h, w = int(x.shape[1]), int(x.shape[2])
+    rows, cols = grid_shape(grid)
+    n_regions = rows * cols
+    if rows > h or cols > w:
+        raise ConfigError(f"grid {rows}x{cols} is larger than the images ({h}x{w})")
+    bs = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    if bs < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
+    ids_arr = check_ids(ids, n)
+    num_classes = int(bm.num_classes)
+
+    fwd = get_strategy(strategy)
+    pert, pert_name, mask_local = resolve_perturbation(perturbation)
+    fwd.prepare(bm, batch_size=bs, image_shape=(h, w, 3), mask_local=mask_local)
+
+    if targets is None:
+        targets = _predict_classes(fwd, x, bs, num_classes)
+    t = _check_targets(targets, n, num_classes)
+
+    order_name = str(order).lower()
+    if heatmaps is None:
+        if order_name != "random":
+            raise ConfigError(f"heatmaps are required for order {order!r}")
+        scores = np.zeros((n, n_regions))
+    else:
+        hm = check_heatmaps(heatmaps, n)
+        scores = region_scores(hm, (h, w), (rows, cols))
+    region_order_ = region_order(scores, order_name, seed=seed, ids=ids_arr)
+    ties = count_ties(scores) if order_name != "random" else np.zeros(n, np.int64)
+
+    plan = _Plan(
+        images=x,
+        targets=t,
+        seeds=derive_seeds(seed, ids_arr, "perturbation"),
+        order=region_order_,
+        rank=rank_of_regions(region_order_).astype(np.int32),
+        labels=region_labels((h, w), (rows, cols)),
+        boxes=region_boxes((h, w), (rows, cols)),
+        perturb=pert.perturb,
+        perturbation_name=pert_name,
+        n_steps=n_regions + 1,
+    )
+    total = n * (n_regions + 1)
+    curves = np.zeros((n, n_regions + 1), dtype=np.float32)
+    where = f"forward strategy {strategy_name(fwd)!r} on model {getattr(bm, 'name', '?')!r}"
+
+    bar = None
+    if progress and total:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"AOPC {order_name}", unit="pass")
+    try:
+        for batch in _batches(plan, total, bs, prefetch):
+            probs = _check_probs(fwd.forward(batch), len(batch), num_classes, where)
+            curves[batch.image_index, batch.step] = probs[np.arange(len(batch)), batch.targets]
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if n:
+        per_image = aopc_from_curves(curves)
+        aopc = float(per_image.mean())
+        ci = bootstrap_ci(per_image, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    else:
+        per_image = np.zeros(0)
+        aopc, ci = float("nan"), (float("nan"), float("nan"))
+    return AOPCResult(
+        curves=curves,
+        per_image=per_image,
+        aopc=aopc,
+        ci=ci,
+        order=region_order_,
+        n=n,
+        grid=(rows, cols),
+        order_name=order_name,
+        seed=int(seed),
+        strategy=strategy_name(fwd),
+        forward_passes=total,
+        seconds=time.perf_counter() - started,
+        ids=ids_arr,
+        targets=t,
+        ties=ties,
+        perturbation=pert_name,
+        perturbation_params=_params_of(pert),
+        batch_size=bs,
+        image_shape=(h, w),
+        confidence=confidence,
+    )
+
+
+def _predict_classes(fwd: Any, x: np.ndarray, batch_size: int, num_classes: int) -> np.ndarray:
+    out = np.zeros(len(x), dtype=np.int64)
+    for s in range(0, len(x), batch_size):
+        e = min(s + batch_size, len(x))
+        idx = np.arange(s, e)
+        batch = ForwardBatch(
+            images=to_model_input(x[s:e]),
+            image_index=idx,
+            step=np.zeros(e - s, np.int64),
+            changed_box=np.zeros((e - s, 4), np.int64),
+            targets=np.zeros(e - s, np.int64),
+        )
+        probs = _check_probs(fwd.forward(batch), e - s, num_classes, "forward strategy")
+        out[s:e] = probs.argmax(axis=1)
+    return out
+
+
+def correctly_classified(
+    model: Any, images: Any, labels: Any, *, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the correctly classified images, their predicted classes).
+
+    The study evaluates AOPC on these, explaining the predicted class.
+    """
+    from .models import as_bench_model
+
+    bm = as_bench_model(model)
+    probs = bm.predict_proba(np.asarray(images), batch_size=batch_size)
+    pred = probs.argmax(axis=1).astype(np.int64)
+    idx = np.flatnonzero(pred == np.asarray(labels))
+    return idx, pred[idx]

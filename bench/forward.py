@@ -1,0 +1,159 @@
+"""The forward-pass seam of the AOPC engine.
+
+The engine (:mod:`bench.aopc`) never calls the model itself: it hands every
+batch of perturbed images to a :class:`ForwardStrategy`, together with what an
+incremental strategy needs to reuse work (which image each row belongs to,
+which step it is, and the box of the region that changed since the previous
+step). :class:`FullForward` runs the whole model on every row; an incremental
+strategy (Krypton-style reuse of the previous step's activations) can plug in
+behind the same protocol without touching the engine.
+
+Rows arrive image-major, steps increasing (image 0 steps 0..L, image 1 steps
+0..L, ...), a batch may span several images and an image may span batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import ConfigError, did_you_mean
+
+
+@dataclass(frozen=True)
+class ForwardBatch:
+    """One batch of (image, step) pairs, already perturbed.
+
+    images: float32 (B, H, W, 3), ``x^(k)`` of each pair.
+    image_index: int (B,), the row of each pair's image in the evaluation set.
+    step: int (B,), k (0 = the original image).
+    changed_box: int (B, 4), ``(y0, y1, x0, x1)`` of region ``r_k`` (the pixels
+        that differ from ``x^(k-1)`` for a mask-local perturbation); zeros at k = 0.
+    targets: int (B,), the explained class of each pair.
+    """
+
+    images: np.ndarray
+    image_index: np.ndarray
+    step: np.ndarray
+    changed_box: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@runtime_checkable
+class ForwardStrategy(Protocol):
+    """How the engine turns a :class:`ForwardBatch` into class probabilities."""
+
+    name: str
+
+    def prepare(
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        image_shape: tuple[int, int, int],
+        mask_local: bool,
+    ) -> None:
+        """Called once per evaluation before the first batch (build/trace here)."""
+        ...
+
+    def forward(self, batch: ForwardBatch) -> np.ndarray:
+        """float32 (B, C): class probabilities for every row of the batch."""
+        ...
+
+    def get_params(self) -> dict[str, Any]: ...
+
+
+class FullForward:
+    """A full batched model call per batch, wrapped in one ``tf.function``.
+
+    The input signature has a free batch dimension, so the last (partial)
+    batch reuses the same trace: no retracing and no padded, wasted passes.
+    ``pad_batches=True`` pads every batch to ``batch_size`` instead (a fully
+    static shape, for backends or ``jit_compile`` that want one).
+    """
+
+    name = "full"
+
+    def __init__(self, *, jit_compile: bool = False, pad_batches: bool = False):
+        self.jit_compile = jit_compile
+        self.pad_batches = pad_batches
+        self._fn: Any = None
+        self._model: Any = None
+        self._batch_size = 0
+        self._key: tuple[Any, ...] | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return {"jit_compile": self.jit_compile, "pad_batches": self.pad_batches}
+
+    def prepare(
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        image_shape: tuple[int, int, int],
+        mask_local: bool = True,
+    ) -> None:
+        import tensorflow as tf
+
+        keras_model = model.keras
+        key = (id(keras_model), tuple(image_shape), batch_size if self.pad_batches else None)
+        self._batch_size = int(batch_size)
+        if self._fn is not None and self._key == key and self._model is keras_model:
+            return
+        h, w, c = (int(d) for d in image_shape)
+        batch_dim = self._batch_size if self.pad_batches else None
+        spec = tf.TensorSpec((batch_dim, h, w, c), tf.float32)
+
+        def call(x: Any) -> Any:
+            return keras_model(x, training=False)
+
+        self._fn = tf.function(call, input_signature=[spec], jit_compile=self.jit_compile or None)
+        self._model = keras_model
+        self._key = key
+
+    def forward(self, batch: ForwardBatch) -> np.ndarray:
+        return self.predict(batch.images)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """float32 (B, C) for float32 (B, H, W, 3) images (B <= batch_size when padding)."""
+        import tensorflow as tf
+
+        if self._fn is None:
+            raise RuntimeError("FullForward.prepare() must be called before forward()")
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        n = len(x)
+        if self.pad_batches and n < self._batch_size:
+            pad = np.zeros((self._batch_size - n, *x.shape[1:]), dtype=np.float32)
+            x = np.concatenate([x, pad])
+        out = self._fn(tf.constant(x))
+        return np.asarray(out, dtype=np.float32)[:n]
+
+
+STRATEGIES: dict[str, type] = {"full": FullForward}
+
+
+def get_strategy(strategy: str | ForwardStrategy) -> ForwardStrategy:
+    """A strategy instance from a name (``"full"``) or an object with the protocol."""
+    if isinstance(strategy, str):
+        key = strategy.lower()
+        if key not in STRATEGIES:
+            raise ConfigError(
+                f"unknown forward strategy {strategy!r}{did_you_mean(key, STRATEGIES)}; "
+                f"strategies: {', '.join(sorted(STRATEGIES))}"
+            )
+        return STRATEGIES[key]()
+    if not (hasattr(strategy, "forward") and hasattr(strategy, "prepare")):
+        raise ConfigError(
+            f"strategy must be a name ({', '.join(sorted(STRATEGIES))}) or an object with "
+            f"prepare() and forward(), got {type(strategy).__name__}"
+        )
+    return strategy
+
+
+def strategy_name(strategy: Any) -> str:
+    return str(getattr(strategy, "name", type(strategy).__name__))

@@ -1,0 +1,786 @@
+"""The leaderboard: every finished cell of every run, one row per configuration.
+
+``collect(results_dir)`` reads ``results/runs/*/cells/*.json`` (written by the
+runner) into a :class:`pandas.DataFrame`, one row per (dataset, model, weights,
+explainer, perturbation): the latest *ok* cell across all runs wins.
+``render(df, fmt)`` turns it into Markdown (tabulate, GitHub style), CSV, JSON
+(schema-versioned), self-contained HTML or LaTeX (booktabs), and
+``build_leaderboard()`` writes ``results/leaderboard.{md,csv,json,html,tex}``
+atomically, plus ``results/report.md`` and ``results/figures/*.png``.
+
+Nothing here knows a plugin by name: the explainer that "gain over random" is
+measured against is the ``baseline`` parameter. Every string that comes from a
+plugin or a config (names, errors, parameters) is escaped in HTML and LaTeX.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import BenchError, DataError
+from .store import atomic_write_text, read_json
+
+SCHEMA = "bench.leaderboard/1"
+FORMATS: tuple[str, ...] = ("md", "csv", "json", "html", "tex")
+#: Aliases accepted by :func:`render` and :func:`build_leaderboard` (``bench leaderboard --format latex``).
+FORMAT_ALIASES: dict[str, str] = {"markdown": "md", "latex": "tex", "htm": "html"}
+KEY_COLUMNS: tuple[str, ...] = ("dataset", "model", "weights", "explainer", "perturbation")
+
+#: Machine-readable columns of :func:`collect` (CSV and JSON use these names).
+COLUMNS: tuple[str, ...] = (
+    *KEY_COLUMNS,
+    "recall_macro",
+    "f1_macro",
+    "precision_macro",
+    "accuracy",
+    "aopc",
+    "aopc_ci_low",
+    "aopc_ci_high",
+    "gain_over_baseline",
+    "gain_ci_low",
+    "gain_ci_high",
+    "baseline",
+    "lerf_aopc",
+    "lerf_ci_low",
+    "lerf_ci_high",
+    "abpc",
+    "abpc_ci_low",
+    "abpc_ci_high",
+    "n_images",
+    "evaluate_seconds",
+    "explain_seconds",
+    "forward_passes",
+    "passes_per_second",
+    "grid",
+    "sigma",
+    "seed",
+    "strategy",
+    "run_id",
+    "cell_id",
+    "finished",
+)
+
+FAILED_COLUMNS: tuple[str, ...] = (
+    *KEY_COLUMNS, "run_id", "cell_id", "stage", "error", "finished", "shown_instead",
+)
+
+_NUMERIC = (
+    "recall_macro", "f1_macro", "precision_macro", "accuracy", "aopc", "aopc_ci_low",
+    "aopc_ci_high", "gain_over_baseline", "gain_ci_low", "gain_ci_high", "lerf_aopc", "lerf_ci_low", "lerf_ci_high", "abpc",
+    "abpc_ci_low", "abpc_ci_high", "evaluate_seconds", "explain_seconds", "passes_per_second",
+    "sigma",
+)
+
+
+# ---------------------------------------------------------------------------------------
+# reading run folders
+# ---------------------------------------------------------------------------------------
+def _parse_time(value: Any) -> datetime:
+    """An ISO timestamp as an aware UTC datetime; unparsable or missing -> the epoch."""
+    if isinstance(value, str) and value:
+        try:
+            t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return datetime.fromtimestamp(0, UTC)
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(0, UTC)
+
+
+def runs_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "runs"
+
+
+def load_manifests(results_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """``{run_id: manifest}`` for every run folder that has a readable ``manifest.json``."""
+    out: dict[str, dict[str, Any]] = {}
+    root = runs_dir(results_dir)
+    if not root.is_dir():
+        return out
+    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        path = run_dir / "manifest.json"
+        if not path.exists():
+            continue
+        try:
+            manifest = read_json(path)
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"skipping unreadable run manifest {path}: {exc}", stacklevel=2)
+            continue
+        manifest["_dir"] = str(run_dir)
+        out[run_dir.name] = manifest
+    return out
+
+
+def _iter_cells(results_dir: str | Path) -> Iterable[tuple[Path, dict[str, Any]]]:
+    root = runs_dir(results_dir)
+    if not root.is_dir():
+        raise DataError(
+            f"no runs under {root}: nothing to put on a leaderboard (run `bench run` first, "
+            f"or pass the results folder that holds runs/)"
+        )
+    for path in sorted(root.glob("*/cells/*.json")):
+        try:
+            cell = read_json(path)
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"skipping unreadable cell file {path}: {exc}", stacklevel=3)
+            continue
+        if not isinstance(cell, dict):
+            warnings.warn(f"skipping cell file {path}: not a JSON object", stacklevel=3)
+            continue
+        yield path, cell
+
+
+def _num(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out
+
+
+def _ci(block: Mapping[str, Any] | None, key: str = "ci") -> tuple[float, float]:
+    ci = (block or {}).get(key)
+    if isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2:
+        return _num(ci[0]), _num(ci[1])
+    return math.nan, math.nan
+
+
+def _grid_text(grid: Any) -> str:
+    if isinstance(grid, Sequence) and not isinstance(grid, str):
+        return "x".join(str(g) for g in grid)
+    if grid is None:
+        return ""
+    return f"{grid}x{grid}"
+
+
+def _cell_row(path: Path, cell: Mapping[str, Any], manifests: Mapping[str, Any]) -> dict[str, Any]:
+    run_id = str(cell.get("run_id") or path.parent.parent.name)
+    manifest = manifests.get(path.parent.parent.name, {})
+    params = cell.get("params") or {}
+    aopc_params = params.get("aopc") or {}
+    pert_params = params.get("perturbation") or {}
+    classification = cell.get("classification") or {}
+    results = cell.get("results") or {}
+    morf = results.get("morf") or {}
+    lerf = results.get("lerf") or {}
+    abpc = cell.get("abpc") or {}
+    timings = cell.get("timings") or {}
+    morf_lo, morf_hi = _ci(morf)
+    lerf_lo, lerf_hi = _ci(lerf)
+    abpc_lo, abpc_hi = _ci(abpc)
+    n = morf.get("n", cell.get("n_images"))
+    finished = cell.get("finished") or manifest.get("finished") or manifest.get("created") or ""
+    return {
+        "dataset": str(cell.get("dataset", "")),
+        "model": str(cell.get("model", "")),
+        "weights": "" if cell.get("weights") is None else str(cell.get("weights")),
+        "explainer": str(cell.get("explainer", "")),
+        "perturbation": str(cell.get("perturbation", "")),
+        "recall_macro": _num(classification.get("recall_macro")),
+        "f1_macro": _num(classification.get("f1_macro")),
+        "precision_macro": _num(classification.get("precision_macro")),
+        "accuracy": _num(classification.get("accuracy")),
+        "aopc": _num(morf.get("aopc")),
+        "aopc_ci_low": morf_lo,
+        "aopc_ci_high": morf_hi,
+        "gain_over_baseline": math.nan,
+        "gain_ci_low": math.nan,
+        "gain_ci_high": math.nan,
+        "baseline": "",
+        "lerf_aopc": _num(lerf.get("aopc")),
+        "lerf_ci_low": lerf_lo,
+        "lerf_ci_high": lerf_hi,
+        "abpc": _num(abpc.get("value")),
+        "abpc_ci_low": abpc_lo,
+        "abpc_ci_high": abpc_hi,
+        "n_images": int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else -1,
+        "evaluate_seconds": _num(timings.get("evaluate_seconds")),
+        "explain_seconds": _num(timings.get("explain_seconds")),
+        "forward_passes": int(timings.get("forward_passes") or 0),
+        "passes_per_second": _num(timings.get("passes_per_second")),
+        "grid": _grid_text(aopc_params.get("grid")),
+        "sigma": _num(pert_params.get("sigma")),
+        "seed": aopc_params.get("seed", (manifest.get("seeds") or {}).get("run")),
+        "strategy": str(cell.get("strategy") or ""),
+        "run_id": run_id,
+        "cell_id": str(cell.get("cell_id") or path.stem),
+        "finished": str(finished),
+        "_time": _parse_time(finished),
+        "_path": str(path),
+        "_status": str(cell.get("status", "")),
+        "_error": cell.get("error"),
+        "_stage": cell.get("stage"),
+        "_orders": list(aopc_params.get("orders") or []),
+        "_pert_params": dict(pert_params),
+        "_curves_file": cell.get("curves_file"),
+        "_heatmaps_file": cell.get("heatmaps_file"),
+    }
+
+
+def _empty(columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+def collect(results_dir: str | Path = "results", *, baseline: str | None = "random") -> pd.DataFrame:
+    """One row per (dataset, model, weights, explainer, perturbation); the latest ok cell wins.
+
+    "Latest" is the cell's ``finished`` time (then its run's), ties broken by run id.
+    Columns are :data:`COLUMNS`, plus hidden ``_``-prefixed bookkeeping columns (the
+    cell file, the curves/heatmaps files) that the renderers drop. Rows are sorted by
+    dataset, then AOPC descending. ``gain_over_baseline`` is AOPC minus the AOPC of the
+    ``baseline`` explainer on the same dataset, model, weights and perturbation (NaN
+    when that row is absent). ``df.attrs`` holds ``results_dir``, ``baseline``,
+    ``failed`` (a DataFrame of :data:`FAILED_COLUMNS`: cells whose latest attempt
+    failed) and ``manifests``.
+    """
+    manifests = load_manifests(results_dir)
+    rows = [_cell_row(path, cell, manifests) for path, cell in _iter_cells(results_dir)]
+    all_rows = pd.DataFrame(rows) if rows else _empty([*COLUMNS, "_time", "_status"])
+    key = list(KEY_COLUMNS)
+    if rows:
+        all_rows = all_rows.sort_values(["_time", "run_id", "cell_id"], kind="stable")
+        ok = all_rows[all_rows["_status"] == "ok"]
+        latest_ok = ok.drop_duplicates(key, keep="last")
+    else:
+        ok = latest_ok = all_rows
+    df = latest_ok.copy()
+    df = add_gain(df, baseline)
+    df = sort_rows(df)
+    df.attrs["results_dir"] = str(results_dir)
+    df.attrs["baseline"] = baseline or ""
+    df.attrs["failed"] = _failed(all_rows, latest_ok)
+    df.attrs["manifests"] = manifests
+    return df
+
+
+def _failed(all_rows: pd.DataFrame, latest_ok: pd.DataFrame) -> pd.DataFrame:
+    """Cells whose most recent attempt failed (newer than any ok cell of the same key)."""
+    if all_rows.empty:
+        return _empty(FAILED_COLUMNS)
+    key = list(KEY_COLUMNS)
+    latest = all_rows.drop_duplicates(key, keep="last")
+    failed = latest[latest["_status"] != "ok"].copy()
+    ok_runs = {tuple(r[k] for k in key): r["run_id"] for _, r in latest_ok.iterrows()}
+    failed["shown_instead"] = [ok_runs.get(tuple(r[k] for k in key), "") for _, r in failed.iterrows()]
+    failed["stage"] = [("" if s is None else str(s)) for s in failed["_stage"]]
+    failed["error"] = [("" if e is None else str(e)) for e in failed["_error"]]
+    return failed[list(FAILED_COLUMNS)].reset_index(drop=True)
+
+
+def add_gain(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """Fill ``gain_over_baseline`` = AOPC - AOPC(baseline explainer), same dataset/model/weights/perturbation."""
+    df = df.copy()
+    if df.empty:
+        return df
+    df["baseline"] = baseline or ""
+    df["gain_over_baseline"] = math.nan
+    if not baseline:
+        return df
+    group = ["dataset", "model", "weights", "perturbation"]
+    base = df[df["explainer"] == baseline].set_index(group)["aopc"]
+    base = base[~base.index.duplicated(keep="last")]
+    keys = pd.MultiIndex.from_frame(df[group])
+    ref = base.reindex(keys).to_numpy(dtype=float)
+    df["gain_over_baseline"] = df["aopc"].to_numpy(dtype=float) - ref
+    return df
+
+
+def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Datasets in name order; within a dataset AOPC descending (missing last), then names."""
+    if df.empty:
+        return df.reset_index(drop=True)
+    order = df.assign(_neg=-df["aopc"].astype(float)).sort_values(
+        ["dataset", "_neg", "model", "weights", "explainer", "perturbation"],
+        kind="stable",
+        na_position="last",
+    )
+    return order.drop(columns="_neg").reset_index(drop=True)
+
+
+def public(df: pd.DataFrame) -> pd.DataFrame:
+    """The :data:`COLUMNS` of ``df`` (drops the ``_`` bookkeeping columns)."""
+    cols = [c for c in COLUMNS if c in df.columns]
+    out = df[cols].copy() if len(df.columns) else _empty(COLUMNS)
+    out.attrs = {}
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# provenance
+# ---------------------------------------------------------------------------------------
+def provenance(df: pd.DataFrame, manifests: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Where the numbers come from: runs, versions, seeds, grids, perturbation parameters."""
+    manifests = manifests if manifests is not None else df.attrs.get("manifests", {})
+    run_ids = sorted({str(r) for r in df["run_id"]}) if not df.empty else []
+    runs = []
+    for rid in run_ids:
+        m = manifests.get(rid, {})
+        env = m.get("environment") or {}
+        runs.append(
+            {
+                "run_id": rid,
+                "created": m.get("created"),
+                "finished": m.get("finished"),
+                "bench_version": m.get("bench_version"),
+                "tensorflow": env.get("tensorflow"),
+                "keras": env.get("keras"),
+                "python": env.get("python"),
+                "numpy": env.get("numpy"),
+                "git_commit": env.get("git_commit"),
+                "seeds": m.get("seeds") or {},
+                "dataset_fingerprint": (m.get("dataset") or {}).get("fingerprint"),
+                "plugins": [
+                    {k: p.get(k) for k in ("name", "distribution", "version")}
+                    for p in (m.get("plugins") or [])
+                    if isinstance(p, Mapping)
+                ],
+            }
+        )
+    perturbations: dict[str, list[dict[str, Any]]] = {}
+    if "_pert_params" in df.columns:
+        for name, params in zip(df["perturbation"], df["_pert_params"], strict=True):
+            lst = perturbations.setdefault(str(name), [])
+            if params not in lst:
+                lst.append(params)
+    from . import __version__
+
+    def uniq(col: str) -> list[Any]:
+        if col not in df.columns or df.empty:
+            return []
+        vals = {v for v in df[col].tolist() if v is not None and v == v and v != ""}
+        return sorted(vals, key=lambda v: (str(type(v)), v))
+
+    return {
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "generator": f"bench {__version__}",
+        "baseline": df.attrs.get("baseline", ""),
+        "run_ids": run_ids,
+        "runs": runs,
+        "grids": uniq("grid"),
+        "seeds": uniq("seed"),
+        "sigmas": uniq("sigma"),
+        "perturbation_params": perturbations,
+    }
+
+
+def provenance_lines(prov: Mapping[str, Any]) -> list[str]:
+    """Plain-text footer lines (unescaped: each renderer escapes them)."""
+    lines = []
+    base = prov.get("baseline")
+    if base:
+        lines.append(f"Gain over random = AOPC - AOPC of the '{base}' explainer, same dataset, "
+                     "model, weights, perturbation.")
+    lines.append("AOPC = mean over correctly classified test images of "
+                 "sum_k (f(x0) - f(xk)) / (L+1), MoRF order; 95% bootstrap CI.")
+    lines.append(
+        "Grid: " + (", ".join(str(g) for g in prov.get("grids", [])) or "n/a")
+        + "; seeds: " + (", ".join(str(s) for s in prov.get("seeds", [])) or "n/a")
+        + "; sigma: " + (", ".join(f"{s:g}" for s in prov.get("sigmas", [])) or "n/a")
+    )
+    for name, plist in (prov.get("perturbation_params") or {}).items():
+        for p in plist:
+            lines.append(f"Perturbation {name}: " + (json.dumps(p, sort_keys=True, default=str) if p else "defaults"))
+    for run in prov.get("runs", []):
+        lines.append(
+            f"Run {run['run_id']}: bench {run.get('bench_version') or '?'}, "
+            f"TensorFlow {run.get('tensorflow') or '?'}, Keras {run.get('keras') or '?'}, "
+            f"Python {run.get('python') or '?'}, git {run.get('git_commit') or '?'}, "
+            f"seeds {json.dumps(run.get('seeds') or {}, sort_keys=True)}, "
+            f"finished {run.get('finished') or '?'}"
+        )
+    lines.append(f"Generated {prov.get('generated')} by {prov.get('generator')}.")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------
+# display table
+# ---------------------------------------------------------------------------------------
+def _f(value: Any, digits: int = 3, signed: bool = False) -> str:
+    v = _num(value)
+    if math.isnan(v):
+        return ""
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def _ci_text(lo: Any, hi: Any, digits: int = 3) -> str:
+    a, b = _num(lo), _num(hi)
+    if math.isnan(a) or math.isnan(b):
+        return ""
+    return f"[{a:.{digits}f}, {b:.{digits}f}]"
+
+
+def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[list[str], list[list[str]], list[str]]:
+    """(headers, rows of strings, alignment 'l'/'r' per column) for the human formats.
+
+    LeRF AOPC and ABPC columns appear only when some row has them.
+    """
+    baseline = baseline if baseline is not None else df.attrs.get("baseline", "random")
+    gain_name = f"Gain over {baseline}" if baseline else "Gain over baseline"
+    has_lerf = "lerf_aopc" in df.columns and df["lerf_aopc"].notna().any()
+    has_abpc = "abpc" in df.columns and df["abpc"].notna().any()
+    headers = ["Dataset", "Model", "Weights", "Explainer", "Perturbation",
+               "Test recall (macro)", "F1 (macro)", "Accuracy", "AOPC", "95% CI"]
+    align = ["l"] * 5 + ["r"] * 4 + ["l"]
+    if has_lerf:
+        headers += ["LeRF AOPC", "LeRF 95% CI"]
+        align += ["r", "l"]
+    if has_abpc:
+        headers += ["ABPC", "ABPC 95% CI"]
+        align += ["r", "l"]
+    headers += [gain_name, "n images", "Eval time (s)"]
+    align += ["r", "r", "r"]
+    rows: list[list[str]] = []
+    for _, r in df.iterrows():
+        row = [str(r["dataset"]), str(r["model"]), str(r["weights"]), str(r["explainer"]),
+               str(r["perturbation"]), _f(r["recall_macro"]), _f(r["f1_macro"]), _f(r["accuracy"]),
+               _f(r["aopc"], 4), _ci_text(r["aopc_ci_low"], r["aopc_ci_high"])]
+        if has_lerf:
+            row += [_f(r["lerf_aopc"], 4), _ci_text(r["lerf_ci_low"], r["lerf_ci_high"])]
+        if has_abpc:
+            row += [_f(r["abpc"], 4), _ci_text(r["abpc_ci_low"], r["abpc_ci_high"])]
+        n = r["n_images"]
+        gain = _f(r["gain_over_baseline"], 4, signed=True)
+        gain_ci = _ci_text(r.get("gain_ci_low"), r.get("gain_ci_high"))
+        row += [f"{gain} {gain_ci}" if gain and gain_ci else gain,
+                "" if n is None or int(n) < 0 else str(int(n)), _f(r["evaluate_seconds"], 1)]
+        rows.append(row)
+    return headers, rows, align
+
+
+def _md_cell(text: Any) -> str:
+    """A Markdown table cell: no raw HTML, no column breaks, one line."""
+    s = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+    from tabulate import tabulate
+
+    colalign = None
+    if align is not None:
+        colalign = ["right" if a == "r" else "left" for a in align]
+    return tabulate(
+        [[_md_cell(c) for c in row] for row in rows],
+        headers=[_md_cell(h) for h in headers],
+        tablefmt="github",
+        colalign=colalign,
+        disable_numparse=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# escaping
+# ---------------------------------------------------------------------------------------
+_LATEX_SPECIAL = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "\n": " ",
+    "\r": " ",
+}
+_LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
+
+
+def latex_escape(text: Any) -> str:
+    """Escape LaTeX's special characters (& % $ # _ { } ~ ^ \\, and < > newlines) in one pass."""
+    return _LATEX_RE.sub(lambda m: _LATEX_SPECIAL[m.group(0)], str(text))
+
+
+def html_escape(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+# ---------------------------------------------------------------------------------------
+# renderers
+# ---------------------------------------------------------------------------------------
+def _normalise_format(fmt: str) -> str:
+    f = str(fmt).lower().lstrip(".")
+    f = FORMAT_ALIASES.get(f, f)
+    if f not in FORMATS:
+        raise BenchError(f"unknown leaderboard format {fmt!r}; choose one of {', '.join(FORMATS)} (or 'latex')")
+    return f
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, (np.floating,)):
+        return _json_safe(float(value))
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, pd.DataFrame):
+        return [_json_safe(r) for r in value.to_dict(orient="records")]
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def render(
+    df: pd.DataFrame,
+    fmt: str,
+    *,
+    provenance_info: Mapping[str, Any] | None = None,
+    comparisons: pd.DataFrame | None = None,
+    figures: Mapping[str, Sequence[Path]] | None = None,
+    failed: pd.DataFrame | None = None,
+    title: str = "bench leaderboard",
+) -> str:
+    """The leaderboard ``df`` (from :func:`collect`) as text in ``fmt``.
+
+    ``fmt``: md, csv, json, html or tex (``latex`` accepted). ``provenance_info``
+    defaults to :func:`provenance` of ``df``; ``failed`` to ``df.attrs["failed"]``.
+    ``comparisons`` (from :func:`bench.report.paired_comparisons`) are rendered in md,
+    json and html; ``figures`` (``{section title: [png paths]}``) are embedded in html
+    as base64 data URIs.
+    """
+    fmt = _normalise_format(fmt)
+    prov = dict(provenance_info) if provenance_info is not None else provenance(df)
+    if failed is None:
+        failed = df.attrs.get("failed")
+    if failed is None:
+        failed = _empty(FAILED_COLUMNS)
+    if fmt == "csv":
+        return public(df).to_csv(index=False)
+    if fmt == "json":
+        doc = {
+            "schema": SCHEMA,
+            "baseline": df.attrs.get("baseline", prov.get("baseline", "")),
+            "columns": list(public(df).columns),
+            "rows": _json_safe(public(df)),
+            "failed": _json_safe(failed),
+            "comparisons": _json_safe(comparisons) if comparisons is not None else [],
+            "provenance": _json_safe(prov),
+        }
+        return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    if fmt == "md":
+        return _render_md(df, prov, failed, comparisons, title)
+    if fmt == "html":
+        return _render_html(df, prov, failed, comparisons, figures or {}, title)
+    return _render_tex(df, prov, failed)
+
+
+def _render_md(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame,
+               comparisons: pd.DataFrame | None, title: str) -> str:
+    headers, rows, align = display_table(df)
+    out = [f"# {_md_cell(title)}", ""]
+    if rows:
+        out += [markdown_table(headers, rows, align), ""]
+    else:
+        out += ["_No finished cells yet._", ""]
+    if comparisons is not None and not comparisons.empty:
+        from .report import comparisons_markdown
+
+        out += ["## Paired comparisons (MoRF AOPC, same images)", "", comparisons_markdown(comparisons), ""]
+    if not failed.empty:
+        out += ["## Failed cells (not on the leaderboard)", "", failed_markdown(failed), ""]
+    out += ["## Provenance", ""] + [f"- {_md_cell(line)}" for line in provenance_lines(prov)]
+    return "\n".join(out) + "\n"
+
+
+def failed_markdown(failed: pd.DataFrame) -> str:
+    headers = ["Dataset", "Model", "Weights", "Explainer", "Perturbation", "Run", "Stage", "Error",
+               "Shown instead"]
+    rows = [
+        [r["dataset"], r["model"], r["weights"], r["explainer"], r["perturbation"], r["run_id"],
+         r["stage"], _short(r["error"]), r["shown_instead"] or "-"]
+        for _, r in failed.iterrows()
+    ]
+    return markdown_table(headers, rows)
+
+
+def _short(text: Any, n: int = 160) -> str:
+    s = " ".join(str(text or "").split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;
+color:#1f2328;padding:0 1rem}
+h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}
+h3{font-size:1.05rem}
+table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.88rem}
+th,td{border:1px solid #d0d7de;padding:.3rem .55rem;vertical-align:top}
+th{background:#f6f8fa;text-align:left}td.r{text-align:right;font-variant-numeric:tabular-nums}
+tr.ds td{border-top:2px solid #57606a}
+tr:nth-child(even) td{background:#fbfcfd}
+td.sig{font-weight:600}
+.note{color:#57606a;font-size:.85rem}
+figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #d0d7de}
+figcaption{color:#57606a;font-size:.85rem}
+footer{margin-top:2rem;color:#57606a;font-size:.8rem}footer li{margin:.15rem 0}
+"""
+
+
+def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None,
+               *, group_col: int | None = None, classes: Sequence[Sequence[str]] | None = None) -> str:
+    """An escaped HTML table; a thicker rule where column ``group_col`` changes value."""
+    align = align or ["l"] * len(headers)
+    parts = ["<table>", "<thead><tr>" + "".join(f"<th>{html_escape(h)}</th>" for h in headers) + "</tr></thead>",
+             "<tbody>"]
+    prev = None
+    for i, row in enumerate(rows):
+        tr_cls = ""
+        if group_col is not None:
+            if prev is not None and row[group_col] != prev:
+                tr_cls = ' class="ds"'
+            prev = row[group_col]
+        tds = []
+        for j, cell in enumerate(row):
+            cls = ["r"] if align[j] == "r" else []
+            if classes is not None:
+                cls += [c for c in classes[i][j].split() if c]
+            attr = f' class="{" ".join(cls)}"' if cls else ""
+            tds.append(f"<td{attr}>{html_escape(cell)}</td>")
+        parts.append(f"<tr{tr_cls}>" + "".join(tds) + "</tr>")
+    parts += ["</tbody>", "</table>"]
+    return "\n".join(parts)
+
+
+def png_data_uri(path: str | Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _render_html(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame,
+                 comparisons: pd.DataFrame | None, figures: Mapping[str, Sequence[Path]], title: str) -> str:
+    headers, rows, align = display_table(df)
+    body = [f"<h1>{html_escape(title)}</h1>"]
+    body.append(
+        '<p class="note">One row per dataset, model, weights, explainer and perturbation (the latest '
+        "finished cell wins), sorted by AOPC within each dataset. Higher AOPC = the heatmap's most "
+        "relevant regions hurt the prediction most when perturbed (more faithful).</p>"
+    )
+    body.append(html_table(headers, rows, align, group_col=0) if rows else "<p><em>No finished cells yet.</em></p>")
+    if comparisons is not None and not comparisons.empty:
+        from .report import comparisons_html
+
+        body.append("<h2>Paired comparisons (MoRF AOPC, same images)</h2>")
+        body.append(comparisons_html(comparisons))
+    for section, paths in figures.items():
+        existing = [Path(p) for p in paths if Path(p).exists()]
+        if not existing:
+            continue
+        body.append(f"<h2>{html_escape(section)}</h2>")
+        for p in existing:
+            body.append(
+                f'<figure><img alt="{html_escape(p.stem)}" src="{png_data_uri(p)}">'
+                f"<figcaption>{html_escape(p.name)}</figcaption></figure>"
+            )
+    if not failed.empty:
+        body.append("<h2>Failed cells (not on the leaderboard)</h2>")
+        f_headers = ["Dataset", "Model", "Weights", "Explainer", "Perturbation", "Run", "Stage", "Error",
+                     "Shown instead"]
+        f_rows = [[r["dataset"], r["model"], r["weights"], r["explainer"], r["perturbation"], r["run_id"],
+                   r["stage"], _short(r["error"], 400), r["shown_instead"] or "-"] for _, r in failed.iterrows()]
+        body.append(html_table(f_headers, f_rows))
+    body.append("<footer><h2>Provenance</h2><ul>"
+                + "".join(f"<li>{html_escape(line)}</li>" for line in provenance_lines(prov))
+                + "</ul></footer>")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{html_escape(title)}</title>\n"
+        f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
+def _render_tex(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame) -> str:
+    headers, rows, align = display_table(df)
+    spec = "".join(align)
+    out = [
+        "% bench leaderboard (LaTeX, booktabs). Needs \\usepackage{booktabs}.",
+        *("% " + line.replace("\n", " ").replace("\r", " ") for line in provenance_lines(prov)),
+        "\\begin{table}[ht]",
+        "\\centering",
+        "\\small",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(latex_escape(h) for h in headers) + " \\\\",
+        "\\midrule",
+    ]
+    prev = None
+    for row in rows:
+        if prev is not None and row[0] != prev:
+            out.append("\\midrule")
+        prev = row[0]
+        out.append(" & ".join(latex_escape(c) for c in row) + " \\\\")
+    out += ["\\bottomrule", "\\end{tabular}"]
+    grids = ", ".join(str(g) for g in prov.get("grids", [])) or "n/a"
+    sigmas = ", ".join(f"{s:g}" for s in prov.get("sigmas", [])) or "n/a"
+    seeds = ", ".join(str(s) for s in prov.get("seeds", [])) or "n/a"
+    runs = ", ".join(prov.get("run_ids", [])) or "n/a"
+    caption = (
+        f"AOPC (MoRF) with 95% bootstrap CIs; grid {grids}, sigma {sigmas}, seeds {seeds}; runs {runs}."
+    )
+    if not failed.empty:
+        caption += f" {len(failed)} failed cell(s) not shown."
+    out += [f"\\caption{{{latex_escape(caption)}}}", "\\label{tab:bench-leaderboard}", "\\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# the files
+# ---------------------------------------------------------------------------------------
+def build_leaderboard(
+    results_dir: str | Path = "results",
+    *,
+    formats: Sequence[str] = FORMATS,
+    out_dir: str | Path | None = None,
+    baseline: str | None = "random",
+    figures: bool = True,
+    report: bool = True,
+) -> dict[str, Path]:
+    """Write ``<out_dir>/leaderboard.<fmt>`` for every format (atomically) and return their paths.
+
+    ``out_dir`` defaults to ``results_dir``. With ``figures`` the PNGs go to
+    ``<out_dir>/figures/`` and are embedded in the HTML; with ``report``
+    ``<out_dir>/report.md`` is written too (key ``"report"`` in the returned dict).
+    Paired comparisons between explainers are computed from the cells' curves files.
+    """
+    from . import report as report_mod
+
+    fmts = [_normalise_format(f) for f in formats]
+    out = Path(out_dir) if out_dir is not None else Path(results_dir)
+    df = collect(results_dir, baseline=baseline)
+    comparisons = report_mod.paired_comparisons(df)
+    df = report_mod.attach_gain_ci(df, comparisons, baseline)
+    prov = provenance(df)
+    figs: dict[str, list[Path]] = {}
+    if figures and ("html" in fmts or report) and not df.empty:
+        figs = report_mod.make_figures(df, out / "figures")
+    written: dict[str, Path] = {}
+    for fmt in fmts:
+        text = render(df, fmt, provenance_info=prov, comparisons=comparisons, figures=figs)
+        path = out / f"leaderboard.{fmt}"
+        atomic_write_text(path, text)
+        written[fmt] = path
+    if report:
+        path = out / "report.md"
+        atomic_write_text(path, report_mod.render_report(df, comparisons=comparisons, figures=figs,
+                                                         provenance_info=prov, relative_to=out))
+        written["report"] = path
+    return written

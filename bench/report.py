@@ -1,0 +1,577 @@
+"""The statistics report: paired comparisons, per-class tables and figures from run folders.
+
+- :func:`paired_comparisons`: for each (dataset, model, weights, perturbation), every
+  pair of explainers compared on the SAME images (per-image MoRF AOPC aligned by the
+  image ids of the curves files, intersection of ids): mean difference with a
+  bootstrap CI, Wilcoxon signed-rank p, Holm correction across the family.
+- :func:`per_class_aopc`: AOPC per true class with a CI, per cell.
+- :func:`classification_tables`: the study's per-class precision/recall/F1/support.
+- :func:`make_figures`: curves, overlays and per-class PNGs into ``results/figures/``.
+- :func:`render_report` / :func:`build_report`: ``results/report.md``.
+
+The statistics themselves live in :mod:`bench.statistics`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import statistics as st
+from .store import atomic_write_text, read_json, read_npz
+
+COMPARISON_COLUMNS: tuple[str, ...] = (
+    "dataset", "model", "weights", "perturbation", "order", "explainer_a", "explainer_b", "n",
+    "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
+    "family_size", "run_a", "run_b",
+)
+FAMILY: tuple[str, ...] = ("dataset", "model", "weights", "perturbation")
+ALPHA = 0.05
+
+
+# ---------------------------------------------------------------------------------------
+# per-cell arrays
+# ---------------------------------------------------------------------------------------
+def _run_dir(row: Mapping[str, Any]) -> Path:
+    return Path(row["_path"]).parent.parent
+
+
+def load_cell_arrays(row: Mapping[str, Any], kind: str = "curves") -> dict[str, np.ndarray] | None:
+    """The curves (or heatmaps) NPZ of a leaderboard row; None (with a warning) if missing/unreadable."""
+    rel = row.get(f"_{kind}_file")
+    if not rel:
+        return None
+    path = _run_dir(row) / str(rel)
+    try:
+        return read_npz(path)
+    except (OSError, ValueError, KeyError) as exc:
+        warnings.warn(f"cannot read {kind} file {path} of cell {row.get('cell_id')!r}: {exc}", stacklevel=2)
+        return None
+
+
+def per_image_values(row: Mapping[str, Any], order: str = "morf") -> pd.Series | None:
+    """Per-image ``<order>`` AOPC of a row, indexed by image id (duplicates: first kept)."""
+    arrays = load_cell_arrays(row, "curves")
+    key = f"{order}_per_image"
+    if arrays is None or key not in arrays or "ids" not in arrays:
+        return None
+    s = pd.Series(np.asarray(arrays[key], np.float64), index=np.asarray(arrays["ids"]).astype(str))
+    return s[~s.index.duplicated(keep="first")]
+
+
+# ---------------------------------------------------------------------------------------
+# paired comparisons
+# ---------------------------------------------------------------------------------------
+def compare_explainers(
+    values: Mapping[str, pd.Series],
+    *,
+    confidence: float = 0.95,
+    seed: int = 0,
+    n_resamples: int = 10_000,
+) -> pd.DataFrame:
+    """Every pair of explainers of one family on the intersection of their image ids.
+
+    ``values``: ``{explainer: per-image values indexed by id}``, in the order pairs are
+    formed (pair (a, b) for a before b; pass them best-first so differences are mostly
+    positive). Holm's correction runs over all pairs given here (one family).
+    """
+    names = list(values)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            common = values[a].index.intersection(values[b].index)
+            common = common.sort_values()
+            va = values[a].loc[common].to_numpy(np.float64)
+            vb = values[b].loc[common].to_numpy(np.float64)
+            if len(common) == 0:
+                res: dict[str, Any] = {"diff": math.nan, "ci": (math.nan, math.nan), "p_value": math.nan,
+                                       "n": 0, "mean_a": math.nan, "mean_b": math.nan}
+            else:
+                res = st.paired_comparison(va, vb, confidence=confidence, seed=seed, n_resamples=n_resamples)
+            rows.append({
+                "explainer_a": a, "explainer_b": b, "n": int(res["n"]),
+                "mean_a": float(res["mean_a"]), "mean_b": float(res["mean_b"]),
+                "diff": float(res["diff"]), "ci_low": float(res["ci"][0]), "ci_high": float(res["ci"][1]),
+                "p_value": float(res["p_value"]),
+            })
+    out = pd.DataFrame(rows, columns=["explainer_a", "explainer_b", "n", "mean_a", "mean_b", "diff",
+                                      "ci_low", "ci_high", "p_value"])
+    out["p_holm"] = st.holm(out["p_value"].to_numpy(np.float64)) if len(out) else []
+    out["significant"] = out["p_holm"] < ALPHA
+    out["family_size"] = int(out["p_value"].notna().sum())
+    return out
+
+
+def paired_comparisons(
+    df: pd.DataFrame,
+    *,
+    order: str = "morf",
+    confidence: float = 0.95,
+    seed: int = 0,
+    n_resamples: int = 10_000,
+) -> pd.DataFrame:
+    """Paired comparisons of explainers for each (dataset, model, weights, perturbation) of ``df``.
+
+    ``df`` is :func:`bench.leaderboard.collect`'s frame. Explainers are taken in the
+    frame's order (AOPC descending), so ``explainer_a`` is the one with the higher
+    AOPC. Columns: :data:`COMPARISON_COLUMNS`. Families with fewer than two
+    explainers (or without curves files) give no rows.
+    """
+    frames = []
+    if df.empty or "_curves_file" not in df.columns:
+        return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
+    for key, group in df.groupby(list(FAMILY), sort=False, dropna=False):
+        if len(group) < 2:
+            continue
+        values: dict[str, pd.Series] = {}
+        runs: dict[str, str] = {}
+        for _, row in group.iterrows():
+            s = per_image_values(row, order)
+            if s is not None and len(s):
+                values[str(row["explainer"])] = s
+                runs[str(row["explainer"])] = str(row["run_id"])
+        if len(values) < 2:
+            continue
+        comp = compare_explainers(values, confidence=confidence, seed=seed, n_resamples=n_resamples)
+        for col, val in zip(FAMILY, key, strict=True):
+            comp[col] = val
+        comp["order"] = order
+        comp["run_a"] = [runs[a] for a in comp["explainer_a"]]
+        comp["run_b"] = [runs[b] for b in comp["explainer_b"]]
+        frames.append(comp)
+    if not frames:
+        return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
+    return pd.concat(frames, ignore_index=True)[list(COMPARISON_COLUMNS)]
+
+
+def attach_gain_ci(df: pd.DataFrame, comparisons: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    """Put the paired (same-images) difference to ``baseline`` and its CI into the gain columns.
+
+    Where a paired comparison with the baseline exists, ``gain_over_baseline`` becomes
+    the mean per-image difference on the shared images (equal to the AOPC difference
+    when both cells scored the same images) and ``gain_ci_low/high`` its bootstrap CI.
+    """
+    df = df.copy()
+    if df.empty or not baseline or comparisons.empty:
+        return df
+    lookup: dict[tuple[Any, ...], tuple[float, float, float]] = {}
+    for _, c in comparisons.iterrows():
+        fam = tuple(c[k] for k in FAMILY)
+        if c["explainer_b"] == baseline:
+            lookup[(*fam, c["explainer_a"])] = (c["diff"], c["ci_low"], c["ci_high"])
+        elif c["explainer_a"] == baseline:
+            lookup[(*fam, c["explainer_b"])] = (-c["diff"], -c["ci_high"], -c["ci_low"])
+    for i, r in df.iterrows():
+        hit = lookup.get((*(r[k] for k in FAMILY), r["explainer"]))
+        if hit is not None and not math.isnan(hit[0]):
+            df.loc[i, ["gain_over_baseline", "gain_ci_low", "gain_ci_high"]] = list(hit)
+    return df
+
+
+def _p_text(p: float) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return ""
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def comparison_rows(comparisons: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
+    headers = ["Dataset", "Model", "Weights", "Perturbation", "A", "B", "n", "AOPC A", "AOPC B",
+               "A - B", "95% CI", "Wilcoxon p", "Holm p", "Significant (Holm, 0.05)"]
+    align = ["l"] * 6 + ["r"] * 4 + ["l", "r", "r", "l"]
+    rows = []
+    for _, c in comparisons.iterrows():
+        ci = "" if math.isnan(c["ci_low"]) else f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+        rows.append([
+            str(c["dataset"]), str(c["model"]), str(c["weights"]), str(c["perturbation"]),
+            str(c["explainer_a"]), str(c["explainer_b"]), str(int(c["n"])),
+            "" if math.isnan(c["mean_a"]) else f"{c['mean_a']:.4f}",
+            "" if math.isnan(c["mean_b"]) else f"{c['mean_b']:.4f}",
+            "" if math.isnan(c["diff"]) else f"{c['diff']:+.4f}",
+            ci, _p_text(c["p_value"]), _p_text(c["p_holm"]),
+            ("yes" if bool(c["significant"]) else "no") if c["n"] else "no shared images",
+        ])
+    return headers, rows, align
+
+
+def comparisons_markdown(comparisons: pd.DataFrame) -> str:
+    from .leaderboard import markdown_table
+
+    headers, rows, align = comparison_rows(comparisons)
+    note = ("A - B: mean over the shared images of the per-image AOPC difference; 95% bootstrap CI; "
+            "two-sided Wilcoxon signed-rank p; Holm-corrected within each dataset/model/weights/perturbation.")
+    return markdown_table(headers, rows, align) + "\n\n" + note
+
+
+def comparisons_html(comparisons: pd.DataFrame) -> str:
+    from .leaderboard import html_table
+
+    headers, rows, align = comparison_rows(comparisons)
+    classes = [["sig" if j == len(r) - 1 and r[-1] == "yes" else "" for j in range(len(r))] for r in rows]
+    note = ('<p class="note">A - B: mean over the shared images (aligned by image id) of the per-image '
+            "AOPC difference, with its 95% bootstrap CI; two-sided Wilcoxon signed-rank p; Holm "
+            "correction within each dataset/model/weights/perturbation family.</p>")
+    return html_table(headers, rows, align, group_col=1, classes=classes) + "\n" + note
+
+
+# ---------------------------------------------------------------------------------------
+# per class
+# ---------------------------------------------------------------------------------------
+def _class_names(row: Mapping[str, Any], manifests: Mapping[str, Any]) -> list[str]:
+    m = manifests.get(_run_dir(row).name) or {}
+    ds = m.get("dataset") or {}
+    if ds.get("name") in (None, row["dataset"]) and ds.get("class_names"):
+        return [str(c) for c in ds["class_names"]]
+    model_json = _run_dir(row) / "models" / f"{row['dataset']}__{row['model']}.json"
+    if model_json.exists():
+        try:
+            names = (read_json(model_json).get("classification") or {}).get("class_names")
+            if names:
+                return [str(c) for c in names]
+        except (OSError, ValueError):
+            pass
+    return []
+
+
+def per_class_aopc(
+    row: Mapping[str, Any],
+    class_names: Sequence[str] = (),
+    *,
+    order: str = "morf",
+    confidence: float = 0.95,
+) -> dict[str, tuple[float, float, float, int]]:
+    """``{class: (mean, ci_low, ci_high, n)}`` of a cell's per-image AOPC grouped by true label."""
+    arrays = load_cell_arrays(row, "curves")
+    if arrays is None or f"{order}_per_image" not in arrays or "labels" not in arrays:
+        return {}
+    return group_by_class(arrays[f"{order}_per_image"], arrays["labels"], class_names, confidence=confidence)
+
+
+def group_by_class(
+    values: np.ndarray, labels: np.ndarray, class_names: Sequence[str] = (), *, confidence: float = 0.95
+) -> dict[str, tuple[float, float, float, int]]:
+    """``{class: (mean, lo, hi, n)}``: per-image values grouped by integer labels, bootstrap CI."""
+    v = np.asarray(values, np.float64)
+    lab = np.asarray(labels).astype(int)
+    out: dict[str, tuple[float, float, float, int]] = {}
+    for c in sorted(set(lab.tolist())):
+        name = class_names[c] if 0 <= c < len(class_names) else str(c)
+        sel = v[lab == c]
+        lo, hi = st.bootstrap_ci(sel, confidence=confidence)
+        out[name] = (float(sel.mean()), lo, hi, int(sel.size))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# classification tables
+# ---------------------------------------------------------------------------------------
+def classification_tables(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per (dataset, model, weights): the classification report of the run that produced its rows.
+
+    Each item: ``{"dataset", "model", "weights", "run_id", "file", "headers", "rows",
+    "accuracy", "best_epoch"}`` with per-class precision/recall/F1/support rows plus
+    the macro and weighted averages.
+    """
+    out = []
+    if df.empty:
+        return out
+    for (dataset, model, weights), group in df.groupby(["dataset", "model", "weights"], sort=False):
+        # the most recent run among the rows shown for this model
+        row = group.sort_values("_time").iloc[-1]
+        path = _run_dir(row) / "models" / f"{dataset}__{model}.json"
+        if not path.exists():
+            continue
+        try:
+            rec = read_json(path)
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"cannot read model report {path}: {exc}", stacklevel=2)
+            continue
+        cls = rec.get("classification") or {}
+        per_class = cls.get("per_class") or {}
+        names = cls.get("class_names") or list(per_class)
+        rows = []
+        for name in names:
+            d = per_class.get(name) or {}
+            rows.append(_cls_row(str(name), d))
+        for avg in ("macro avg", "weighted avg"):
+            if isinstance(cls.get(avg), Mapping):
+                rows.append(_cls_row(avg, cls[avg]))
+        out.append({
+            "dataset": dataset, "model": model, "weights": weights, "run_id": str(row["run_id"]),
+            "file": str(path), "headers": ["Class", "Precision", "Recall", "F1", "Support"], "rows": rows,
+            "accuracy": cls.get("accuracy"), "best_epoch": (rec.get("training") or {}).get("best_epoch"),
+            "confusion_matrix": cls.get("confusion_matrix"), "class_names": [str(n) for n in names],
+        })
+    return out
+
+
+def _cls_row(name: str, d: Mapping[str, Any]) -> list[str]:
+    def f(key: str) -> str:
+        v = d.get(key)
+        return "" if v is None else f"{float(v):.2f}"
+
+    sup = d.get("support")
+    return [name, f("precision"), f("recall"), f("f1-score"), "" if sup is None else str(int(sup))]
+
+
+# ---------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------
+def slug(*parts: Any) -> str:
+    """A file-name-safe slug of plugin-supplied names, with a short hash so distinct names never collide."""
+    raw = "__".join(str(p) for p in parts)
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.")[:80] or "x"
+    return f"{text}-{hashlib.sha1(raw.encode()).hexdigest()[:6]}"
+
+
+def _model_label(row: Mapping[str, Any]) -> str:
+    w = str(row["weights"])
+    return f"{row['model']} ({w})" if w else str(row["model"])
+
+
+def _find_dataset_file(dataset: str, df: pd.DataFrame, manifests: Mapping[str, Any]) -> Path | None:
+    results_dir = Path(df.attrs.get("results_dir", "."))
+    for rid in sorted(set(df["run_id"]), reverse=True):
+        m = manifests.get(rid) or {}
+        ds = m.get("dataset") or {}
+        if ds.get("name") != dataset or not ds.get("file"):
+            continue
+        f = Path(ds["file"])
+        for cand in (f, results_dir / f, results_dir.parent / f, Path(m.get("_dir", ".")) / f):
+            if cand.exists():
+                return cand
+    return None
+
+
+def load_test_images(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images uint8 (N, H, W), labels, ids as str) of the test split of a saved DatasetSplits file."""
+    with np.load(Path(path), allow_pickle=False) as z:
+        if "test/images" in z.files:
+            return z["test/images"], z["test/labels"], z["test/ids"].astype(str)
+    from .data import DatasetSplits
+
+    splits = DatasetSplits.load_file(path)
+    return splits.test.images, splits.test.labels, splits.test.ids.astype(str)
+
+
+def choose_images(common_ids: Sequence[str], id_labels: Mapping[str, int], n: int = 3) -> list[str]:
+    """Up to ``n`` ids, one per class first (in class order), deterministic (sorted ids)."""
+    ids = sorted(common_ids)
+    chosen: list[str] = []
+    seen: set[int] = set()
+    for i in ids:
+        lab = id_labels.get(i, -1)
+        if lab not in seen:
+            chosen.append(i)
+            seen.add(lab)
+        if len(chosen) == n:
+            return sorted(chosen, key=lambda x: (id_labels.get(x, -1), x))
+    for i in ids:
+        if len(chosen) == n:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return sorted(chosen, key=lambda x: (id_labels.get(x, -1), x))
+
+
+def make_figures(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    n_images: int = 3,
+    alphas: Sequence[float] = (0.3, 0.5, 0.7),
+) -> dict[str, list[Path]]:
+    """Write the report's PNGs into ``out_dir`` and return ``{section title: [paths]}``.
+
+    One curves figure and one per-class figure per (dataset, perturbation), one
+    overlay figure per dataset. A figure that cannot be drawn (no curves, no dataset
+    file) is skipped with a warning; the rest are still written.
+    """
+    from . import figures as fg
+
+    out = Path(out_dir)
+    manifests = df.attrs.get("manifests", {})
+    sections: dict[str, list[Path]] = {
+        "Mean MoRF curves (AOPC graphs)": [],
+        "Heatmap overlays": [],
+        "AOPC per class": [],
+    }
+    if df.empty:
+        return sections
+    for (dataset, pert), group in df.groupby(["dataset", "perturbation"], sort=False):
+        curves: dict[str, dict[str, np.ndarray]] = {}
+        per_class: dict[str, dict[str, dict[str, tuple[float, float, float, int]]]] = {}
+        for _, row in group.iterrows():
+            arrays = load_cell_arrays(row, "curves")
+            if arrays is None or "morf_curves" not in arrays:
+                continue
+            panel = _model_label(row)
+            curves.setdefault(panel, {})[str(row["explainer"])] = arrays["morf_curves"]
+            if "labels" in arrays and "morf_per_image" in arrays:
+                per_class.setdefault(panel, {})[str(row["explainer"])] = group_by_class(
+                    arrays["morf_per_image"], arrays["labels"], _class_names(row, manifests))
+        title = f"{dataset} / {pert}"
+        try:
+            if curves:
+                sections["Mean MoRF curves (AOPC graphs)"].append(fg.plot_curves(
+                    curves, out / f"curves__{slug(dataset, pert)}.png", title=title))
+            if per_class:
+                sections["AOPC per class"].append(fg.plot_per_class(
+                    per_class, out / f"per_class__{slug(dataset, pert)}.png", title=title))
+        except Exception as exc:  # a figure must never lose the leaderboard
+            warnings.warn(f"figure for {title!r} failed: {type(exc).__name__}: {exc}", stacklevel=2)
+    for dataset, group in df.groupby("dataset", sort=False):
+        try:
+            path = _overlay_figure(str(dataset), group, df, manifests, out, n_images, alphas)
+        except Exception as exc:
+            warnings.warn(f"overlay figure for dataset {dataset!r} failed: {type(exc).__name__}: {exc}",
+                          stacklevel=2)
+            path = None
+        if path is not None:
+            sections["Heatmap overlays"].append(path)
+    return sections
+
+
+def _overlay_figure(dataset: str, group: pd.DataFrame, df: pd.DataFrame, manifests: Mapping[str, Any],
+                    out: Path, n_images: int, alphas: Sequence[float]) -> Path | None:
+    from . import figures as fg
+
+    data_file = _find_dataset_file(dataset, df, manifests)
+    if data_file is None:
+        warnings.warn(f"overlay figure for dataset {dataset!r} skipped: its dataset file (manifest "
+                      "dataset.file) was not found", stacklevel=3)
+        return None
+    # heatmaps do not depend on the perturbation: one set per (model, weights, explainer)
+    maps: dict[str, tuple[pd.Series, np.ndarray]] = {}
+    for _, row in group.sort_values(["model", "weights", "explainer"]).iterrows():
+        label = f"{_model_label(row)}\n{row['explainer']}"
+        if label in maps:
+            continue
+        arrays = load_cell_arrays(row, "heatmaps")
+        if arrays is None or "heatmaps" not in arrays or "ids" not in arrays:
+            continue
+        ids = np.asarray(arrays["ids"]).astype(str)
+        pos = pd.Series(np.arange(len(ids)), index=ids)
+        maps[label] = (pos[~pos.index.duplicated(keep="first")], np.asarray(arrays["heatmaps"]))
+    if not maps:
+        return None
+    images, labels, ids = load_test_images(data_file)
+    id_pos = {str(i): k for k, i in enumerate(ids)}
+    common = set(id_pos)
+    for pos, _ in maps.values():
+        common &= set(pos.index)
+    if not common:
+        warnings.warn(f"overlay figure for dataset {dataset!r} skipped: no test image was explained "
+                      "by every model x explainer (no image every model classified correctly)", stacklevel=3)
+        return None
+    id_labels = {i: int(labels[id_pos[i]]) for i in common}
+    chosen = choose_images(sorted(common), id_labels, n_images)
+    sel_images = images[[id_pos[i] for i in chosen]]
+    heat = {
+        label.replace("\n", " / "): hm[pos.loc[chosen].to_numpy()]
+        for label, (pos, hm) in maps.items()
+    }
+    names = _class_names(group.iloc[0], manifests)
+    titles = [f"{i}\n{names[id_labels[i]] if 0 <= id_labels[i] < len(names) else id_labels[i]}"
+              for i in chosen]
+    return fg.plot_overlays(sel_images, heat, out / f"overlays__{slug(dataset)}.png", alphas=alphas,
+                            image_titles=titles, title=f"{dataset}: heatmap overlays "
+                            "(test images every model classified correctly)")
+
+
+# ---------------------------------------------------------------------------------------
+# report.md
+# ---------------------------------------------------------------------------------------
+def render_report(
+    df: pd.DataFrame,
+    *,
+    comparisons: pd.DataFrame | None = None,
+    figures: Mapping[str, Sequence[Path]] | None = None,
+    provenance_info: Mapping[str, Any] | None = None,
+    relative_to: str | Path | None = None,
+) -> str:
+    """``report.md``: leaderboard, per-model classification tables, paired comparisons,
+    figures (linked relative to ``relative_to``), failed cells and provenance."""
+    from .leaderboard import (
+        _md_cell,
+        display_table,
+        failed_markdown,
+        markdown_table,
+        provenance,
+        provenance_lines,
+    )
+
+    prov = provenance_info if provenance_info is not None else provenance(df)
+    comparisons = comparisons if comparisons is not None else paired_comparisons(df)
+    failed = df.attrs.get("failed")
+    out = ["# bench report", ""]
+    headers, rows, align = display_table(df)
+    out += ["## Leaderboard", ""]
+    out += [markdown_table(headers, rows, align) if rows else "_No finished cells yet._", ""]
+    tables = classification_tables(df)
+    if tables:
+        out += ["## Classification (test split)", ""]
+        for t in tables:
+            extra = []
+            if t["accuracy"] is not None:
+                extra.append(f"accuracy {float(t['accuracy']):.3f}")
+            if t["best_epoch"] is not None:
+                extra.append(f"best epoch {t['best_epoch']}")
+            extra.append(f"run {t['run_id']}")
+            out += [f"### {_md_cell(t['dataset'])} / {_md_cell(t['model'])} (weights {_md_cell(t['weights'])})",
+                    "", _md_cell(", ".join(extra)), "",
+                    markdown_table(t["headers"], t["rows"], ["l", "r", "r", "r", "r"]), ""]
+            cm = t.get("confusion_matrix")
+            names = t.get("class_names") or []
+            if cm and names and len(cm) == len(names):
+                out += ["Confusion matrix (rows: true, columns: predicted):", "",
+                        markdown_table(["true \\ pred", *names],
+                                       [[names[i], *[str(v) for v in r]] for i, r in enumerate(cm)],
+                                       ["l"] + ["r"] * len(names)), ""]
+    out += ["## Paired comparisons between explainers (MoRF AOPC, same images)", ""]
+    if comparisons is not None and not comparisons.empty:
+        out += [comparisons_markdown(comparisons), ""]
+    else:
+        out += ["_Fewer than two explainers with curves for every model: nothing to compare._", ""]
+    if figures:
+        base = Path(relative_to) if relative_to is not None else None
+        for section, paths in figures.items():
+            if not paths:
+                continue
+            out += [f"## {section}", ""]
+            for p in paths:
+                p = Path(p)
+                rel = os.path.relpath(p, base) if base is not None else str(p)
+                out += [f"![{_md_cell(p.stem)}]({Path(rel).as_posix()})", ""]
+    if failed is not None and not failed.empty:
+        out += ["## Failed cells (not on the leaderboard)", "", failed_markdown(failed), ""]
+    out += ["## Provenance", ""] + [f"- {_md_cell(line)}" for line in provenance_lines(prov)]
+    return "\n".join(out) + "\n"
+
+
+def build_report(
+    results_dir: str | Path = "results",
+    *,
+    out: str | Path | None = None,
+    baseline: str | None = "random",
+    figures: bool = True,
+) -> Path:
+    """Write ``report.md`` (default ``<results_dir>/report.md``) and its figures; return its path."""
+    from .leaderboard import collect, provenance
+
+    df = collect(results_dir, baseline=baseline)
+    comparisons = paired_comparisons(df)
+    df = attach_gain_ci(df, comparisons, baseline)
+    path = Path(out) if out is not None else Path(results_dir) / "report.md"
+    figs = make_figures(df, path.parent / "figures") if figures else {}
+    atomic_write_text(path, render_report(df, comparisons=comparisons, figures=figs,
+                                          provenance_info=provenance(df), relative_to=path.parent))
+    return path

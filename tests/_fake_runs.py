@@ -1,0 +1,249 @@
+"""Write fake run folders (the runner's format) with known numbers, for the leaderboard tests.
+
+Nothing here imports TensorFlow: the folders are plain JSON and NPZ files laid out
+exactly as ``bench.runner`` writes them (see the run folder format in the issue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.data import DatasetSplits, Split
+from bench.store import write_json, write_npz
+
+CLASS_NAMES = ("COVID", "Lung Opacity", "Normal", "Viral Pneumonia")
+GRID = 3  # 3x3 regions, L = 9: curves have 10 points
+IMAGE_SIZE = 32
+
+
+@dataclass
+class FakeCell:
+    """One cell. ``per_image`` are the MoRF per-image AOPC values (the known numbers)."""
+
+    dataset: str
+    model: str
+    explainer: str
+    per_image: Sequence[float] | None = None
+    ids: Sequence[str] | None = None
+    perturbation: str = "gaussian-noise"
+    weights: str = "none"
+    lerf_per_image: Sequence[float] | None = None
+    status: str = "ok"
+    error: str | None = None
+    finished: str = "2026-01-01T00:00:00+00:00"
+    recall_macro: float = 0.8
+    f1_macro: float = 0.79
+    accuracy: float = 0.81
+    evaluate_seconds: float = 12.5
+    sigma: float = 0.1
+    ci: tuple[float, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.dataset}__{self.model}__{self.explainer}__{self.perturbation}"
+
+
+def default_ids(n: int) -> list[str]:
+    return [f"test-{i:03d}" for i in range(n)]
+
+
+def make_splits(name: str = "synthetic", n_test: int = 8, size: int = IMAGE_SIZE) -> DatasetSplits:
+    """A tiny dataset whose test ids match :func:`default_ids`; labels cycle over the classes."""
+    rng = np.random.default_rng(0)
+
+    def split(prefix: str, n: int) -> Split:
+        yy, xx = np.mgrid[0:size, 0:size]
+        images = np.stack(
+            [
+                ((np.sin(xx / (2 + i % 5)) + np.cos(yy / (3 + i % 3))) * 60 + 128
+                 + rng.normal(0, 5, (size, size))).clip(0, 255).astype(np.uint8)
+                for i in range(n)
+            ]
+        ) if n else np.zeros((0, size, size), np.uint8)
+        ids = np.array(default_ids(n) if prefix == "test" else [f"{prefix}-{i:03d}" for i in range(n)])
+        return Split(images=images, labels=np.arange(n) % len(CLASS_NAMES), ids=ids)
+
+    return DatasetSplits(
+        name=name,
+        class_names=CLASS_NAMES,
+        train=split("train", 4),
+        val=split("val", 4),
+        test=split("test", n_test),
+        fingerprint="fake0000",
+    )
+
+
+def curves_for(per_image: np.ndarray, L: int = GRID * GRID, f0: float = 0.95) -> np.ndarray:
+    """Decreasing curves (N, L+1) whose AOPC sum_k (f0 - f_k) / (L+1) equals ``per_image``."""
+    k = np.arange(1, L + 1, dtype=np.float64)
+    shape = 1.0 - np.exp(-k / 3.0)
+    drops = np.asarray(per_image, np.float64)[:, None] * (L + 1) * shape / shape.sum()
+    curves = np.empty((len(per_image), L + 1))
+    curves[:, 0] = f0
+    curves[:, 1:] = f0 - drops
+    return curves.astype(np.float32)
+
+
+def _result(values: np.ndarray, ci: tuple[float, float] | None) -> dict[str, Any]:
+    mean = float(np.mean(values))
+    lo, hi = ci if ci is not None else (mean - 0.02, mean + 0.02)
+    return {"aopc": mean, "ci": [lo, hi], "n": len(values)}
+
+
+def write_run(
+    results_dir: str | Path,
+    run_id: str,
+    cells: Sequence[FakeCell],
+    *,
+    created: str = "2026-01-01T00:00:00+00:00",
+    splits: DatasetSplits | None = None,
+    n_test: int = 8,
+    seed: int = 0,
+) -> Path:
+    """Write ``results_dir/runs/<run_id>/`` with a manifest, model reports, cells, curves, heatmaps."""
+    run_dir = Path(results_dir) / "runs" / run_id
+    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+    datasets = sorted({c.dataset for c in cells})
+    splits_by_name: dict[str, DatasetSplits] = {}
+    for ds in datasets:
+        s = splits if splits is not None else make_splits(ds, n_test=n_test)
+        splits_by_name[ds] = s
+        s.save(run_dir / f"{ds}.npz")
+    grid = [GRID, GRID]
+    for c in cells:
+        s = splits_by_name[c.dataset]
+        cell: dict[str, Any] = {
+            "cell_id": c.cell_id,
+            "run_id": run_id,
+            "status": c.status,
+            "error": c.error,
+            "stage": None if c.status == "ok" else "explain",
+            "dataset": c.dataset,
+            "model": c.model,
+            "weights": c.weights,
+            "explainer": c.explainer,
+            "perturbation": c.perturbation,
+            "params": {
+                "dataset": {"image_size": IMAGE_SIZE},
+                "model": {},
+                "explainer": {},
+                "perturbation": {"sigma": c.sigma, "clip": False},
+                "aopc": {"grid": grid, "orders": ["morf", "lerf"] if c.lerf_per_image is not None
+                         else ["morf"], "seed": seed, "batch_size": 64},
+            },
+            "finished": c.finished,
+            "strategy": "full",
+        }
+        if c.status == "ok":
+            assert c.per_image is not None
+            morf = np.asarray(c.per_image, np.float64)
+            n = len(morf)
+            ids = np.asarray(list(c.ids) if c.ids is not None else default_ids(n))
+            id_to_label = {str(i): int(lab) for i, lab in zip(s.test.ids, s.test.labels, strict=True)}
+            labels = np.array([id_to_label.get(str(i), 0) for i in ids], np.int64)
+            arrays: dict[str, np.ndarray] = {
+                "ids": ids.astype(str),
+                "targets": labels,
+                "labels": labels,
+                "morf_curves": curves_for(morf),
+                "morf_per_image": morf.astype(np.float32),
+                "morf_order": np.tile(np.arange(GRID * GRID), (n, 1)),
+            }
+            results = {"morf": _result(morf, c.ci)}
+            abpc = None
+            if c.lerf_per_image is not None:
+                lerf = np.asarray(c.lerf_per_image, np.float64)
+                arrays["lerf_curves"] = curves_for(lerf)
+                arrays["lerf_per_image"] = lerf.astype(np.float32)
+                arrays["lerf_order"] = np.tile(np.arange(GRID * GRID)[::-1], (n, 1))
+                results["lerf"] = _result(lerf, None)
+                value = float(np.mean(morf - lerf))
+                abpc = {"value": value, "ci": [value - 0.01, value + 0.01], "n": n}
+            write_npz(run_dir / "curves" / f"{c.cell_id}.npz", **arrays)
+            # heatmaps: a blob whose position depends on the explainer and the image
+            hm = np.zeros((n, GRID * 3, GRID * 3), np.float32)
+            for i in range(n):
+                cy, cx = (i + len(c.explainer)) % (GRID * 3), (2 * i + len(c.model)) % (GRID * 3)
+                yy, xx = np.mgrid[0 : GRID * 3, 0 : GRID * 3]
+                hm[i] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 6.0)
+            write_npz(run_dir / "heatmaps" / f"{c.cell_id}.npz", ids=ids.astype(str), heatmaps=hm)
+            cell.update(
+                classification={
+                    "recall_macro": c.recall_macro,
+                    "f1_macro": c.f1_macro,
+                    "precision_macro": c.recall_macro + 0.01,
+                    "accuracy": c.accuracy,
+                },
+                n_images=n,
+                results=results,
+                abpc=abpc,
+                timings={
+                    "explain_seconds": 1.5,
+                    "evaluate_seconds": c.evaluate_seconds,
+                    "forward_passes": n * (GRID * GRID + 1),
+                    "passes_per_second": n * (GRID * GRID + 1) / c.evaluate_seconds,
+                },
+                curves_file=f"curves/{c.cell_id}.npz",
+                heatmaps_file=f"heatmaps/{c.cell_id}.npz",
+            )
+        cell.update(c.extra)
+        write_json(run_dir / "cells" / f"{c.cell_id}.json", cell)
+
+    for ds in datasets:
+        for model, weights in sorted({(c.model, c.weights) for c in cells if c.dataset == ds}):
+            names = list(CLASS_NAMES)
+            per_class = {
+                name: {"precision": 0.8 + 0.01 * i, "recall": 0.7 + 0.02 * i,
+                       "f1-score": 0.75 + 0.01 * i, "support": 2}
+                for i, name in enumerate(names)
+            }
+            write_json(
+                run_dir / "models" / f"{ds}__{model}.json",
+                {
+                    "dataset": ds,
+                    "model": model,
+                    "weights": weights,
+                    "weights_md5": "0" * 32,
+                    "params": {},
+                    "classification": {
+                        "class_names": names,
+                        "per_class": per_class,
+                        "accuracy": 0.81,
+                        "macro avg": {"precision": 0.81, "recall": 0.8, "f1-score": 0.79, "support": 8},
+                        "weighted avg": {"precision": 0.81, "recall": 0.8, "f1-score": 0.79, "support": 8},
+                        "confusion_matrix": [[2 if i == j else 0 for j in range(4)] for i in range(4)],
+                    },
+                    "training": {"history": [], "best_epoch": 3},
+                    "predictions_file": f"models/{ds}__{model}.npz",
+                },
+            )
+
+    manifest = {
+        "run_id": run_id,
+        "created": created,
+        "finished": created,
+        "bench_version": "0.1.0",
+        "config": {"aopc": {"grid": grid, "seed": seed}},
+        "environment": {"python": "3.11.0", "platform": "linux", "tensorflow": "2.21.0",
+                        "keras": "3.99.0", "numpy": "2.4.6", "git_commit": "abc1234"},
+        "plugins": [{"name": "gradcam", "distribution": "saliency-bench", "version": "0.1.0"}],
+        "dataset": {
+            "name": datasets[0] if datasets else "",
+            "fingerprint": "fake0000",
+            "params": {},
+            "file": str(run_dir / f"{datasets[0]}.npz") if datasets else "",
+            "class_names": list(CLASS_NAMES),
+        },
+        "seeds": {"run": seed},
+        "timings": {},
+        "cells": [c.cell_id for c in cells],
+        "failed": [c.cell_id for c in cells if c.status != "ok"],
+    }
+    write_json(run_dir / "manifest.json", manifest)
+    return run_dir

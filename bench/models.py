@@ -40,6 +40,10 @@ class KerasModel:
         A display name (default: the Keras model's name).
     """
 
+    #: True when the model has a frozen backbone with ``feature_extractor`` and
+    #: ``head`` (the trainer then trains the head on cached features).
+    frozen_backbone: bool = False
+
     def __init__(self, keras_model: Any, *, feature_layer: str | None = None, name: str | None = None):
         self._keras = keras_model
         self._feature_layer = feature_layer
@@ -48,26 +52,74 @@ class KerasModel:
         self._logits_model: Any = None
         self._predict_fn: Any = None
 
+    @classmethod
+    def from_file(
+        cls, path: Any, *, feature_layer: str | None = None, name: str | None = None
+    ) -> KerasModel:
+        """A bench model from a saved ``.keras`` file, loaded with ``safe_mode=True``.
+
+        Custom layers (the built-in preprocessing layers included) must be registered
+        with ``keras.saving.register_keras_serializable``, i.e. their module imported.
+        """
+        from pathlib import Path
+
+        import keras
+
+        p = Path(path)
+        if p.suffix != ".keras":
+            raise ModelError(f"{p}: expected a '.keras' model file")
+        if not p.is_file():
+            raise ModelError(f"model file {p} does not exist")
+        try:
+            model = keras.saving.load_model(p, safe_mode=True, compile=False)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+            raise ModelError(f"cannot load model file {p}: {exc}") from exc
+        return cls(model, feature_layer=feature_layer, name=name)
+
+    def _build_keras(self) -> Any:
+        """Subclasses building their graph lazily override this."""
+        raise ModelError(f"{type(self).__name__} has no Keras model")
+
+    def save(self, path: Any) -> None:
+        """Save the Keras model as a ``.keras`` file, atomically."""
+        import os
+        import tempfile
+        from pathlib import Path
+
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=".keras")
+        os.close(fd)
+        try:
+            self.keras.save(tmp)
+            os.replace(tmp, p)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
     # ---- bench component -------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
         return {"name": self.name, "feature_layer": self.feature_layer}
 
     @property
     def name(self) -> str:
-        return self._name or self._keras.name
+        return self._name or self.keras.name
 
     @property
     def keras(self) -> Any:
+        if self._keras is None:
+            self._keras = self._build_keras()
         return self._keras
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        shape = self._keras.inputs[0].shape
+        shape = self.keras.inputs[0].shape
         return tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
 
     @property
     def num_classes(self) -> int:
-        return int(self._keras.outputs[0].shape[-1])
+        return int(self.keras.outputs[0].shape[-1])
 
     @property
     def feature_layer(self) -> str:
@@ -78,7 +130,7 @@ class KerasModel:
     # ---- graph surgery ---------------------------------------------------------------
     def _default_feature_layer(self) -> str:
         candidate = None
-        for layer in self._keras.layers:
+        for layer in self.keras.layers:
             try:
                 out = layer.output
             except (AttributeError, ValueError):
@@ -89,25 +141,119 @@ class KerasModel:
             raise ModelError(f"model {self.name!r} has no 4-D feature map layer for feature_layer")
         return candidate
 
-    def _feature_tensor(self) -> Any:
-        names = [layer.name for layer in self._keras.layers]
+    def _locate_feature_layer(self) -> tuple[Any | None, str]:
+        """(nested sub-model holding the feature layer or None, layer name).
+
+        ``feature_layer`` is a top-level layer name, a layer inside a nested
+        sub-model (``"vgg16/block5_pool"`` or just ``"block5_pool"`` when unique).
+        """
+        import keras
+
+        model = self.keras
         name = self.feature_layer
-        if name not in names:
+        top = {layer.name: layer for layer in model.layers}
+        if "/" in name:
+            sub_name, _, inner = name.partition("/")
+            sub = top.get(sub_name)
+            if not isinstance(sub, keras.Model):
+                raise ModelError(
+                    f"feature_layer {name!r}: model {self.name!r} has no nested sub-model "
+                    f"{sub_name!r}{did_you_mean(sub_name, top)}"
+                )
+            if "/" in inner:
+                raise ModelError(
+                    f"feature_layer {name!r}: only one level of nesting is supported; "
+                    "flatten the model (build the backbone with input_tensor=...)"
+                )
+            inner_names = [layer.name for layer in sub.layers]
+            if inner not in inner_names:
+                raise ModelError(
+                    f"feature_layer {name!r}: sub-model {sub_name!r} has no layer {inner!r}"
+                    f"{did_you_mean(inner, inner_names)}"
+                )
+            return sub, inner
+        if name in top:
+            return None, name
+        holders = [
+            layer
+            for layer in model.layers
+            if isinstance(layer, keras.Model) and name in [lyr.name for lyr in layer.layers]
+        ]
+        if len(holders) == 1:
+            return holders[0], name
+        if len(holders) > 1:
+            options = ", ".join(f"'{h.name}/{name}'" for h in holders)
             raise ModelError(
-                f"model {self.name!r} has no layer {name!r}{did_you_mean(name, names)}; "
-                f"top-level layers: {', '.join(names)}"
+                f"feature_layer {name!r} of model {self.name!r} is ambiguous; use one of {options}"
             )
-        out = self._keras.get_layer(name).output
-        if len(out.shape) != 4:
+        raise ModelError(
+            f"model {self.name!r} has no layer {name!r}{did_you_mean(name, top)}; "
+            f"top-level layers: {', '.join(top)}"
+        )
+
+    @staticmethod
+    def _check_4d(tensor: Any, name: str, model_name: str) -> None:
+        if len(tensor.shape) != 4:
             raise ModelError(
-                f"feature_layer {name!r} of model {self.name!r} outputs shape {tuple(out.shape)}, "
-                "expected a 4-D feature map (N, h, w, C)"
+                f"feature_layer {name!r} of model {model_name!r} outputs shape "
+                f"{tuple(tensor.shape)}, expected a 4-D feature map (N, h, w, C)"
             )
+
+    def _feature_tensor(self) -> Any:
+        sub, name = self._locate_feature_layer()
+        if sub is not None:
+            raise ModelError(
+                f"feature_layer {name!r} lives in nested sub-model {sub.name!r}; "
+                "use features_and_logits()"
+            )
+        out = self.keras.get_layer(name).output
+        self._check_4d(out, name, self.name)
         return out
+
+    def _nested_graph(self, sub: Any, name: str, pre_softmax: Any) -> Any:
+        """Split the outer graph around the nested sub-model so gradients flow.
+
+        Taking ``sub.get_layer(name).output`` into an outer model fails with
+        "graph disconnected" (that tensor lives in the sub-model's own graph), so the
+        call is run as outer-prefix -> sub-model (features, output) -> outer-suffix.
+        """
+        import keras
+
+        model = self.keras
+        nodes = [
+            node
+            for depth_nodes in model._nodes_by_depth.values()
+            for node in depth_nodes
+            if node.operation is sub
+        ]
+        if len(nodes) != 1:
+            raise ModelError(
+                f"nested sub-model {sub.name!r} of model {self.name!r} is called {len(nodes)} "
+                "times; feature_layer inside it is only supported when it is called once"
+            )
+        node = nodes[0]
+        if len(node.input_tensors) != 1 or len(node.output_tensors) != 1:
+            raise ModelError(
+                f"nested sub-model {sub.name!r} of model {self.name!r} must have one input and "
+                "one output for feature_layer inside it"
+            )
+        inner_out = sub.get_layer(name).output
+        self._check_4d(inner_out, f"{sub.name}/{name}", self.name)
+        try:
+            prefix = keras.Model(self._single_input(), node.input_tensors[0])
+            inner = keras.Model(sub.inputs, [inner_out, sub.outputs[0]])
+            suffix = keras.Model(node.output_tensors[0], pre_softmax)
+        except Exception as exc:  # noqa: BLE001 - re-raised with context
+            raise ModelError(
+                f"cannot split model {self.name!r} around nested sub-model {sub.name!r} "
+                f"(the head must depend only on the sub-model's output): {exc}. Build the "
+                "backbone flat instead (keras.applications.X(input_tensor=...))"
+            ) from exc
+        return _NestedGraph(prefix, inner, suffix)
 
     def _pre_softmax(self) -> tuple[Any, Any]:
         """(tensor feeding the final softmax, function mapping it to logits)."""
-        last = self._keras.layers[-1]
+        last = self.keras.layers[-1]
         cls = type(last).__name__
         if cls == "Softmax" or (cls == "Activation" and _is_softmax_activation(last)):
             return last.input, lambda t: t
@@ -126,7 +272,7 @@ class KerasModel:
         )
 
     def _single_input(self) -> Any:
-        inputs = self._keras.inputs
+        inputs = self.keras.inputs
         if len(inputs) != 1:
             raise ModelError(f"model {self.name!r} must take one image input, it takes {len(inputs)}")
         return inputs[0]
@@ -137,7 +283,11 @@ class KerasModel:
         import keras
 
         pre, to_logits = self._pre_softmax()
-        self._graph = keras.Model(self._single_input(), [self._feature_tensor(), pre])
+        sub, name = self._locate_feature_layer()
+        if sub is None:
+            self._graph = keras.Model(self._single_input(), [self._feature_tensor(), pre])
+        else:
+            self._graph = self._nested_graph(sub, name, pre)
         self._to_logits = to_logits
 
     # ---- calls -----------------------------------------------------------------------
@@ -164,7 +314,7 @@ class KerasModel:
         from .data import to_model_input
 
         if self._predict_fn is None:
-            self._predict_fn = tf.function(lambda x: self._keras(x, training=False), reduce_retracing=True)
+            self._predict_fn = tf.function(lambda x: self.keras(x, training=False), reduce_retracing=True)
         out = []
         for start in range(0, len(images), batch_size):
             x = to_model_input(images[start : start + batch_size])
@@ -172,6 +322,17 @@ class KerasModel:
         if not out:
             return np.zeros((0, self.num_classes), np.float32)
         return np.concatenate(out).astype(np.float32)
+
+
+class _NestedGraph:
+    """prefix -> nested sub-model (features, output) -> suffix, called as one graph."""
+
+    def __init__(self, prefix: Any, inner: Any, suffix: Any):
+        self.prefix, self.inner, self.suffix = prefix, inner, suffix
+
+    def __call__(self, images: Any, training: bool = False) -> tuple[Any, Any]:
+        features, out = self.inner(self.prefix(images, training=training), training=training)
+        return features, self.suffix(out, training=training)
 
 
 class _LogitsView:

@@ -1,0 +1,118 @@
+"""A small CNN trained end to end, for fast demos and tests.
+
+``input [0, 1] -> [Conv3x3(f, relu) -> MaxPool(2)] x (n-1) -> Conv3x3(f_last, relu)
+"features" -> GlobalAveragePooling -> Dense(classes) "logits" -> Softmax``.
+Grad-CAM uses ``features`` (input size / 2^(n-1)).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from bench.errors import ConfigError, WeightsError
+from bench.models import KerasModel
+
+from .weights import md5_of
+
+
+class SimpleCNN(KerasModel):
+    """A few conv blocks; every layer trainable."""
+
+    frozen_backbone: bool = False
+
+    def __init__(
+        self,
+        *,
+        input_shape: tuple[int, int, int] = (299, 299, 3),
+        num_classes: int = 4,
+        weights: str | Path | None = "none",
+        filters: tuple[int, ...] = (16, 32, 64),
+        dropout: float = 0.0,
+    ):
+        self._input_shape = tuple(int(d) for d in input_shape)
+        self._num_classes = int(num_classes)
+        self.weights = weights
+        self.filters = tuple(int(f) for f in filters)
+        self.dropout = dropout
+        super().__init__(None, feature_layer="features", name="simple-cnn")
+        self._weights_info: dict[str, Any] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:  # type: ignore[override]
+        return self._input_shape  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        return self._num_classes
+
+    def get_params(self) -> dict[str, Any]:
+        w = self.weights
+        return {
+            "input_shape": list(self._input_shape),
+            "num_classes": self._num_classes,
+            "weights": str(w) if isinstance(w, Path) else w,
+            "filters": list(self.filters),
+            "dropout": self.dropout,
+        }
+
+    def _weights_path(self) -> Path | None:
+        w = self.weights
+        if w is None or (isinstance(w, str) and w.strip().lower() in ("none", "random", "")):
+            return None
+        if isinstance(w, str) and w.strip().lower() == "imagenet":
+            raise ConfigError(
+                "model 'simple-cnn' has no ImageNet weights; use weights='none' or a path"
+            )
+        if not isinstance(w, str | Path):
+            raise ConfigError(f"simple-cnn: weights must be 'none' or a path, got {w!r}")
+        return Path(os.path.expanduser(str(w)))
+
+    def _build_keras(self) -> keras.Model:
+        shape = self._input_shape
+        if len(shape) != 3 or shape[-1] != 3:
+            raise ConfigError(f"model 'simple-cnn': input_shape must be (H, W, 3), got {shape}")
+        if not self.filters:
+            raise ConfigError("model 'simple-cnn': filters must not be empty")
+        if self._num_classes < 2:
+            raise ConfigError("model 'simple-cnn': num_classes must be >= 2")
+        path = self._weights_path()
+        inputs = keras.Input(shape=shape, name="image", dtype="float32")
+        x = inputs
+        for i, f in enumerate(self.filters[:-1]):
+            x = keras.layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+        x = keras.layers.Conv2D(
+            self.filters[-1], 3, padding="same", activation="relu", name="features"
+        )(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        if self.dropout:
+            x = keras.layers.Dropout(self.dropout, name="dropout")(x)
+        x = keras.layers.Dense(self._num_classes, name="logits")(x)
+        probs = keras.layers.Softmax(name="probabilities")(x)
+        model = keras.Model(inputs, probs, name="simple_cnn")
+        info: dict[str, Any] = {"source": "none", "kind": None, "path": None, "md5": None}
+        if path is not None:
+            if not path.is_file():
+                raise WeightsError(
+                    f"weights file {path} for model 'simple-cnn' does not exist "
+                    "(give --weights PATH to an existing file or --weights none)"
+                )
+            try:
+                model.load_weights(str(path))
+            except Exception as exc:  # noqa: BLE001
+                raise WeightsError(
+                    f"cannot load weights file {path} into model 'simple-cnn' "
+                    f"(input {shape}, {self._num_classes} classes, filters {self.filters}): {exc}"
+                ) from exc
+            info = {"source": "file", "kind": "full-model", "path": str(path.resolve()),
+                    "md5": md5_of(path)}
+        self._weights_info = info
+        return model
+
+    def weights_info(self) -> dict[str, Any]:
+        self.keras  # noqa: B018
+        return dict(self._weights_info or {})

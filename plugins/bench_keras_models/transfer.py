@@ -1,0 +1,279 @@
+"""VGG16 and DenseNet201 transfer models exactly as the reference study.
+
+``input [0, 1] -> preprocess (inside the model) -> frozen backbone (include_top=False)
+-> MaxPooling2D(4) -> Flatten -> Dense(64, relu) -> Dense(classes) logits -> Softmax``.
+
+The backbone is built with ``input_tensor=`` the preprocessing output, so its
+layers are inlined into one flat functional graph: the feature map (the
+backbone's last layer, 9x9 at 299) and the logits come from one graph and
+Grad-CAM's gradients work (no "graph disconnected").
+
+``weights``:
+
+* ``"imagenet"``: the Keras applications notop file, found in the Keras cache and
+  checked by MD5 (see :mod:`bench_keras_models.weights`);
+* ``"none"`` (or ``None``): random initialisation;
+* a path: ``*.weights.h5`` or ``*.keras`` = weights of the *whole* model (backbone
+  and head, e.g. a trained model saved by bench); any other ``*.h5``/``*.hdf5`` =
+  a notop *backbone* weights file in the Keras applications layout (loaded into
+  the backbone; the head stays freshly initialised).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import keras
+
+from bench.errors import ConfigError, WeightsError
+from bench.models import KerasModel, ModelError
+
+from .weights import IMAGENET_NOTOP, md5_of, resolve_imagenet
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package="bench_keras_models")
+class CaffePreprocess(keras.layers.Layer):
+    """VGG16's ``preprocess_input`` ("caffe") on [0, 1] RGB: *255, RGB->BGR, minus ImageNet means."""
+
+    def call(self, inputs: Any) -> Any:
+        x = keras.ops.cast(inputs, "float32") * 255.0
+        x = keras.ops.flip(x, axis=-1)
+        return x - keras.ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype="float32")
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="bench_keras_models")
+class TorchPreprocess(keras.layers.Layer):
+    """DenseNet's ``preprocess_input`` ("torch") on [0, 1] RGB: minus mean, / std."""
+
+    def call(self, inputs: Any) -> Any:
+        x = keras.ops.cast(inputs, "float32")
+        mean = keras.ops.convert_to_tensor(_TORCH_MEAN, dtype="float32")
+        std = keras.ops.convert_to_tensor(_TORCH_STD, dtype="float32")
+        return (x - mean) / std
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+
+def _parse_weights(weights: Any) -> str | Path | None:
+    """"imagenet" | None (no weights) | a Path; raises ConfigError otherwise."""
+    if weights is None:
+        return None
+    if isinstance(weights, Path):
+        return weights
+    if isinstance(weights, str):
+        low = weights.strip().lower()
+        if low in ("none", "random", ""):
+            return None
+        if low == "imagenet":
+            return "imagenet"
+        return Path(os.path.expanduser(weights))
+    raise ConfigError(f"weights must be 'imagenet', 'none' or a path, got {weights!r}")
+
+
+def is_full_model_weights(path: Path) -> bool:
+    return path.name.endswith(".weights.h5") or path.suffix == ".keras"
+
+
+def _check_file(path: Path, model_name: str) -> None:
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file {path} for model {model_name!r} does not exist "
+            "(give --weights PATH to an existing file, --weights imagenet or --weights none)"
+        )
+
+
+class TransferModel(KerasModel):
+    """Frozen Keras-applications backbone + the study's head. Subclasses set the backbone."""
+
+    backbone_name: ClassVar[str] = ""
+    frozen_backbone: bool = True
+
+    def __init__(
+        self,
+        *,
+        weights: str | Path | None = "imagenet",
+        input_shape: tuple[int, int, int] = (299, 299, 3),
+        num_classes: int = 4,
+        dense_units: int = 64,
+        pool_size: int = 4,
+    ):
+        self.weights = weights
+        self._input_shape = tuple(int(d) for d in input_shape)
+        self._num_classes = int(num_classes)
+        self.dense_units = dense_units
+        self.pool_size = pool_size
+        super().__init__(None, feature_layer=None, name=self.backbone_name)
+        self._feature_extractor: Any = None
+        self._head: Any = None
+        self._weights_info: dict[str, Any] | None = None
+
+    # ---- parameters ------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int, int]:  # type: ignore[override]
+        return self._input_shape  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        return self._num_classes
+
+    def get_params(self) -> dict[str, Any]:
+        w = self.weights
+        return {
+            "weights": str(w) if isinstance(w, Path) else w,
+            "input_shape": list(self._input_shape),
+            "num_classes": self._num_classes,
+            "dense_units": self.dense_units,
+            "pool_size": self.pool_size,
+        }
+
+    @property
+    def feature_layer(self) -> str:
+        if self._feature_layer is None:
+            self.keras  # noqa: B018 - building sets it
+        return self._feature_layer  # type: ignore[return-value]
+
+    # ---- the graph -------------------------------------------------------------------
+    def _preprocess_layer(self) -> keras.layers.Layer:
+        raise NotImplementedError
+
+    def _backbone(self, input_tensor: Any) -> keras.Model:
+        raise NotImplementedError
+
+    def _validate(self) -> None:
+        shape = self._input_shape
+        if len(shape) != 3 or shape[-1] != 3:
+            raise ConfigError(
+                f"model {self.backbone_name!r}: input_shape must be (H, W, 3), got {shape}"
+            )
+        if min(shape[:2]) < 32:
+            raise ConfigError(
+                f"model {self.backbone_name!r}: input_shape {shape} too small (at least 32x32)"
+            )
+        if self._num_classes < 2:
+            raise ConfigError(f"model {self.backbone_name!r}: num_classes must be >= 2")
+
+    def _build_keras(self) -> keras.Model:
+        self._validate()
+        weights = _parse_weights(self.weights)
+        inputs = keras.Input(shape=self._input_shape, name="image", dtype="float32")
+        x = self._preprocess_layer()(inputs)
+        backbone = self._backbone(x)
+        backbone.trainable = False
+        features = backbone.outputs[0]
+        self._feature_layer = backbone.layers[-1].name
+        pool = keras.layers.MaxPooling2D(pool_size=self.pool_size, name="head_pool")
+        flatten = keras.layers.Flatten(name="head_flatten")
+        dense = keras.layers.Dense(self.dense_units, activation="relu", name="head_dense")
+        logits = keras.layers.Dense(self._num_classes, name="logits")
+        softmax = keras.layers.Softmax(name="probabilities")
+        pooled = pool(features)
+        probs = softmax(logits(dense(flatten(pooled))))
+        model = keras.Model(inputs, probs, name=self.backbone_name)
+        # trainer views, sharing layers (and so weights) with the model
+        self._feature_extractor = keras.Model(inputs, pooled, name=f"{self.backbone_name}_features")
+        head_in = keras.Input(shape=tuple(pooled.shape[1:]), name="pooled_features")
+        self._head = keras.Model(
+            head_in, softmax(logits(dense(flatten(head_in)))), name=f"{self.backbone_name}_head"
+        )
+        self._load_weights(weights, backbone, model)
+        return model
+
+    def _load_weights(self, weights: str | Path | None, backbone: Any, model: Any) -> None:
+        info: dict[str, Any] = {"source": "none", "kind": None, "path": None, "md5": None}
+        if weights == "imagenet":
+            path, md5 = resolve_imagenet(self.backbone_name)
+            try:
+                backbone.load_weights(str(path))
+            except Exception as exc:  # noqa: BLE001
+                raise WeightsError(f"cannot load ImageNet weights {path}: {exc}") from exc
+            info = {
+                "source": "imagenet",
+                "kind": "backbone-notop",
+                "path": str(path),
+                "md5": md5,
+                "expected_md5": IMAGENET_NOTOP[self.backbone_name].md5,
+            }
+        elif isinstance(weights, Path):
+            _check_file(weights, self.backbone_name)
+            full = is_full_model_weights(weights)
+            target = model if full else backbone
+            try:
+                target.load_weights(str(weights))
+            except Exception as exc:  # noqa: BLE001
+                what = "full-model" if full else "notop backbone"
+                raise WeightsError(
+                    f"cannot load {what} weights file {weights} into model "
+                    f"{self.backbone_name!r} (input {self._input_shape}, "
+                    f"{self._num_classes} classes): {exc}"
+                ) from exc
+            info = {
+                "source": "file",
+                "kind": "full-model" if full else "backbone-notop",
+                "path": str(weights.resolve()),
+                "md5": md5_of(weights),
+            }
+        self._weights_info = info
+
+    # ---- trainer interface -----------------------------------------------------------
+    @property
+    def feature_extractor(self) -> keras.Model:
+        """images [0, 1] -> pooled backbone features (after MaxPooling2D(pool_size))."""
+        self.keras  # noqa: B018
+        return self._feature_extractor
+
+    @property
+    def head(self) -> keras.Model:
+        """pooled features -> probabilities; shares its layers with :attr:`keras`."""
+        self.keras  # noqa: B018
+        return self._head
+
+    def weights_info(self) -> dict[str, Any]:
+        """Which weights were loaded: source, kind, file path and MD5 (manifest, leaderboard)."""
+        self.keras  # noqa: B018
+        return dict(self._weights_info or {})
+
+
+class VGG16Transfer(TransferModel):
+    """VGG16 (caffe preprocessing inside) + MaxPool(4) -> Flatten -> Dense(64) -> Dense(classes)."""
+
+    backbone_name: ClassVar[str] = "vgg16"
+
+    def _preprocess_layer(self) -> keras.layers.Layer:
+        return CaffePreprocess(name="preprocess")
+
+    def _backbone(self, input_tensor: Any) -> keras.Model:
+        return keras.applications.VGG16(include_top=False, weights=None, input_tensor=input_tensor)
+
+
+class DenseNet201Transfer(TransferModel):
+    """DenseNet201 (torch preprocessing inside) + MaxPool(4) -> Flatten -> Dense(64) -> Dense(classes)."""
+
+    backbone_name: ClassVar[str] = "densenet201"
+
+    def _preprocess_layer(self) -> keras.layers.Layer:
+        return TorchPreprocess(name="preprocess")
+
+    def _backbone(self, input_tensor: Any) -> keras.Model:
+        return keras.applications.DenseNet201(
+            include_top=False, weights=None, input_tensor=input_tensor
+        )
+
+
+__all__ = [
+    "CaffePreprocess",
+    "DenseNet201Transfer",
+    "ModelError",
+    "TorchPreprocess",
+    "TransferModel",
+    "VGG16Transfer",
+]

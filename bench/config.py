@@ -30,7 +30,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "fail_fast": ((bool,), False),
     },
     "dataset": {
-        "name": ((str,), "synthetic-cxr"),
+        "name": ((str,), ""),
         "data": ((str,), ""),
         "params": ((dict,), {}),
     },
@@ -170,6 +170,11 @@ def validate_structure(cfg: Mapping[str, Any], where: str = "config") -> None:
 
 def validate_values(cfg: Mapping[str, Any]) -> None:
     """Value checks that need no plugin: ranges, enums."""
+    if not cfg["dataset"]["name"]:
+        raise ConfigError(
+            "dataset.name is not set: name a dataset (--dataset NAME, or [dataset] name = ... in the "
+            "config), or start from a preset (preset = \"demo\")"
+        )
     grid = cfg["aopc"]["grid"]
     cells = [grid, grid] if isinstance(grid, int) else grid
     if len(cells) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cells):

@@ -141,11 +141,13 @@ def validate_structure(cfg: Mapping[str, Any], where: str = "config") -> None:
         for key, value in table.items():
             path = f"{section}.{key}"
             if key not in keys:
-                candidates = [f"{section}.{k}" for k in keys] + [
-                    f"{s}.{k}" for s, ks in SCHEMA.items() for k in ks if s != section
-                ]
+                elsewhere = [f"{s}.{key}" for s, ks in SCHEMA.items() if key in ks]
+                candidates = [f"{section}.{k}" for k in keys]
+                hint = (
+                    f" (did you mean {elsewhere[0]!r}?)" if elsewhere else did_you_mean(path, candidates)
+                )
                 raise ConfigError(
-                    f"{where}: unknown key {path!r}{did_you_mean(path, candidates)}; "
+                    f"{where}: unknown key {path!r}{hint}; "
                     f"keys of [{section}]: {', '.join(keys)}"
                 )
             types, _ = keys[key]

@@ -1,0 +1,261 @@
+"""The leaderboard files from fake run folders with known numbers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from _fake_runs import FakeCell, write_run
+
+from bench.errors import BenchError, DataError
+from bench.leaderboard import (
+    COLUMNS,
+    FORMATS,
+    SCHEMA,
+    build_leaderboard,
+    collect,
+    latex_escape,
+    render,
+)
+
+GRADCAM = [0.50, 0.40, 0.60, 0.45, 0.55, 0.35, 0.52, 0.48]
+RANDOM = [0.20, 0.25, 0.10, 0.30, 0.15, 0.22, 0.18, 0.20]
+OCCL = [0.30, 0.35, 0.40, 0.20, 0.25, 0.33, 0.28, 0.31]
+NASTY = "x&y_%$#{}~^\\<b>'\"z"
+
+
+@pytest.fixture()
+def results(tmp_path):
+    """run-1 (old): covid vgg16 gradcam/random/occlusion + a gradcam that run-2 replaces;
+    run-2 (new): covid vgg16 gradcam with other numbers; a failed cell; dataset 'alpha' in run-3."""
+    write_run(tmp_path, "run-1", [
+        FakeCell("covid", "vgg16", "gradcam", per_image=[0.1] * 8, finished="2026-01-01T10:00:00+00:00"),
+        FakeCell("covid", "vgg16", "random", per_image=RANDOM, finished="2026-01-01T10:00:01+00:00"),
+        FakeCell("covid", "vgg16", "occlusion", per_image=OCCL, finished="2026-01-01T10:00:02+00:00",
+                 evaluate_seconds=3.25),
+    ])
+    write_run(tmp_path, "run-2", [
+        FakeCell("covid", "vgg16", "gradcam", per_image=GRADCAM, lerf_per_image=[0.05] * 8,
+                 finished="2026-01-02T10:00:00+00:00"),
+        FakeCell("covid", "vgg16", "occlusion", status="failed", error="RuntimeError: boom",
+                 finished="2026-01-02T10:00:01+00:00"),
+        FakeCell("covid", "densenet201", "gradcam", status="failed", error="ValueError: NaN heatmap",
+                 finished="2026-01-02T10:00:02+00:00"),
+    ], created="2026-01-02T09:00:00+00:00")
+    write_run(tmp_path, "run-3", [
+        FakeCell("alpha", "simple-cnn", "random", per_image=[0.3] * 4, ids=[f"test-{i:03d}" for i in range(4)]),
+        FakeCell("alpha", "simple-cnn", "gradcam", per_image=[0.2] * 4, ids=[f"test-{i:03d}" for i in range(4)]),
+    ], n_test=4)
+    return tmp_path
+
+
+def test_collect_one_row_per_key_latest_ok_wins(results):
+    df = collect(results)
+    assert len(df) == 5  # covid: gradcam, random, occlusion; alpha: random, gradcam
+    g = df[(df.dataset == "covid") & (df.explainer == "gradcam")].iloc[0]
+    assert g.run_id == "run-2"
+    assert g.aopc == pytest.approx(np.mean(GRADCAM))
+    # occlusion failed in run-2 (newer): the older ok cell of run-1 stays on the board
+    occ = df[df.explainer == "occlusion"].iloc[0]
+    assert occ.run_id == "run-1" and occ.aopc == pytest.approx(np.mean(OCCL))
+    assert occ.evaluate_seconds == pytest.approx(3.25)
+    assert "densenet201" not in set(df.model)
+
+
+def test_failed_cells_listed_not_ranked(results):
+    df = collect(results)
+    failed = df.attrs["failed"]
+    assert set(failed.cell_id) == {"covid__vgg16__occlusion__gaussian-noise", "covid__densenet201__gradcam__gaussian-noise"}
+    shown = dict(zip(failed.model, failed.shown_instead, strict=True))
+    assert shown == {"vgg16": "run-1", "densenet201": ""}
+    assert "ValueError: NaN heatmap" in set(failed.error)
+
+
+def test_sorted_by_aopc_within_dataset(results):
+    df = collect(results)
+    assert list(df.dataset) == ["alpha", "alpha", "covid", "covid", "covid"]
+    for _, g in df.groupby("dataset"):
+        assert list(g.aopc) == sorted(g.aopc, reverse=True)
+    assert list(df[df.dataset == "covid"].explainer) == ["gradcam", "occlusion", "random"]
+
+
+def test_gain_over_random_by_hand(results):
+    df = collect(results).set_index(["dataset", "explainer"])
+    assert df.loc[("covid", "gradcam"), "gain_over_baseline"] == pytest.approx(np.mean(GRADCAM) - np.mean(RANDOM))
+    assert df.loc[("covid", "occlusion"), "gain_over_baseline"] == pytest.approx(np.mean(OCCL) - np.mean(RANDOM))
+    assert df.loc[("covid", "random"), "gain_over_baseline"] == pytest.approx(0.0)
+    assert df.loc[("alpha", "gradcam"), "gain_over_baseline"] == pytest.approx(0.2 - 0.3)
+
+
+def test_gain_baseline_is_a_parameter_and_blank_when_absent(results):
+    df = collect(results, baseline="occlusion").set_index(["dataset", "explainer"])
+    assert df.loc[("covid", "gradcam"), "gain_over_baseline"] == pytest.approx(np.mean(GRADCAM) - np.mean(OCCL))
+    assert np.isnan(df.loc[("alpha", "gradcam"), "gain_over_baseline"])
+    md = render(collect(results, baseline="occlusion"), "md")
+    assert "Gain over occlusion" in md
+
+
+def test_build_writes_five_files_and_report(results):
+    paths = build_leaderboard(results)
+    assert set(paths) == {*FORMATS, "report"}
+    for fmt in FORMATS:
+        assert paths[fmt] == results / f"leaderboard.{fmt}"
+        assert paths[fmt].stat().st_size > 100
+    assert (results / "report.md").exists()
+    pngs = sorted(p.name for p in (results / "figures").glob("*.png"))
+    assert any(p.startswith("curves__") for p in pngs)
+    assert any(p.startswith("overlays__") for p in pngs)
+    assert any(p.startswith("per_class__") for p in pngs)
+
+
+def test_out_dir_and_format_subset(results, tmp_path_factory):
+    out = tmp_path_factory.mktemp("published")
+    paths = build_leaderboard(results, formats=("csv", "latex"), out_dir=out, report=False, figures=False)
+    assert set(paths) == {"csv", "tex"}
+    assert (out / "leaderboard.tex").exists() and not (results / "leaderboard.csv").exists()
+
+
+def test_markdown_columns_and_footer(results):
+    paths = build_leaderboard(results, figures=False)
+    md = paths["md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Dataset"))
+    for col in ["Model", "Weights", "Explainer", "Perturbation", "Test recall (macro)", "F1 (macro)",
+                "Accuracy", "AOPC", "95% CI", "Gain over random", "n images", "Eval time (s)",
+                "LeRF AOPC", "ABPC"]:
+        assert f" {col} " in header, col
+    assert re.search(r"^\|-+\|", md, re.M)  # github style separator
+    for text in ("run-1", "run-2", "run-3", "TensorFlow 2.21.0", "Keras 3.99.0", "seeds", "Grid: 3x3",
+                 "sigma: 0.1"):
+        assert text in md, text
+    assert "RuntimeError: boom" in md  # failed cells are listed
+
+
+def test_lerf_and_abpc_columns_only_when_present(results):
+    df = collect(results)
+    assert "LeRF AOPC" in render(df, "md")
+    only_alpha = df[df.dataset == "alpha"]
+    only_alpha.attrs = df.attrs
+    assert "LeRF AOPC" not in render(only_alpha, "md")
+    g = df[(df.dataset == "covid") & (df.explainer == "gradcam")].iloc[0]
+    assert g.lerf_aopc == pytest.approx(0.05, abs=1e-6)
+    assert g.abpc == pytest.approx(np.mean(GRADCAM) - 0.05, abs=1e-6)
+
+
+def test_csv_parses_back(results):
+    text = render(collect(results), "csv")
+    back = pd.read_csv(io.StringIO(text))
+    assert list(back.columns) == list(COLUMNS)
+    assert len(back) == 5
+    g = back[(back.dataset == "covid") & (back.explainer == "gradcam")].iloc[0]
+    assert g.aopc == pytest.approx(np.mean(GRADCAM))
+    assert g.n_images == 8 and g.run_id == "run-2"
+
+
+def test_json_schema_and_rows(results):
+    paths = build_leaderboard(results, figures=False, report=False)
+    doc = json.loads(paths["json"].read_text())
+    assert doc["schema"] == SCHEMA == "bench.leaderboard/1"
+    assert len(doc["rows"]) == 5 and set(doc["rows"][0]) >= {"dataset", "aopc", "aopc_ci_low", "run_id"}
+    assert doc["provenance"]["run_ids"] == ["run-1", "run-2", "run-3"]
+    assert doc["provenance"]["grids"] == ["3x3"] and doc["provenance"]["sigmas"] == [0.1]
+    assert {f["cell_id"] for f in doc["failed"]} == {"covid__vgg16__occlusion__gaussian-noise",
+                                                      "covid__densenet201__gradcam__gaussian-noise"}
+    assert doc["comparisons"], "paired comparisons are in the JSON"
+    alpha_gradcam = next(r for r in doc["rows"] if r["dataset"] == "alpha" and r["explainer"] == "gradcam")
+    assert alpha_gradcam["lerf_aopc"] is None  # NaN -> null, valid JSON
+
+
+def test_latex_booktabs(results):
+    tex = render(collect(results), "latex")
+    for cmd in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{table}"):
+        assert cmd in tex
+    assert "95\\% CI" in tex
+    assert f"{np.mean(GRADCAM):.4f}" in tex
+
+
+def test_html_self_contained_with_figures(results):
+    paths = build_leaderboard(results)
+    page = paths["html"].read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    imgs = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(imgs) >= 3
+    assert base64.b64decode(imgs[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Paired comparisons" in page and "Holm" in page
+    assert "RuntimeError: boom" in page
+    assert not re.search(r'(src|href)="(?!data:)', page), "no external resources"
+
+
+@pytest.fixture()
+def nasty_results(tmp_path):
+    write_run(tmp_path, "run-n", [
+        FakeCell("ds", "m<i>", NASTY, per_image=GRADCAM),
+        FakeCell("ds", "m<i>", "random", per_image=RANDOM),
+        FakeCell("ds", "m<i>", "bad", status="failed", error="<script>alert('x')</script> & 100% $5 #1"),
+    ])
+    return tmp_path
+
+
+def test_html_escapes_plugin_strings(nasty_results):
+    page = build_leaderboard(nasty_results)["html"].read_text()
+    assert "<script>" not in page and "<b>" not in page and "m<i>" not in page
+    assert "x&amp;y_%$#{}~^\\&lt;b&gt;&#x27;&quot;z" in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+
+
+def test_latex_escapes_plugin_strings(nasty_results):
+    tex = render(collect(nasty_results), "tex")
+    expected = r"x\&y\_\%\$\#\{\}\textasciitilde{}\textasciicircum{}\textbackslash{}\textless{}b\textgreater{}'" + '"z'
+    assert expected in tex
+    body = tex[tex.index(r"\midrule"):tex.index(r"\bottomrule")]
+    # every special character in the table body is escaped
+    stripped = re.sub(r"\\(textasciitilde|textasciicircum|textbackslash|textless|textgreater)\{\}", "", body)
+    stripped = stripped.replace(" & ", " | ")  # the column separators
+    stripped = re.sub(r"\\[&%$#_{}]", "", stripped).replace(r"\\", "").replace(r"\midrule", "")
+    assert not re.search(r"[&%$#_{}~^\\]", stripped), stripped
+
+
+def test_latex_escape_single_pass():
+    assert latex_escape("\\&") == r"\textbackslash{}\&"
+    assert latex_escape("a_b{c}") == r"a\_b\{c\}"
+    assert latex_escape("~^") == r"\textasciitilde{}\textasciicircum{}"
+
+
+def test_markdown_escapes_pipes_and_html(nasty_results):
+    md = render(collect(nasty_results), "md")
+    row = next(line for line in md.splitlines() if "random" in line and line.startswith("|"))
+    assert row.count(" | ") == md.splitlines()[2].count(" | ")  # no extra columns from a '|'
+    assert "<i>" not in md and "<script>" not in md
+
+
+def test_unknown_format_names_choices(results):
+    with pytest.raises(BenchError, match="unknown leaderboard format 'docx'.*md, csv"):
+        render(collect(results), "docx")
+
+
+def test_no_runs_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no runs under"):
+        collect(tmp_path / "nowhere")
+
+
+def test_unreadable_cell_file_is_skipped_with_a_warning(results):
+    bad = results / "runs" / "run-1" / "cells" / "broken.json"
+    bad.write_text("{not json")
+    with pytest.warns(UserWarning, match="broken.json"):
+        df = collect(results)
+    assert len(df) == 5
+
+
+def test_only_failed_cells_still_renders(tmp_path):
+    write_run(tmp_path, "run-f", [FakeCell("ds", "m", "e", status="failed", error="boom")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = build_leaderboard(tmp_path)
+    assert "No finished cells yet" in paths["md"].read_text()
+    assert "boom" in paths["html"].read_text()
+    assert json.loads(paths["json"].read_text())["rows"] == []

@@ -37,7 +37,7 @@ def _plt() -> Any:
 
 def mpl_text(text: Any) -> str:
     """A plugin-supplied label made safe for matplotlib (no mathtext from a stray ``$``)."""
-    return str(text).replace("\\", "\\\\").replace("$", r"\$").replace("\n", " ")
+    return str(text).replace("$", r"\$").replace("\n", " ")
 
 
 def _save(fig: Any, path: str | Path) -> Path:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+from _plugin_fixtures import EXPLAINER_PLUGIN, make_distribution
 
 import bench
 from bench import plugins as plugins_mod
 from bench.cli import main
 from bench.errors import PluginConflictError, PluginError, UnknownComponentError
-
-from _plugin_fixtures import EXPLAINER_PLUGIN, make_distribution
 
 BUILTIN_KINDS = {"dataset", "model", "explainer", "perturbation", "metric"}
 
@@ -208,6 +208,6 @@ def test_spec_validation():
         bench.ExplainerSpec(name="x", factory=42)
     spec = bench.ExplainerSpec(name="x", factory="json:dumps")
     assert spec.load_factory() is json.dumps
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "y"
     assert set(plugins_mod.KINDS) == BUILTIN_KINDS

@@ -1,0 +1,69 @@
+"""`bench new-plugin` renders a package that installs, is discovered, and passes its own tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import venv
+
+import pytest
+
+from bench.cli import main
+from bench.errors import BenchError
+from bench.scaffold import render_plugin
+
+
+@pytest.mark.parametrize("kind", ["explainer", "perturbation", "model", "dataset"])
+def test_rendered_plugin_passes_its_conformance_checks(kind, tmp_path, monkeypatch):
+    import importlib
+
+    from bench.testing import checks_for
+
+    root = render_plugin(f"demo-{kind}", kind=kind, directory=tmp_path)
+    assert (root / "pyproject.toml").read_text().count("[project.entry-points.bench]") == 1
+    monkeypatch.syspath_prepend(str(root))
+    package = importlib.import_module(f"bench_demo_{kind}")
+    hooks = [getattr(package, n) for n in dir(package) if n.startswith("bench_register_")]
+    assert len(hooks) == 1
+    (spec,) = hooks[0]()
+    assert spec.name == f"demo-{kind}" and spec.kind == kind
+    component = spec.load_factory()()
+    names = []
+    for name, check in checks_for(component):
+        check()
+        names.append(name)
+    assert "check_get_params" in names and len(names) >= 3
+
+
+def test_new_plugin_cli_refuses_existing_folder_and_bad_names(tmp_path, capsys):
+    assert main(["new-plugin", "edge", "--kind", "perturbation", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "bench-edge" / "bench_edge" / "component.py").exists()
+    assert main(["new-plugin", "edge", "--kind", "perturbation", "--dir", str(tmp_path)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(BenchError, match="lower case"):
+        render_plugin("Bad Name", kind="explainer", directory=tmp_path)
+
+
+def test_rendered_plugin_installs_and_is_discovered(tmp_path):
+    """pip-install the rendered package into a venv that sees this environment; run its tests there."""
+    root = render_plugin("center", kind="explainer", directory=tmp_path)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=True, with_pip=True)
+    py = env_dir / "bin" / "python"
+    install = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(root)],
+        capture_output=True, text=True,
+    )
+    assert install.returncode == 0, install.stderr
+    listing = subprocess.run(
+        [str(py), "-m", "bench", "plugins", "--json"], capture_output=True, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert '"distribution": "bench-center"' in listing.stdout
+    tests = subprocess.run(
+        [str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+        cwd=root, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "6 passed" in tests.stdout

@@ -1,0 +1,99 @@
+"""Atomic writes, content keys, NPZ without pickle, dataset round trip."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from bench.data import DatasetSplits, Split, to_model_input
+from bench.store import (
+    Cache,
+    atomic_write_text,
+    content_key,
+    read_json,
+    read_npz,
+    write_json,
+    write_npz,
+)
+
+
+def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+
+    def boom(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(target, "half")
+    monkeypatch.undo()
+    assert read_json(target) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
+
+
+def test_content_key_is_stable_and_sensitive():
+    a = content_key("heatmaps", {"b": 1, "a": [1, 2]}, np.int64(3))
+    assert a == content_key("heatmaps", {"a": [1, 2], "b": 1}, 3)
+    assert a != content_key("heatmaps", {"a": [1, 2], "b": 2}, 3)
+
+
+def test_npz_refuses_object_arrays(tmp_path):
+    write_npz(tmp_path / "x.npz", ids=np.array(["a", "b"]), v=np.arange(3))
+    out = read_npz(tmp_path / "x.npz")
+    assert out["ids"].tolist() == ["a", "b"]
+    write_npz(tmp_path / "bad.npz", obj=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError):  # allow_pickle=False
+        read_npz(tmp_path / "bad.npz")
+
+
+def test_cache_paths(tmp_path):
+    cache = Cache(tmp_path)
+    assert cache.get_json("s", "k") is None
+    cache.put_json("s", "k", {"x": 1})
+    assert cache.get_json("s", "k") == {"x": 1}
+    cache.put_npz("s", "k", a=np.ones(2))
+    assert cache.get_npz("s", "k")["a"].tolist() == [1.0, 1.0]
+
+
+def _split(n, size=8, offset=0):
+    rng = np.random.default_rng(offset)
+    lung = rng.random((n, size, size)) > 0.5
+    return Split(
+        images=rng.integers(0, 255, (n, size, size), dtype=np.uint8),
+        labels=np.arange(n) % 2,
+        ids=np.array([f"img-{offset + i}" for i in range(n)]),
+        lung_masks=lung,
+    )
+
+
+def test_dataset_splits_round_trip_and_describe(tmp_path):
+    ds = DatasetSplits(
+        name="toy", class_names=("a", "b"), train=_split(4), val=_split(2, offset=10),
+        test=_split(2, offset=20), fingerprint="abc", disease_classes=("b",), metadata={"k": [1]},
+    )
+    ds.save(tmp_path / "d.npz")
+    back = DatasetSplits.load_file(tmp_path / "d.npz")
+    assert back.describe() == ds.describe()
+    assert back.describe()["splits"]["train"] == {"a": 2, "b": 2}
+    assert back.describe()["masks"] == {"lung": True, "lesion": False}
+    np.testing.assert_array_equal(back.train.lung_masks, ds.train.lung_masks)
+    np.testing.assert_array_equal(back.test.images, ds.test.images)
+    assert back.disease_class_indices == (1,)
+
+
+def test_split_validation():
+    with pytest.raises(ValueError, match="uint8"):
+        Split(images=np.zeros((2, 4, 4), np.float32), labels=np.zeros(2, int), ids=np.array(["a", "b"]))
+    with pytest.raises(ValueError, match="labels"):
+        Split(images=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(3, int), ids=np.array(["a", "b"]))
+
+
+def test_to_model_input():
+    x = to_model_input(np.array([[[0, 255]]], dtype=np.uint8))
+    assert x.shape == (1, 1, 2, 3) and x.dtype == np.float32
+    assert x[0, 0, 1].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="channels"):
+        to_model_input(np.zeros((1, 2, 2, 2), np.float32))

@@ -176,6 +176,14 @@ class TransferModel(KerasModel):
         dense = keras.layers.Dense(self.dense_units, activation="relu", name="head_dense")
         logits = keras.layers.Dense(self._num_classes, name="logits")
         softmax = keras.layers.Softmax(name="probabilities")
+        fh, fw = (int(d) for d in features.shape[1:3])
+        if min(fh, fw) < self.pool_size:
+            raise ConfigError(
+                f"model {self.backbone_name!r}: input_shape {self._input_shape} is too small: the "
+                f"backbone outputs {fh}x{fw}, smaller than pool_size={self.pool_size} (VGG16 and "
+                f"DenseNet201 divide the size by 32: use at least {32 * self.pool_size}x"
+                f"{32 * self.pool_size})"
+            )
         pooled = pool(features)
         probs = softmax(logits(dense(flatten(pooled))))
         model = keras.Model(inputs, probs, name=self.backbone_name)

@@ -105,7 +105,7 @@ def plot_curves(
             L = c.shape[1] - 1
             aopc = float(np.mean(np.sum(c[:, :1] - c[:, 1:], axis=1) / (L + 1)))
             color = colors(all_lines.index(line) % 10)
-            ax.plot(k, mean, color=color, lw=1.8, label=f"{mpl_text(line)} (AOPC {aopc:.3f}, n={c.shape[0]})")
+            ax.plot(k, mean, color=color, lw=1.8, label=f"{mpl_text(line)} (AOPC {aopc:.3g}, n={c.shape[0]})")
             ax.fill_between(k, lo, hi, color=color, alpha=0.2, lw=0)
         ax.set_title(mpl_text(panel), fontsize=10)
         ax.set_xlabel("k (regions perturbed)")
@@ -204,7 +204,7 @@ def plot_overlays(
         ax = axes[0, j * per_image]
         ax.imshow(img, cmap=gray, vmin=0, vmax=1)
         name = image_titles[j] if image_titles is not None else f"image {j}"
-        ax.set_title(mpl_text(name), fontsize=7)
+        ax.set_title("\n".join(mpl_text(part) for part in str(name).splitlines()), fontsize=7)
         if j == 0:
             ax.set_ylabel("image", fontsize=7, rotation=0, ha="right", va="center")
     for i, (label, hm) in enumerate(heatmaps.items(), start=1):

@@ -222,6 +222,7 @@ def _cell_row(path: Path, cell: Mapping[str, Any], manifests: Mapping[str, Any])
         "_error": cell.get("error"),
         "_stage": cell.get("stage"),
         "_orders": list(aopc_params.get("orders") or []),
+        "_confidence": _num(aopc_params.get("confidence", 0.95)),
         "_pert_params": dict(pert_params),
         "_curves_file": cell.get("curves_file"),
         "_heatmaps_file": cell.get("heatmaps_file"),
@@ -365,6 +366,7 @@ def provenance(df: pd.DataFrame, manifests: Mapping[str, Mapping[str, Any]] | No
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "generator": f"bench {__version__}",
         "baseline": df.attrs.get("baseline", ""),
+        "ci_label": ci_label(df),
         "run_ids": run_ids,
         "runs": runs,
         "grids": uniq("grid"),
@@ -382,7 +384,7 @@ def provenance_lines(prov: Mapping[str, Any]) -> list[str]:
         lines.append(f"Gain over random = AOPC - AOPC of the '{base}' explainer, same dataset, "
                      "model, weights, perturbation.")
     lines.append("AOPC = mean over correctly classified test images of "
-                 "sum_k (f(x0) - f(xk)) / (L+1), MoRF order; 95% bootstrap CI.")
+                 f"sum_k (f(x0) - f(xk)) / (L+1), MoRF order; {prov.get('ci_label', '95%')} bootstrap CI.")
     lines.append(
         "Grid: " + (", ".join(str(g) for g in prov.get("grids", [])) or "n/a")
         + "; seeds: " + (", ".join(str(s) for s in prov.get("seeds", [])) or "n/a")
@@ -407,17 +409,39 @@ def provenance_lines(prov: Mapping[str, Any]) -> list[str]:
 # display table
 # ---------------------------------------------------------------------------------------
 def _f(value: Any, digits: int = 3, signed: bool = False) -> str:
+    """Fixed ``digits`` decimals; a non-zero value that would print as zero gets 2 significant digits."""
     v = _num(value)
     if math.isnan(v):
         return ""
-    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+    sign = "+" if signed else ""
+    if v != 0 and abs(v) < 0.5 * 10.0**-digits:
+        return f"{v:{sign}.1e}"
+    if v == 0 or round(v, digits) == 0:
+        v = 0.0  # no "-0.000"
+    return f"{v:{sign}.{digits}f}"
 
 
-def _ci_text(lo: Any, hi: Any, digits: int = 3) -> str:
+def _ci_text(lo: Any, hi: Any, digits: int = 4) -> str:
     a, b = _num(lo), _num(hi)
     if math.isnan(a) or math.isnan(b):
         return ""
-    return f"[{a:.{digits}f}, {b:.{digits}f}]"
+    return f"[{_f(a, digits)}, {_f(b, digits)}]"
+
+
+def confidence_of(df: pd.DataFrame) -> float:
+    """The confidence level of the rows' intervals (the cells' ``params.aopc.confidence``; default 0.95)."""
+    if "_confidence" not in df.columns or df.empty:
+        return 0.95
+    levels = {float(c) for c in df["_confidence"] if c == c}
+    return levels.pop() if len(levels) == 1 else 0.95
+
+
+def ci_label(df: pd.DataFrame) -> str:
+    """``"95%"``, or ``"95%/90%"`` style when runs used different levels."""
+    if "_confidence" not in df.columns or df.empty:
+        return "95%"
+    levels = sorted({float(c) for c in df["_confidence"] if c == c}, reverse=True) or [0.95]
+    return "/".join(f"{100 * c:g}%" for c in levels)
 
 
 def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[list[str], list[list[str]], list[str]]:
@@ -426,17 +450,18 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[lis
     LeRF AOPC and ABPC columns appear only when some row has them.
     """
     baseline = baseline if baseline is not None else df.attrs.get("baseline", "random")
+    ci = f"{ci_label(df)} CI"
     gain_name = f"Gain over {baseline}" if baseline else "Gain over baseline"
     has_lerf = "lerf_aopc" in df.columns and df["lerf_aopc"].notna().any()
     has_abpc = "abpc" in df.columns and df["abpc"].notna().any()
     headers = ["Dataset", "Model", "Weights", "Explainer", "Perturbation",
-               "Test recall (macro)", "F1 (macro)", "Accuracy", "AOPC", "95% CI"]
+               "Test recall (macro)", "F1 (macro)", "Accuracy", "AOPC", ci]
     align = ["l"] * 5 + ["r"] * 4 + ["l"]
     if has_lerf:
-        headers += ["LeRF AOPC", "LeRF 95% CI"]
+        headers += ["LeRF AOPC", f"LeRF {ci}"]
         align += ["r", "l"]
     if has_abpc:
-        headers += ["ABPC", "ABPC 95% CI"]
+        headers += ["ABPC", f"ABPC {ci}"]
         align += ["r", "l"]
     headers += [gain_name, "n images", "Eval time (s)"]
     align += ["r", "r", "r"]
@@ -734,7 +759,7 @@ def _render_tex(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame)
     seeds = ", ".join(str(s) for s in prov.get("seeds", [])) or "n/a"
     runs = ", ".join(prov.get("run_ids", [])) or "n/a"
     caption = (
-        f"AOPC (MoRF) with 95% bootstrap CIs; grid {grids}, sigma {sigmas}, seeds {seeds}; runs {runs}."
+        f"AOPC (MoRF) with {prov.get('ci_label', '95%')} bootstrap CIs; grid {grids}, sigma {sigmas}, seeds {seeds}; runs {runs}."
     )
     if not failed.empty:
         caption += f" {len(failed)} failed cell(s) not shown."
@@ -745,6 +770,16 @@ def _render_tex(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame)
 # ---------------------------------------------------------------------------------------
 # the files
 # ---------------------------------------------------------------------------------------
+def bootstrap_resamples(manifests: Mapping[str, Mapping[str, Any]], default: int = 10_000) -> int:
+    """The largest ``aopc.bootstrap`` of the runs' resolved configs (default 10000)."""
+    values = []
+    for m in manifests.values():
+        b = ((m.get("config") or {}).get("aopc") or {}).get("bootstrap")
+        if isinstance(b, int) and not isinstance(b, bool) and b > 0:
+            values.append(b)
+    return max(values) if values else default
+
+
 def build_leaderboard(
     results_dir: str | Path = "results",
     *,
@@ -766,7 +801,8 @@ def build_leaderboard(
     fmts = [_normalise_format(f) for f in formats]
     out = Path(out_dir) if out_dir is not None else Path(results_dir)
     df = collect(results_dir, baseline=baseline)
-    comparisons = report_mod.paired_comparisons(df)
+    comparisons = report_mod.paired_comparisons(
+        df, confidence=confidence_of(df), n_resamples=bootstrap_resamples(df.attrs.get("manifests", {})))
     df = report_mod.attach_gain_ci(df, comparisons, baseline)
     prov = provenance(df)
     figs: dict[str, list[Path]] = {}

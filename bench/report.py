@@ -184,18 +184,18 @@ def _p_text(p: float) -> str:
 
 
 def comparison_rows(comparisons: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
+    from .leaderboard import _ci_text, _f
+
     headers = ["Dataset", "Model", "Weights", "Perturbation", "A", "B", "n", "AOPC A", "AOPC B",
-               "A - B", "95% CI", "Wilcoxon p", "Holm p", "Significant (Holm, 0.05)"]
+               "A - B", "CI of A - B", "Wilcoxon p", "Holm p", "Significant (Holm, 0.05)"]
     align = ["l"] * 6 + ["r"] * 4 + ["l", "r", "r", "l"]
     rows = []
     for _, c in comparisons.iterrows():
-        ci = "" if math.isnan(c["ci_low"]) else f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+        ci = _ci_text(c["ci_low"], c["ci_high"])
         rows.append([
             str(c["dataset"]), str(c["model"]), str(c["weights"]), str(c["perturbation"]),
             str(c["explainer_a"]), str(c["explainer_b"]), str(int(c["n"])),
-            "" if math.isnan(c["mean_a"]) else f"{c['mean_a']:.4f}",
-            "" if math.isnan(c["mean_b"]) else f"{c['mean_b']:.4f}",
-            "" if math.isnan(c["diff"]) else f"{c['diff']:+.4f}",
+            _f(c["mean_a"], 4), _f(c["mean_b"], 4), _f(c["diff"], 4, signed=True),
             ci, _p_text(c["p_value"]), _p_text(c["p_holm"]),
             ("yes" if bool(c["significant"]) else "no") if c["n"] else "no shared images",
         ])
@@ -510,7 +510,10 @@ def render_report(
     )
 
     prov = provenance_info if provenance_info is not None else provenance(df)
-    comparisons = comparisons if comparisons is not None else paired_comparisons(df)
+    if comparisons is None:
+        from .leaderboard import confidence_of
+
+        comparisons = paired_comparisons(df, confidence=confidence_of(df))
     failed = df.attrs.get("failed")
     out = ["# bench report", ""]
     headers, rows, align = display_table(df)
@@ -533,7 +536,7 @@ def render_report(
             names = t.get("class_names") or []
             if cm and names and len(cm) == len(names):
                 out += ["Confusion matrix (rows: true, columns: predicted):", "",
-                        markdown_table(["true \\ pred", *names],
+                        markdown_table(["true / predicted", *names],
                                        [[names[i], *[str(v) for v in r]] for i, r in enumerate(cm)],
                                        ["l"] + ["r"] * len(names)), ""]
     out += ["## Paired comparisons between explainers (MoRF AOPC, same images)", ""]
@@ -568,7 +571,10 @@ def build_report(
     from .leaderboard import collect, provenance
 
     df = collect(results_dir, baseline=baseline)
-    comparisons = paired_comparisons(df)
+    from .leaderboard import bootstrap_resamples, confidence_of
+
+    comparisons = paired_comparisons(df, confidence=confidence_of(df),
+                                     n_resamples=bootstrap_resamples(df.attrs.get("manifests", {})))
     df = attach_gain_ci(df, comparisons, baseline)
     path = Path(out) if out is not None else Path(results_dir) / "report.md"
     figs = make_figures(df, path.parent / "figures") if figures else {}

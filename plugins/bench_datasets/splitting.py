@@ -45,7 +45,7 @@ def check_fractions(split: Sequence[float], *, where: str) -> tuple[float, float
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ConfigError(f"{where}: 'split' fractions must sum to 1, got {split!r} (sum {sum(fractions):g})")
     if fractions[0] <= 0:
-        raise ConfigError(f"{where}: the train fraction must be > 0, got {split!r}")
+        raise ConfigError(f"{where}: 'split' train fraction must be > 0, got {split!r}")
     return fractions  # type: ignore[return-value]
 
 

@@ -1,0 +1,226 @@
+"""The run: cells, cache and resume, failure isolation, Ctrl-C, manifest, the five leaderboard files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bench
+from bench import runner
+from bench.cli import main
+from bench.store import read_json
+
+TINY = {
+    "preset": "demo",
+    "dataset": {"name": "synthetic-cxr", "params": {"image_size": 48, "per_class": 12}},
+    "models": {"names": ["simple-cnn"]},
+    "training": {"epochs": 1, "batch_size": 16},
+    "explainers": {"names": ["gradcam", "random"]},
+    "perturbations": {"names": ["gaussian-noise"]},
+    "aopc": {"grid": 3, "orders": ["morf", "lerf"], "max_images": 3, "bootstrap": 200},
+}
+
+
+def tiny(out, **sections):
+    cfg = json.loads(json.dumps(TINY))
+    cfg.setdefault("run", {})["out"] = str(out)
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+class Counting:
+    """An in-process plugin: explainers that count calls, raise, return NaN / wrong shapes, interrupt."""
+
+    calls = 0
+
+    class Center:
+        def __init__(self, *, mode: str = "ok"):
+            self.mode = mode
+
+        def get_params(self):
+            return {"mode": self.mode}
+
+        def explain(self, model, images, targets):
+            Counting.calls += 1
+            n, h, w, _ = images.shape
+            if self.mode == "raise":
+                raise RuntimeError("explainer blew up on purpose")
+            if self.mode == "interrupt":
+                raise KeyboardInterrupt
+            if self.mode == "nan":
+                return np.full((n, 3, 3), np.nan, np.float32)
+            if self.mode == "shape":
+                return np.zeros((n, 3), np.float32)
+            yy, xx = np.mgrid[0:h, 0:w]
+            m = -np.hypot(yy - h / 2, xx - w / 2).astype(np.float32)
+            return np.repeat(m[None], n, axis=0)
+
+    @bench.hookimpl
+    def bench_register_explainers(self):
+        make = self.Center
+        return [
+            bench.ExplainerSpec(name="t-center", factory=make),
+            bench.ExplainerSpec(name="t-raise", factory=lambda: make(mode="raise")),
+            bench.ExplainerSpec(name="t-nan", factory=lambda: make(mode="nan")),
+            bench.ExplainerSpec(name="t-shape", factory=lambda: make(mode="shape")),
+            bench.ExplainerSpec(name="t-interrupt", factory=lambda: make(mode="interrupt")),
+        ]
+
+
+@pytest.fixture
+def counting_plugin():
+    bench.register_plugin(Counting(), name="counting-test-plugin")
+    Counting.calls = 0
+    yield Counting
+    bench.unregister_plugin("counting-test-plugin")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    runner.clear_memo()
+    result = bench.run(tiny(out), quiet=True)
+    return out, result
+
+
+def test_run_writes_cells_manifest_and_leaderboards(first_run):
+    out, result = first_run
+    assert result.ok, [c["error"] for c in result.failed]
+    assert [c["cell_id"] for c in result.cells] == [
+        "synthetic-cxr__simple-cnn__gradcam__gaussian-noise",
+        "synthetic-cxr__simple-cnn__random__gaussian-noise",
+    ]
+    manifest = read_json(result.run_dir / "manifest.json")
+    assert manifest["status"] == "ok"
+    env = manifest["environment"]
+    for key in ("bench", "python", "platform", "tensorflow", "keras", "numpy"):
+        assert env[key], key
+    assert manifest["config"]["aopc"]["grid"] == 3
+    assert manifest["config"]["training"]["learning_rate"] == 0.001  # every default resolved
+    assert manifest["dataset"]["fingerprint"]
+    assert {p["name"] for p in manifest["plugins"]} >= {"gradcam", "baselines", "datasets"}
+    cell = read_json(result.run_dir / "cells" / "synthetic-cxr__simple-cnn__gradcam__gaussian-noise.json")
+    assert cell["status"] == "ok"
+    assert cell["params"]["perturbation"] == {"sigma": 0.1, "clip": False}
+    assert cell["provenance"]["explainer"]["distribution"] == "saliency-bench"
+    assert set(cell["results"]) == {"morf", "lerf"}
+    assert cell["abpc"] is not None
+    curves = np.load(result.run_dir / cell["curves_file"], allow_pickle=False)
+    n = cell["n_images"]
+    assert curves["morf_curves"].shape == (n, 10)
+    assert curves["morf_order"].shape == (n, 9)
+    np.testing.assert_allclose(curves["morf_per_image"].mean(), cell["results"]["morf"]["aopc"], atol=1e-9)
+    for fmt in ("md", "csv", "json", "html", "tex"):
+        assert (out / f"leaderboard.{fmt}").exists(), fmt
+    table = pd.read_csv(out / "leaderboard.csv")
+    assert len(table) == 2
+    frame = result.to_frame()
+    assert set(frame["explainer"]) == {"gradcam", "random"}
+    assert {"aopc_morf", "aopc_lerf", "recall_macro", "f1_macro"} <= set(frame.columns)
+
+
+def test_rerun_recomputes_nothing(first_run, counting_plugin, monkeypatch):
+    out, _ = first_run
+    cfg = tiny(out, explainers={"names": ["t-center"]})
+    runner.clear_memo()
+    bench.run(cfg, quiet=True, leaderboard=False)
+    calls_first = counting_plugin.calls
+    assert calls_first >= 1
+
+    import bench.aopc as aopc_mod
+    import bench.training as training_mod
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a cached stage was recomputed")
+
+    runner.clear_memo()  # as a fresh process would be
+    monkeypatch.setattr(aopc_mod, "evaluate_aopc", no_fit)
+    result = bench.run(cfg, quiet=True, leaderboard=False)
+    assert result.ok
+    assert counting_plugin.calls == calls_first  # explainer not called again
+    model_record = read_json(result.run_dir / "models" / "synthetic-cxr__simple-cnn.json")
+    assert model_record["training"]["from_cache"] is True
+    assert training_mod is not None
+
+
+def test_failing_cells_are_isolated(first_run, counting_plugin, capsys):
+    out, _ = first_run
+    cfg = tiny(out, explainers={"names": ["t-raise", "t-center", "t-nan", "t-shape"]})
+    runner.clear_memo()
+    result = bench.run(cfg, quiet=True)
+    status = {c["explainer"]: c for c in result.cells}
+    assert status["t-center"]["status"] == "ok"
+    assert status["t-raise"]["status"] == "failed"
+    assert status["t-raise"]["stage"] == "explain"
+    assert "explainer blew up on purpose" in status["t-raise"]["error"]
+    assert "t-nan" in status["t-nan"]["error"] and "NaN" in status["t-nan"]["error"]
+    assert "t-shape" in status["t-shape"]["error"]
+    assert not result.ok
+    manifest = read_json(result.run_dir / "manifest.json")
+    assert manifest["status"] == "failed" and len(manifest["failed"]) == 3
+    # a failed cell keeps its record on disk
+    on_disk = read_json(result.run_dir / "cells" / "synthetic-cxr__simple-cnn__t-raise__gaussian-noise.json")
+    assert on_disk["status"] == "failed" and "blew up" in on_disk["traceback"]
+
+
+def test_cli_exit_status_and_summary_for_failed_cells(first_run, counting_plugin, capsys, tmp_path):
+    out, _ = first_run
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(
+        'preset = "demo"\n[dataset]\nname = "synthetic-cxr"\nparams = { image_size = 48, per_class = 12 }\n'
+        '[models]\nnames = ["simple-cnn"]\n[training]\nepochs = 1\nbatch_size = 16\n'
+        '[explainers]\nnames = ["t-raise", "t-center"]\n[perturbations]\nnames = ["gaussian-noise"]\n'
+        '[aopc]\ngrid = 3\norders = ["morf", "lerf"]\nmax_images = 3\nbootstrap = 200\n'
+    )
+    code = main(["run", "--config", str(cfg_file), "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "t-raise" in captured.err and "blew up on purpose" in captured.err
+    assert "| t-center" in captured.out  # the leaderboard is printed
+
+
+def test_ctrl_c_keeps_finished_cells(first_run, counting_plugin):
+    out, _ = first_run
+    cfg = tiny(out, explainers={"names": ["t-center", "t-interrupt"]})
+    runner.clear_memo()
+    result = bench.run(cfg, quiet=True)
+    assert result.interrupted
+    assert [c["explainer"] for c in result.cells] == ["t-center"]
+    assert (result.run_dir / "cells" / "synthetic-cxr__simple-cnn__t-center__gaussian-noise.json").exists()
+    assert read_json(result.run_dir / "manifest.json")["status"] == "interrupted"
+
+
+def test_dry_run_lists_cells(capsys):
+    assert main(["run", "--all", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    reg = bench.registry()
+    assert len(plan["cells"]) == (
+        len(reg.names("model")) * len(reg.names("explainer")) * len(reg.names("perturbation"))
+    )
+
+
+def test_cli_config_error_exit_code(capsys):
+    assert main(["run", "--set", "aopc.gird=3"]) == 2
+    assert "did you mean 'aopc.grid'" in capsys.readouterr().err
+    assert main(["run", "--model", "vgg61", "--dry-run"]) == 2
+    assert "did you mean 'vgg16'" in capsys.readouterr().err
+
+
+def test_data_flag_rejected_for_generated_dataset(capsys):
+    assert main(["run", "--data", "/nowhere", "--dry-run"]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_leaderboard_command_rebuilds_from_runs(first_run, capsys, tmp_path):
+    out, _ = first_run
+    assert main(["leaderboard", "--results", str(out), "--format", "latex"]) == 0
+    text = capsys.readouterr().out
+    assert "\\toprule" in text and "gradcam" in text
+    target = tmp_path / "lb.csv"
+    assert main(["leaderboard", "--results", str(out), "--format", "csv", "--out", str(target)]) == 0
+    assert "gradcam" in target.read_text()
+    assert main(["leaderboard", "--results", str(tmp_path / "empty")]) == 2

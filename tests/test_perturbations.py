@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from bench_perturbations.noise import GaussianNoise
 
 import bench
-from bench_perturbations.noise import GaussianNoise
 
 
 def _inputs(b=4, h=12, w=10, seed=0):

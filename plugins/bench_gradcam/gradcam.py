@@ -39,12 +39,28 @@ class GradCAM:
 
     # -- internals ---------------------------------------------------------------------------
     def _source(self, model: Any) -> Any:
-        """The bench model whose ``features_and_logits`` gives the wanted layer."""
-        if self.layer is None or self.layer == model.feature_layer:
-            return model
+        """The bench model whose ``features_and_logits`` gives the wanted layer.
+
+        A layer name that is a nested sub-model (a backbone called as one layer)
+        means that sub-model's output: its last inner layer, taken as
+        ``"sub/inner"`` so features and logits come from one differentiable graph.
+        """
+        import keras
+
         from bench.models import KerasModel
 
-        return KerasModel(model.keras, feature_layer=self.layer, name=getattr(model, "name", None))
+        layer = self.layer or model.feature_layer
+        top = None
+        if "/" not in layer:
+            try:
+                top = model.keras.get_layer(layer)
+            except ValueError:
+                top = None
+        if isinstance(top, keras.Model) and top.layers:
+            layer = f"{top.name}/{top.layers[-1].name}"
+        elif self.layer is None or self.layer == model.feature_layer:
+            return model
+        return KerasModel(model.keras, feature_layer=layer, name=getattr(model, "name", None))
 
     def _function(self, model: Any, image_shape: tuple[int, ...]) -> Any:
         import tensorflow as tf

@@ -190,49 +190,78 @@ def plot_overlays(
         if np.asarray(hm).shape[0] != m:
             raise ValueError(f"plot_overlays: heatmaps {label!r} have {np.asarray(hm).shape[0]} maps, expected {m}")
     per_image = 1 + len(alphas)
-    nrows, ncols = 1 + len(heatmaps), m * per_image
-    cell = 1.45
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols + 2.4, cell * nrows + 0.8),
-                             squeeze=False, layout="constrained")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for s in ax.spines.values():
-            s.set_visible(False)
+    # One mosaic image drawn in a single axes: far faster than one axes per tile
+    # (48 axes took seconds) and pixel-exact. Tiles are 96-192 px high for display.
+    tile_h = int(min(max(H, 96), 192))
+    tile_w = max(1, round(W * tile_h / H))
+    gap, group_gap, header = 4, 16, 16  # header: room for the column titles under the image row
+    n_rows = 1 + len(heatmaps)
+
+    def row_y(r: int) -> int:
+        return r * (tile_h + gap) + (header if r >= 1 else 0)
+
+    cm = plt.get_cmap(cmap)
+
+    def display_rgb(img: np.ndarray) -> np.ndarray:
+        arr, _ = _as_display(img)
+        if arr.ndim == 2:
+            arr = arr[..., None].repeat(3, axis=-1)
+        resized = upsample_bilinear(np.moveaxis(arr, -1, 0), (tile_h, tile_w))
+        return np.clip(np.moveaxis(resized, 0, -1), 0, 1)
+
+    group_w = per_image * tile_w + (per_image - 1) * gap
+    mosaic_w = m * group_w + (m - 1) * group_gap
+    mosaic_h = row_y(n_rows - 1) + tile_h
+    mosaic = np.ones((mosaic_h, mosaic_w, 3), np.float32)
+
+    def put(r: int, c: int, tile: np.ndarray) -> tuple[float, float]:
+        j, k = divmod(c, per_image)
+        x0 = j * (group_w + group_gap) + k * (tile_w + gap)
+        y0 = row_y(r)
+        mosaic[y0 : y0 + tile_h, x0 : x0 + tile_w] = tile
+        return x0 + tile_w / 2, y0
+
+    bases = [display_rgb(imgs[j]) for j in range(m)]
+    col_titles: list[tuple[float, float, str]] = []
     for j in range(m):
-        img, gray = _as_display(imgs[j])
-        ax = axes[0, j * per_image]
-        ax.imshow(img, cmap=gray, vmin=0, vmax=1)
+        x, y = put(0, j * per_image, bases[j])
         name = image_titles[j] if image_titles is not None else f"image {j}"
-        ax.set_title("\n".join(mpl_text(part) for part in str(name).splitlines()), fontsize=7)
-        if j == 0:
-            ax.set_ylabel("image", fontsize=7, rotation=0, ha="right", va="center")
-    for i, (label, hm) in enumerate(heatmaps.items(), start=1):
-        up = upsample_bilinear(np.asarray(hm), (H, W))
+        col_titles.append((x, y, "\n".join(mpl_text(part) for part in str(name).splitlines())))
+    for i, (_label, hm) in enumerate(heatmaps.items(), start=1):
+        up = upsample_bilinear(np.asarray(hm, np.float32), (H, W))
         for j in range(m):
-            img, gray = _as_display(imgs[j])
-            h = normalise(up[j])
-            ax = axes[i, j * per_image]
-            ax.imshow(h, cmap=cmap, vmin=0, vmax=1)
-            if j == 0:
-                ax.set_ylabel(mpl_text(label), fontsize=7, rotation=0, ha="right", va="center")
+            h = normalise(upsample_bilinear(up[j][None], (tile_h, tile_w))[0])
+            colored = cm(h)[..., :3].astype(np.float32)
+            x, y = put(i, j * per_image, colored)
             if i == 1:
-                ax.set_title("heatmap", fontsize=7)
+                col_titles.append((x, y, "heatmap"))
             for a, alpha in enumerate(alphas, start=1):
-                ax = axes[i, j * per_image + a]
-                ax.imshow(img, cmap=gray, vmin=0, vmax=1)
-                ax.imshow(h, cmap=cmap, vmin=0, vmax=1, alpha=float(alpha))
+                x, y = put(i, j * per_image + a, (1 - alpha) * bases[j] + alpha * colored)
                 if i == 1:
-                    ax.set_title(f"alpha {alpha:g}", fontsize=7)
+                    col_titles.append((x, y, f"alpha {alpha:g}"))
+
+    dpi = DPI
+    label_in = 2.2
+    fig_w = mosaic_w / dpi + label_in + 0.7
+    fig_h = mosaic_h / dpi + (0.75 if title else 0.45)
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
+    ax = fig.add_axes((label_in / fig_w, 0.02, (mosaic_w / dpi) / fig_w, (mosaic_h / dpi) / fig_h))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for x, y, text in col_titles:
+        ax.text(x, y - 3, text, ha="center", va="bottom", fontsize=7)
+    ax.text(-8, tile_h / 2, "image", ha="right", va="center", fontsize=8)
+    for i, label in enumerate(heatmaps, start=1):
+        ax.text(-8, row_y(i) + tile_h / 2, mpl_text(label), ha="right", va="center", fontsize=8)
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    cbar = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=cmap), ax=axes[1:, -1].tolist(),
-                        shrink=0.6, aspect=30)
+    cax = fig.add_axes(((label_in + mosaic_w / dpi + 0.15) / fig_w, 0.1, 0.12 / fig_w, 0.6))
+    cbar = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=cm), cax=cax)
     cbar.set_label("relevance (min-max per map)", fontsize=7)
     cbar.ax.tick_params(labelsize=6)
     if title:
-        fig.suptitle(mpl_text(title), fontsize=10)
+        fig.suptitle(mpl_text(title), fontsize=10, y=0.995)
     return _save(fig, path)
 
 

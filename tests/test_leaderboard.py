@@ -30,8 +30,7 @@ OCCL = [0.30, 0.35, 0.40, 0.20, 0.25, 0.33, 0.28, 0.31]
 NASTY = "x&y_%$#{}~^\\<b>'\"z"
 
 
-@pytest.fixture()
-def results(tmp_path):
+def _make_results(tmp_path):
     """run-1 (old): covid vgg16 gradcam/random/occlusion + a gradcam that run-2 replaces;
     run-2 (new): covid vgg16 gradcam with other numbers; a failed cell; dataset 'alpha' in run-3."""
     write_run(tmp_path, "run-1", [
@@ -53,6 +52,18 @@ def results(tmp_path):
         FakeCell("alpha", "simple-cnn", "gradcam", per_image=[0.2] * 4, ids=[f"test-{i:03d}" for i in range(4)]),
     ], n_test=4)
     return tmp_path
+
+
+@pytest.fixture()
+def results(tmp_path):
+    return _make_results(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The results folder after one full build (figures included): (folder, returned paths)."""
+    folder = _make_results(tmp_path_factory.mktemp("built"))
+    return folder, build_leaderboard(folder)
 
 
 def test_collect_one_row_per_key_latest_ok_wins(results):
@@ -101,8 +112,8 @@ def test_gain_baseline_is_a_parameter_and_blank_when_absent(results):
     assert "Gain over occlusion" in md
 
 
-def test_build_writes_five_files_and_report(results):
-    paths = build_leaderboard(results)
+def test_build_writes_five_files_and_report(built):
+    results, paths = built
     assert set(paths) == {*FORMATS, "report"}
     for fmt in FORMATS:
         assert paths[fmt] == results / f"leaderboard.{fmt}"
@@ -179,8 +190,8 @@ def test_latex_booktabs(results):
     assert f"{np.mean(GRADCAM):.4f}" in tex
 
 
-def test_html_self_contained_with_figures(results):
-    paths = build_leaderboard(results)
+def test_html_self_contained_with_figures(built):
+    _, paths = built
     page = paths["html"].read_text()
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
     imgs = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)

@@ -165,6 +165,8 @@ class TransferModel(KerasModel):
     def _build_keras(self) -> keras.Model:
         self._validate()
         weights = _parse_weights(self.weights)
+        if isinstance(weights, Path):
+            _check_file(weights, self.backbone_name)  # fail before building the graph
         inputs = keras.Input(shape=self._input_shape, name="image", dtype="float32")
         x = self._preprocess_layer()(inputs)
         backbone = self._backbone(x)

@@ -129,6 +129,15 @@ def _lung_profile(ly: np.ndarray) -> np.ndarray:
     return np.sqrt(np.float32(1.0) - t * t * np.sqrt(t))
 
 
+def lung_point(lung: dict[str, float], ly: float, lateral: float) -> tuple[float, float, float]:
+    """(x, y, half-width) in the anatomy frame of a point of ``lung`` at relative height
+    ``ly`` (0 apex, 1 base) and ``lateral`` (-1 medial edge, 0 centre line, 1 lateral edge)."""
+    half = lung["w0"] * float(_lung_profile(np.float32(ly)))
+    xcen = lung["xc"] + lung["side"] * 0.03 * ly
+    y = lung["apex"] + ly * (lung["base"] - lung["apex"])
+    return xcen + lung["side"] * lateral * half, y, half
+
+
 class _Frame:
     """Per-image similarity transform between pixels and the anatomy frame."""
 
@@ -294,57 +303,57 @@ def render(
     D += (f32(1.0) - body) * f32(0.03)
 
     # --- the class signal -----------------------------------------------------------------
-    L = np.zeros((S, S), dtype=np.float32)
     cname = CLASS_NAMES[class_index]
+    # redraw (deterministically, from the same stream) a lesion that fell outside the
+    # lung mask, e.g. behind the heart, so every diseased image carries its signal
+    for _attempt in range(8):
+        L = np.zeros((S, S), dtype=np.float32)
 
-    def lung_point(lung: dict[str, float], ly: float, lateral: float) -> tuple[float, float, float]:
-        half = lung["w0"] * float(_lung_profile(np.float32(ly)))
-        xcen = lung["xc"] + lung["side"] * 0.03 * ly
-        y = lung["apex"] + ly * (lung["base"] - lung["apex"])
-        return xcen + lung["side"] * lateral * half, y, half
-
-    if cname == "COVID":
-        amp = rl.uniform(0.035, 0.11)
-        haze = f32(0.7) + f32(0.3) * np.clip(_smooth_noise(rl, S, 20), -1, 1)
-        for lung in lungs:
-            for _ in range(int(rl.integers(2, 4))):
-                x, y, _half = lung_point(lung, rl.uniform(0.5, 0.9), rl.uniform(0.35, 0.85))
-                rx, ry = rl.uniform(0.07, 0.12), rl.uniform(0.08, 0.14)
-                rows, cols = frame.window(x, y, max(rx, ry))
-                q = ((X[rows, cols] - f32(x)) / f32(rx)) ** 2 + ((Y[rows, cols] - f32(y)) / f32(ry)) ** 2
-                bump = np.clip(1.0 - q, 0.0, 1.0)
-                L[rows, cols] = np.maximum(L[rows, cols], f32(amp) * bump * np.sqrt(bump) * haze[rows, cols])
-    elif cname == "Lung_Opacity":
-        n = 1 if rl.random() < 0.55 else 2
-        for side_index in rl.permutation(2)[:n]:
-            lung = lungs[int(side_index)]
-            amp = rl.uniform(0.09, 0.22)
-            x, y, _half = lung_point(lung, rl.uniform(0.3, 0.85), rl.uniform(-0.4, 0.6))
-            r = rl.uniform(0.06, 0.11)
-            k, ph, wob = int(rl.integers(3, 6)), rl.uniform(0, 2 * np.pi), rl.uniform(0.1, 0.25)
-            rows, cols = frame.window(x, y, r * (1 + wob))
-            dxw, dyw = X[rows, cols] - f32(x), Y[rows, cols] - f32(y)
-            theta = np.arctan2(dyw, dxw)
-            reff = f32(r) * (f32(1.0) + f32(wob) * np.sin(theta * f32(k) + f32(ph)))
-            q = (dxw * dxw + dyw * dyw) / (reff * reff)
-            plateau = np.clip((1.0 - q) * f32(2.5), 0.0, 1.0)
-            L[rows, cols] = np.maximum(L[rows, cols], f32(amp) * plateau)
-    elif cname == "Viral Pneumonia":
-        amp = rl.uniform(0.04, 0.10)
-        for lung in lungs:
-            side = lung["side"]
-            xh = side * rl.uniform(0.14, 0.2)
-            yh = lung["apex"] + rl.uniform(0.5, 0.62) * (lung["base"] - lung["apex"])
-            R = rl.uniform(0.3, 0.42)
-            k, ph, twist = int(rl.integers(12, 18)), rl.uniform(0, 2 * np.pi), rl.uniform(-5.0, 5.0)
-            rows, cols = frame.window(xh, yh, R)
-            dxw, dyw = (X[rows, cols] - f32(xh)) * f32(side), Y[rows, cols] - f32(yh)
-            rr = np.sqrt(dxw * dxw + dyw * dyw)
-            theta = np.arctan2(dyw, dxw)
-            streak = np.clip((np.cos(theta * f32(k) + f32(ph) + f32(twist) * rr) - f32(0.4)) * f32(1 / 0.6), 0.0, 1.0)
-            env = np.clip(1.0 - (rr / f32(R)) ** 2, 0.0, 1.0) * np.clip(rr / f32(0.05), 0.0, 1.0)
-            L[rows, cols] = np.maximum(L[rows, cols], f32(amp) * streak * env)
-    L *= lung_mask
+        if cname == "COVID":
+            amp = rl.uniform(0.05, 0.15)
+            haze = f32(0.7) + f32(0.3) * np.clip(_smooth_noise(rl, S, 20), -1, 1)
+            for lung in lungs:
+                for _ in range(int(rl.integers(2, 4))):
+                    x, y, _half = lung_point(lung, rl.uniform(0.5, 0.9), rl.uniform(0.35, 0.85))
+                    rx, ry = rl.uniform(0.07, 0.12), rl.uniform(0.08, 0.14)
+                    rows, cols = frame.window(x, y, max(rx, ry))
+                    q = ((X[rows, cols] - f32(x)) / f32(rx)) ** 2 + ((Y[rows, cols] - f32(y)) / f32(ry)) ** 2
+                    bump = np.clip(1.0 - q, 0.0, 1.0)
+                    L[rows, cols] = np.maximum(L[rows, cols], f32(amp) * bump * np.sqrt(bump) * haze[rows, cols])
+        elif cname == "Lung_Opacity":
+            n = 1 if rl.random() < 0.55 else 2
+            for side_index in rl.permutation(2)[:n]:
+                lung = lungs[int(side_index)]
+                amp = rl.uniform(0.10, 0.24)
+                medial = -0.4 if lung["side"] < 0 else 0.1  # the heart covers the left's medial base
+                x, y, _half = lung_point(lung, rl.uniform(0.3, 0.85), rl.uniform(medial, 0.6))
+                r = rl.uniform(0.06, 0.11)
+                k, ph, wob = int(rl.integers(3, 6)), rl.uniform(0, 2 * np.pi), rl.uniform(0.1, 0.25)
+                rows, cols = frame.window(x, y, r * (1 + wob))
+                dxw, dyw = X[rows, cols] - f32(x), Y[rows, cols] - f32(y)
+                theta = np.arctan2(dyw, dxw)
+                reff = f32(r) * (f32(1.0) + f32(wob) * np.sin(theta * f32(k) + f32(ph)))
+                q = (dxw * dxw + dyw * dyw) / (reff * reff)
+                plateau = np.clip((1.0 - q) * f32(2.5), 0.0, 1.0)
+                L[rows, cols] = np.maximum(L[rows, cols], f32(amp) * plateau)
+        elif cname == "Viral Pneumonia":
+            amp = rl.uniform(0.05, 0.13)
+            for lung in lungs:
+                side = lung["side"]
+                xh = side * rl.uniform(0.14, 0.2)
+                yh = lung["apex"] + rl.uniform(0.5, 0.62) * (lung["base"] - lung["apex"])
+                R = rl.uniform(0.3, 0.42)
+                k, ph, twist = int(rl.integers(12, 18)), rl.uniform(0, 2 * np.pi), rl.uniform(-5.0, 5.0)
+                rows, cols = frame.window(xh, yh, R)
+                dxw, dyw = (X[rows, cols] - f32(xh)) * f32(side), Y[rows, cols] - f32(yh)
+                rr = np.sqrt(dxw * dxw + dyw * dyw)
+                theta = np.arctan2(dyw, dxw)
+                streak = np.clip((np.cos(theta * f32(k) + f32(ph) + f32(twist) * rr) - f32(0.4)) * f32(1 / 0.6), 0.0, 1.0)
+                env = np.clip(1.0 - (rr / f32(R)) ** 2, 0.0, 1.0) * np.clip(rr / f32(0.05), 0.0, 1.0)
+                L[rows, cols] = np.maximum(L[rows, cols], f32(amp) * streak * env)
+        L *= lung_mask
+        if cname == "Normal" or L.max() > 0:
+            break
     lesion_mask = L > 0
     if lesion:
         D += L
@@ -353,7 +362,8 @@ def render(
     # quantum noise: uniform (cheaper to draw than normal; the blur makes it Gaussian-like)
     noise = rn.random((S, S), dtype=np.float32)
     noise -= f32(0.5)
-    noise *= f32(rn.uniform(0.008, 0.025) * math.sqrt(12.0))
+    # smaller images average more detector pixels per pixel: less noise
+    noise *= f32(rn.uniform(0.008, 0.025) * math.sqrt(12.0) * min(1.0, S / 299.0))
     D += noise
     sigma = rn.uniform(0.5, 1.3) * S / 299.0
     if sigma >= 0.3:

@@ -662,6 +662,27 @@ footer{margin-top:2rem;color:#57606a;font-size:.8rem}footer li{margin:.15rem 0}
 """
 
 
+# Click a column header to sort (numbers by value, the rest as text). No external resources.
+_JS = """
+document.querySelectorAll("table").forEach(function (t) {
+  t.querySelectorAll("th").forEach(function (th, i) {
+    th.style.cursor = "pointer"; th.title = "sort";
+    th.addEventListener("click", function () {
+      var body = t.tBodies[0], rows = Array.from(body.rows), asc = th.dataset.asc !== "1";
+      t.querySelectorAll("th").forEach(function (h) { delete h.dataset.asc; });
+      th.dataset.asc = asc ? "1" : "0";
+      function key(r) { var s = r.cells[i].textContent.trim(), v = parseFloat(s.replace(/^[\\[<+]/, ""));
+        return isNaN(v) ? s.toLowerCase() : v; }
+      rows.sort(function (a, b) { var x = key(a), y = key(b);
+        if (typeof x !== typeof y) { return typeof x === "number" ? -1 : 1; }
+        return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); });
+      rows.forEach(function (r) { r.classList.remove("ds"); body.appendChild(r); });
+    });
+  });
+});
+"""
+
+
 def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None,
                *, group_col: int | None = None, classes: Sequence[Sequence[str]] | None = None) -> str:
     """An escaped HTML table; a thicker rule where column ``group_col`` changes value."""
@@ -706,6 +727,22 @@ def _render_html(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame
 
         body.append("<h2>Paired comparisons (MoRF AOPC, same images)</h2>")
         body.append(comparisons_html(comparisons))
+    if "_path" in df.columns and not df.empty:
+        from .report import classification_tables
+
+        tables = classification_tables(df)
+        if tables:
+            body.append("<h2>Classification (test split)</h2>")
+        for t in tables:
+            extra = [f"run {t['run_id']}"]
+            if t["accuracy"] is not None:
+                extra.insert(0, f"accuracy {float(t['accuracy']):.3f}")
+            if t["best_epoch"] is not None:
+                extra.insert(1, f"best epoch {t['best_epoch']}")
+            body.append(f"<h3>{html_escape(t['dataset'])} / {html_escape(t['model'])} "
+                        f"(weights {html_escape(t['weights'])})</h3>")
+            body.append(f'<p class="note">{html_escape(", ".join(extra))}</p>')
+            body.append(html_table(t["headers"], t["rows"], ["l", "r", "r", "r", "r"]))
     for section, paths in figures.items():
         existing = [Path(p) for p in paths if Path(p).exists()]
         if not existing:
@@ -729,7 +766,8 @@ def _render_html(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{html_escape(title)}</title>\n"
-        f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+        f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + f"\n<script>{_JS}</script>\n"
+        "</body>\n</html>\n"
     )
 
 

@@ -211,8 +211,23 @@ def test_streaming_memory_is_bounded_by_batch_size(cnn, data, monkeypatch):
     res = evaluate_aopc(cnn, images, targets, heatmaps, grid=3, perturbation=Spy(), batch_size=5)
     assert max(seen_perturb) <= 5
     assert max(seen_convert) <= 2  # 5 pairs span at most 2 images of 10 steps
-    assert sum(seen_perturb) == 7 * 9  # step 0 is never perturbed
-    assert res.forward_passes == 70
+    assert sum(seen_perturb) == 70 and res.forward_passes == 70
+
+
+def test_first_point_is_the_original_even_for_a_global_perturbation(cnn, data):
+    images, targets, heatmaps, ids = data
+
+    class Darken:
+        name = "darken-everything"
+
+        def perturb(self, images, masks, seeds):
+            return images * 0.5  # touches pixels outside the mask, even with an empty mask
+
+    res = evaluate_aopc(cnn, images, targets, heatmaps, grid=3, perturbation=Darken(), batch_size=8)
+    probs = cnn.predict_proba(images)
+    np.testing.assert_allclose(res.curves[:, 0], probs[np.arange(7), targets], atol=1e-6)
+    half = cnn.predict_proba(images.astype(np.float32)[..., None].repeat(3, -1) / 255.0 * 0.5)
+    np.testing.assert_allclose(res.curves[:, 5], half[np.arange(7), targets], atol=1e-5)
 
 
 class RecordingStrategy(FullForward):

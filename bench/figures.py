@@ -275,6 +275,8 @@ def plot_per_class(
     """Grouped bars of a per-class score with CI whiskers, one panel per outer key.
 
     ``stats``: ``{panel (e.g. model): {bar group (explainer): {class: (mean, low, high, n)}}}``.
+    Each bar is labelled with its n; a class with n = 0 (no image of it was scored) shows
+    "n=0" and no bar.
     """
     plt = _plt()
     panels = [p for p in stats if len(stats[p])]
@@ -284,6 +286,7 @@ def plot_per_class(
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 3.8 * nrows), squeeze=False, sharey=True)
     colors = plt.get_cmap("tab10")
     all_groups = sorted({g for p in panels for g in stats[p]}, key=str)
+    span = [0.0]
     for ax, panel in zip(axes.flat, panels, strict=False):
         groups = list(stats[panel])
         classes: list[str] = []
@@ -299,21 +302,27 @@ def plot_per_class(
             lo = np.array([v[1] for v in vals], float)
             hi = np.array([v[2] for v in vals], float)
             err = np.vstack([np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)])
-            err = np.nan_to_num(err)
+            err[:, ~np.isfinite(mean)] = np.nan
+            span += [float(v) for v in np.concatenate([mean, lo, hi]) if np.isfinite(v)]
             pos = x - 0.4 + width * (gi + 0.5)
-            ax.bar(pos, np.nan_to_num(mean), width, yerr=err, capsize=3,
+            ax.bar(pos, mean, width, yerr=err, capsize=3,
                    color=colors(all_groups.index(g) % 10), label=mpl_text(g), alpha=0.9,
                    error_kw={"elinewidth": 1})
             for p_, v in zip(pos, vals, strict=True):
-                if v[3]:
-                    ax.annotate(f"n={int(v[3])}", (p_, 0), xytext=(0, 2), textcoords="offset points",
-                                ha="center", va="bottom", fontsize=6, rotation=90, color="white")
+                n = int(v[3])
+                top = v[2] if n and np.isfinite(v[2]) else (v[0] if n and np.isfinite(v[0]) else 0.0)
+                ax.annotate(f"n={n}", (p_, max(top, 0.0)), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=6, color="#57606a" if n else "#cf222e")
+        ax.set_xlim(-0.5, len(classes) - 0.5)  # empty classes (NaN bars) keep their slot
         ax.set_xticks(x)
         ax.set_xticklabels([mpl_text(c) for c in classes], fontsize=8, rotation=15 if len(classes) > 3 else 0)
         ax.set_title(mpl_text(panel), fontsize=10)
         ax.axhline(0, color="black", lw=0.6)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
+    lo_y, hi_y = min(span), max(span)
+    pad = 0.12 * ((hi_y - lo_y) or 1.0)
+    axes.flat[0].set_ylim(lo_y - (pad / 3 if lo_y < 0 else 0), hi_y + pad)  # shared y; room for n labels
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
     for ax in list(axes.flat)[len(panels):]:

@@ -256,13 +256,27 @@ def per_class_aopc(
 
 
 def group_by_class(
-    values: np.ndarray, labels: np.ndarray, class_names: Sequence[str] = (), *, confidence: float = 0.95
+    values: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str] = (),
+    *,
+    confidence: float = 0.95,
+    include_empty: bool = False,
 ) -> dict[str, tuple[float, float, float, int]]:
-    """``{class: (mean, lo, hi, n)}``: per-image values grouped by integer labels, bootstrap CI."""
+    """``{class: (mean, lo, hi, n)}``: per-image values grouped by integer labels, bootstrap CI.
+
+    With ``include_empty`` every class of ``class_names`` appears, (nan, nan, nan, 0) when
+    none of its images was scored.
+    """
     v = np.asarray(values, np.float64)
     lab = np.asarray(labels).astype(int)
     out: dict[str, tuple[float, float, float, int]] = {}
-    for c in sorted(set(lab.tolist())):
+    present = set(lab.tolist())
+    classes = sorted(present | (set(range(len(class_names))) if include_empty else set()))
+    for c in classes:
+        if c not in present:
+            out[class_names[c]] = (math.nan, math.nan, math.nan, 0)
+            continue
         name = class_names[c] if 0 <= c < len(class_names) else str(c)
         sel = v[lab == c]
         lo, hi = st.bootstrap_ci(sel, confidence=confidence)
@@ -396,6 +410,7 @@ def make_figures(
     file) is skipped with a warning; the rest are still written.
     """
     from . import figures as fg
+    from .leaderboard import confidence_of
 
     out = Path(out_dir)
     manifests = df.attrs.get("manifests", {})
@@ -417,7 +432,8 @@ def make_figures(
             curves.setdefault(panel, {})[str(row["explainer"])] = arrays["morf_curves"]
             if "labels" in arrays and "morf_per_image" in arrays:
                 per_class.setdefault(panel, {})[str(row["explainer"])] = group_by_class(
-                    arrays["morf_per_image"], arrays["labels"], _class_names(row, manifests))
+                    arrays["morf_per_image"], arrays["labels"], _class_names(row, manifests),
+                    confidence=confidence_of(df), include_empty=True)
         title = f"{dataset} / {pert}"
         try:
             if curves:

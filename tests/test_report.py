@@ -144,6 +144,8 @@ def test_group_by_class_by_hand():
     assert out["no"][0] == pytest.approx(0.15) and out["no"][3] == 2
     assert out["yes"][0] == pytest.approx(0.5) and out["yes"][3] == 3
     assert out["yes"][1] <= 0.5 <= out["yes"][2]
+    full = group_by_class(values, labels, ["no", "yes", "maybe"], include_empty=True)
+    assert list(full) == ["no", "yes", "maybe"] and full["maybe"][3] == 0 and np.isnan(full["maybe"][0])
 
 
 def test_per_class_aopc_from_a_cell(results):

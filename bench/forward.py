@@ -14,6 +14,8 @@ Rows arrive image-major, steps increasing (image 0 steps 0..L, image 1 steps
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,7 +76,8 @@ class FullForward:
     The input signature has a free batch dimension, so the last (partial)
     batch reuses the same trace: no retracing and no padded, wasted passes.
     ``pad_batches=True`` pads every batch to ``batch_size`` instead (a fully
-    static shape, for backends or ``jit_compile`` that want one).
+    static shape, for backends or ``jit_compile`` that want one). Traces are
+    memoised per Keras model (see :func:`traced_call`).
     """
 
     name = "full"
@@ -83,9 +86,7 @@ class FullForward:
         self.jit_compile = jit_compile
         self.pad_batches = pad_batches
         self._fn: Any = None
-        self._model: Any = None
         self._batch_size = 0
-        self._key: tuple[Any, ...] | None = None
 
     def get_params(self) -> dict[str, Any]:
         return {"jit_compile": self.jit_compile, "pad_batches": self.pad_batches}
@@ -98,23 +99,10 @@ class FullForward:
         image_shape: tuple[int, int, int],
         mask_local: bool = True,
     ) -> None:
-        import tensorflow as tf
-
-        keras_model = model.keras
-        key = (id(keras_model), tuple(image_shape), batch_size if self.pad_batches else None)
         self._batch_size = int(batch_size)
-        if self._fn is not None and self._key == key and self._model is keras_model:
-            return
         h, w, c = (int(d) for d in image_shape)
         batch_dim = self._batch_size if self.pad_batches else None
-        spec = tf.TensorSpec((batch_dim, h, w, c), tf.float32)
-
-        def call(x: Any) -> Any:
-            return keras_model(x, training=False)
-
-        self._fn = tf.function(call, input_signature=[spec], jit_compile=self.jit_compile or None)
-        self._model = keras_model
-        self._key = key
+        self._fn = traced_call(model.keras, (batch_dim, h, w, c), jit_compile=self.jit_compile)
 
     def forward(self, batch: ForwardBatch) -> np.ndarray:
         return self.predict(batch.images)
@@ -132,6 +120,35 @@ class FullForward:
             x = np.concatenate([x, pad])
         out = self._fn(tf.constant(x))
         return np.asarray(out, dtype=np.float32)[:n]
+
+
+_TRACED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+_TRACED_LOCK = threading.Lock()
+
+
+def traced_call(keras_model: Any, input_shape: tuple[Any, ...], *, jit_compile: bool = False) -> Any:
+    """``tf.function(lambda x: keras_model(x, training=False))`` for one input signature.
+
+    Memoised per Keras model (weakly: the cache never keeps a model alive), so
+    repeated evaluations of the same model (every explainer, order and
+    perturbation of a run) trace once.
+    """
+    import tensorflow as tf
+
+    key = (tuple(input_shape), bool(jit_compile))
+    with _TRACED_LOCK:
+        per_model = _TRACED.setdefault(keras_model, {})
+        fn = per_model.get(key)
+        if fn is None:
+            model_ref = weakref.ref(keras_model)
+
+            def call(x: Any) -> Any:
+                return model_ref()(x, training=False)  # type: ignore[misc]
+
+            spec = tf.TensorSpec(tuple(input_shape), tf.float32)
+            fn = tf.function(call, input_signature=[spec], jit_compile=jit_compile or None)
+            per_model[key] = fn
+        return fn
 
 
 STRATEGIES: dict[str, type] = {"full": FullForward}

@@ -527,7 +527,7 @@ class CovidRadiography:
             missing_masks.extend(e.rel for e in entries if e.mask is None)
             splits[split_name] = Split(images=images, labels=labels, ids=ids, lung_masks=masks)
             digest.update(split_name.encode())
-            digest.update(images.tobytes())
+            digest.update(np.ascontiguousarray(images).data)  # no copy of the pixels
             digest.update("\n".join(ids.tolist()).encode())
 
         metadata = {

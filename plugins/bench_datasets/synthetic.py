@@ -278,7 +278,7 @@ def render(
     D[win] += spine * vert * f32(ra.uniform(0.05, 0.08))
 
     # ribs: a periodic family of arcs descending laterally, inside the rib cage
-    spacing, offset, rib_amp = ra.uniform(0.12, 0.14), ra.uniform(0.0, 0.14), ra.uniform(0.06, 0.09)
+    spacing, offset, rib_amp = ra.uniform(0.12, 0.14), ra.uniform(0.0, 0.14), ra.uniform(0.04, 0.07)
     win = frame.rect(-0.82, 0.82, -0.8, 0.64)
     Xw, Yw = X[win], Y[win]
     aXw = np.abs(Xw)
@@ -310,12 +310,12 @@ def render(
         L = np.zeros((S, S), dtype=np.float32)
 
         if cname == "COVID":
-            amp = rl.uniform(0.05, 0.15)
+            amp = rl.uniform(0.08, 0.2)
             haze = f32(0.7) + f32(0.3) * np.clip(_smooth_noise(rl, S, 20), -1, 1)
             for lung in lungs:
                 for _ in range(int(rl.integers(2, 4))):
                     x, y, _half = lung_point(lung, rl.uniform(0.5, 0.9), rl.uniform(0.35, 0.85))
-                    rx, ry = rl.uniform(0.07, 0.12), rl.uniform(0.08, 0.14)
+                    rx, ry = rl.uniform(0.09, 0.15), rl.uniform(0.1, 0.17)
                     rows, cols = frame.window(x, y, max(rx, ry))
                     q = ((X[rows, cols] - f32(x)) / f32(rx)) ** 2 + ((Y[rows, cols] - f32(y)) / f32(ry)) ** 2
                     bump = np.clip(1.0 - q, 0.0, 1.0)
@@ -324,10 +324,10 @@ def render(
             n = 1 if rl.random() < 0.55 else 2
             for side_index in rl.permutation(2)[:n]:
                 lung = lungs[int(side_index)]
-                amp = rl.uniform(0.10, 0.24)
+                amp = rl.uniform(0.14, 0.3)
                 medial = -0.4 if lung["side"] < 0 else 0.1  # the heart covers the left's medial base
                 x, y, _half = lung_point(lung, rl.uniform(0.3, 0.85), rl.uniform(medial, 0.6))
-                r = rl.uniform(0.06, 0.11)
+                r = rl.uniform(0.08, 0.14)
                 k, ph, wob = int(rl.integers(3, 6)), rl.uniform(0, 2 * np.pi), rl.uniform(0.1, 0.25)
                 rows, cols = frame.window(x, y, r * (1 + wob))
                 dxw, dyw = X[rows, cols] - f32(x), Y[rows, cols] - f32(y)
@@ -337,18 +337,18 @@ def render(
                 plateau = np.clip((1.0 - q) * f32(2.5), 0.0, 1.0)
                 L[rows, cols] = np.maximum(L[rows, cols], f32(amp) * plateau)
         elif cname == "Viral Pneumonia":
-            amp = rl.uniform(0.05, 0.13)
+            amp = rl.uniform(0.08, 0.18)
             for lung in lungs:
                 side = lung["side"]
                 xh = side * rl.uniform(0.14, 0.2)
                 yh = lung["apex"] + rl.uniform(0.5, 0.62) * (lung["base"] - lung["apex"])
-                R = rl.uniform(0.3, 0.42)
-                k, ph, twist = int(rl.integers(12, 18)), rl.uniform(0, 2 * np.pi), rl.uniform(-5.0, 5.0)
+                R = rl.uniform(0.32, 0.45)
+                k, ph, twist = int(rl.integers(8, 13)), rl.uniform(0, 2 * np.pi), rl.uniform(-5.0, 5.0)
                 rows, cols = frame.window(xh, yh, R)
                 dxw, dyw = (X[rows, cols] - f32(xh)) * f32(side), Y[rows, cols] - f32(yh)
                 rr = np.sqrt(dxw * dxw + dyw * dyw)
                 theta = np.arctan2(dyw, dxw)
-                streak = np.clip((np.cos(theta * f32(k) + f32(ph) + f32(twist) * rr) - f32(0.4)) * f32(1 / 0.6), 0.0, 1.0)
+                streak = np.clip((np.cos(theta * f32(k) + f32(ph) + f32(twist) * rr) - f32(0.3)) * f32(1 / 0.7), 0.0, 1.0)
                 env = np.clip(1.0 - (rr / f32(R)) ** 2, 0.0, 1.0) * np.clip(rr / f32(0.05), 0.0, 1.0)
                 L[rows, cols] = np.maximum(L[rows, cols], f32(amp) * streak * env)
         L *= lung_mask

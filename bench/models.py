@@ -109,7 +109,12 @@ class KerasModel:
     @property
     def keras(self) -> Any:
         if self._keras is None:
-            self._keras = self._build_keras()
+            import tensorflow as tf
+
+            # build eagerly even when first touched inside a tf.function trace
+            # (weights loaded in a trace would be lost)
+            with tf.init_scope():
+                self._keras = self._build_keras()
         return self._keras
 
     @property
@@ -314,6 +319,7 @@ class KerasModel:
         from .data import to_model_input
 
         if self._predict_fn is None:
+            self.keras  # noqa: B018 - build outside the trace
             self._predict_fn = tf.function(lambda x: self.keras(x, training=False), reduce_retracing=True)
         out = []
         for start in range(0, len(images), batch_size):

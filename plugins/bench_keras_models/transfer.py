@@ -165,8 +165,10 @@ class TransferModel(KerasModel):
     def _build_keras(self) -> keras.Model:
         self._validate()
         weights = _parse_weights(self.weights)
+        # fail before building the graph
+        imagenet = resolve_imagenet(self.backbone_name) if weights == "imagenet" else None
         if isinstance(weights, Path):
-            _check_file(weights, self.backbone_name)  # fail before building the graph
+            _check_file(weights, self.backbone_name)
         inputs = keras.Input(shape=self._input_shape, name="image", dtype="float32")
         x = self._preprocess_layer()(inputs)
         backbone = self._backbone(x)
@@ -195,13 +197,16 @@ class TransferModel(KerasModel):
         self._head = keras.Model(
             head_in, softmax(logits(dense(flatten(head_in)))), name=f"{self.backbone_name}_head"
         )
-        self._load_weights(weights, backbone, model)
+        self._load_weights(weights, backbone, model, imagenet)
         return model
 
-    def _load_weights(self, weights: str | Path | None, backbone: Any, model: Any) -> None:
+    def _load_weights(
+        self, weights: str | Path | None, backbone: Any, model: Any,
+        imagenet: tuple[Path, str] | None,
+    ) -> None:
         info: dict[str, Any] = {"source": "none", "kind": None, "path": None, "md5": None}
-        if weights == "imagenet":
-            path, md5 = resolve_imagenet(self.backbone_name)
+        if weights == "imagenet" and imagenet is not None:
+            path, md5 = imagenet
             try:
                 backbone.load_weights(str(path))
             except Exception as exc:  # noqa: BLE001

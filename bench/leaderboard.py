@@ -204,7 +204,7 @@ def _cell_row(path: Path, cell: Mapping[str, Any], manifests: Mapping[str, Any])
         "abpc": _num(abpc.get("value")),
         "abpc_ci_low": abpc_lo,
         "abpc_ci_high": abpc_hi,
-        "n_images": int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else -1,
+        "n_images": int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None,
         "evaluate_seconds": _num(timings.get("evaluate_seconds")),
         "explain_seconds": _num(timings.get("explain_seconds")),
         "forward_passes": int(timings.get("forward_passes") or 0),
@@ -256,6 +256,8 @@ def collect(results_dir: str | Path = "results", *, baseline: str | None = "rand
     else:
         ok = latest_ok = all_rows
     df = latest_ok.copy()
+    if "n_images" in df.columns:
+        df["n_images"] = pd.array(df["n_images"].tolist(), dtype="Int64")
     df = add_gain(df, baseline)
     df = sort_rows(df)
     df.attrs["results_dir"] = str(results_dir)
@@ -478,7 +480,7 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[lis
         gain = _f(r["gain_over_baseline"], 4, signed=True)
         gain_ci = _ci_text(r.get("gain_ci_low"), r.get("gain_ci_high"))
         row += [f"{gain} {gain_ci}" if gain and gain_ci else gain,
-                "" if n is None or int(n) < 0 else str(int(n)), _f(r["evaluate_seconds"], 1)]
+                "" if n is None or pd.isna(n) else str(int(n)), _f(r["evaluate_seconds"], 1)]
         rows.append(row)
     return headers, rows, align
 
@@ -839,8 +841,12 @@ def build_leaderboard(
     fmts = [_normalise_format(f) for f in formats]
     out = Path(out_dir) if out_dir is not None else Path(results_dir)
     df = collect(results_dir, baseline=baseline)
-    comparisons = report_mod.paired_comparisons(
-        df, confidence=confidence_of(df), n_resamples=bootstrap_resamples(df.attrs.get("manifests", {})))
+    try:
+        comparisons = report_mod.paired_comparisons(
+            df, confidence=confidence_of(df), n_resamples=bootstrap_resamples(df.attrs.get("manifests", {})))
+    except Exception as exc:  # the statistics must never cost the leaderboard itself
+        warnings.warn(f"paired comparisons skipped: {type(exc).__name__}: {exc}", stacklevel=2)
+        comparisons = pd.DataFrame(columns=list(report_mod.COMPARISON_COLUMNS))
     df = report_mod.attach_gain_ci(df, comparisons, baseline)
     prov = provenance(df)
     figs: dict[str, list[Path]] = {}

@@ -65,7 +65,13 @@ def per_image_values(row: Mapping[str, Any], order: str = "morf") -> pd.Series |
     if arrays is None or key not in arrays or "ids" not in arrays:
         return None
     s = pd.Series(np.asarray(arrays[key], np.float64), index=np.asarray(arrays["ids"]).astype(str))
-    return s[~s.index.duplicated(keep="first")]
+    s = s[~s.index.duplicated(keep="first")]
+    bad = ~np.isfinite(s.to_numpy())
+    if bad.any():
+        warnings.warn(f"cell {row.get('cell_id')!r}: {int(bad.sum())} non-finite per-image {order} values "
+                      "left out of the paired comparisons", stacklevel=2)
+        s = s[~bad]
+    return s
 
 
 # ---------------------------------------------------------------------------------------

@@ -271,3 +271,15 @@ def test_only_failed_cells_still_renders(tmp_path):
     assert "No finished cells yet" in paths["md"].read_text()
     assert "boom" in paths["html"].read_text()
     assert json.loads(paths["json"].read_text())["rows"] == []
+
+
+def test_missing_n_is_blank_not_a_sentinel(tmp_path):
+    write_run(tmp_path, "r", [FakeCell("d", "m", "e", per_image=[0.5, 0.4],
+                                       extra={"results": {"morf": {"aopc": 0.45, "ci": [0.4, 0.5]}},
+                                              "n_images": None})])
+    df = collect(tmp_path)
+    assert pd.isna(df.n_images.iloc[0])
+    doc = json.loads(render(df, "json"))
+    assert doc["rows"][0]["n_images"] is None
+    back = pd.read_csv(io.StringIO(render(df, "csv")))
+    assert back.n_images.isna().all()

@@ -207,3 +207,15 @@ def test_slug_is_safe_and_distinct():
     s1, s2 = slug("a/b", "c"), slug("a?b", "c")
     assert s1 != s2
     assert all(ch.isalnum() or ch in "._-" for ch in s1 + s2)
+
+
+def test_non_finite_per_image_values_are_left_out_with_a_warning(tmp_path):
+    write_run(tmp_path, "r", [
+        FakeCell("d", "m", "x", per_image=[0.5, np.nan, 0.4, 0.6]),
+        FakeCell("d", "m", "y", per_image=[0.1, 0.2, 0.3, 0.2]),
+    ], n_test=4)
+    with pytest.warns(UserWarning, match="non-finite"):
+        comp = paired_comparisons(collect(tmp_path), n_resamples=200)
+    assert comp.n.iloc[0] == 3
+    sign = 1 if comp.explainer_a.iloc[0] == "x" else -1
+    assert comp["diff"].iloc[0] == pytest.approx(sign * np.mean(np.float32([0.4, 0.1, 0.4])), abs=1e-6)

@@ -383,8 +383,9 @@ def provenance_lines(prov: Mapping[str, Any]) -> list[str]:
     lines = []
     base = prov.get("baseline")
     if base:
-        lines.append(f"Gain over random = AOPC - AOPC of the '{base}' explainer, same dataset, "
-                     "model, weights, perturbation.")
+        lines.append(f"Gain over {base} = AOPC - AOPC of the '{base}' explainer, same dataset, "
+                     "model, weights and perturbation; with a CI it is the paired mean difference on "
+                     "the images both cells scored (bootstrap CI).")
     lines.append("AOPC = mean over correctly classified test images of "
                  f"sum_k (f(x0) - f(xk)) / (L+1), MoRF order; {prov.get('ci_label', '95%')} bootstrap CI.")
     lines.append(
@@ -602,6 +603,7 @@ def render(
             "rows": _json_safe(public(df)),
             "failed": _json_safe(failed),
             "comparisons": _json_safe(comparisons) if comparisons is not None else [],
+            "figures": {section: [Path(p).name for p in paths] for section, paths in (figures or {}).items()},
             "provenance": _json_safe(prov),
         }
         return json.dumps(doc, indent=2, allow_nan=False) + "\n"

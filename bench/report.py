@@ -290,6 +290,34 @@ def group_by_class(
     return out
 
 
+def per_class_markdown(df: pd.DataFrame, *, order: str = "morf") -> str:
+    """One table per (dataset, model, weights, perturbation): explainers x classes, "mean [lo, hi] (n)"."""
+    from .leaderboard import _ci_text, _f, _md_cell, confidence_of, markdown_table
+
+    if df.empty or "_curves_file" not in df.columns:
+        return ""
+    manifests = df.attrs.get("manifests", {})
+    conf = confidence_of(df)
+    blocks = []
+    for key, group in df.groupby(list(FAMILY), sort=False):
+        rows: list[list[str]] = []
+        classes: list[str] = []
+        for _, row in group.iterrows():
+            stats = per_class_aopc(row, _class_names(row, manifests), order=order, confidence=conf)
+            if not stats:
+                continue
+            classes += [c for c in stats if c not in classes]
+            rows.append([str(row["explainer"]), *[
+                f"{_f(stats[c][0], 4)} {_ci_text(stats[c][1], stats[c][2])} ({stats[c][3]})" if c in stats
+                else "" for c in classes]])
+        if not rows:
+            continue
+        rows = [r + [""] * (1 + len(classes) - len(r)) for r in rows]
+        title = " / ".join(_md_cell(k) for k in key)
+        blocks.append(f"### {title}\n\n" + markdown_table(["Explainer", *classes], rows))
+    return "\n\n".join(blocks)
+
+
 # ---------------------------------------------------------------------------------------
 # classification tables
 # ---------------------------------------------------------------------------------------
@@ -561,6 +589,10 @@ def render_report(
                         markdown_table(["true / predicted", *names],
                                        [[names[i], *[str(v) for v in r]] for i, r in enumerate(cm)],
                                        ["l"] + ["r"] * len(names)), ""]
+    per_class = per_class_markdown(df)
+    if per_class:
+        out += ["## AOPC per class (MoRF, mean [CI] (n) over the correctly classified test images)", "",
+                per_class, ""]
     out += ["## Paired comparisons between explainers (MoRF AOPC, same images)", ""]
     if comparisons is not None and not comparisons.empty:
         out += [comparisons_markdown(comparisons), ""]

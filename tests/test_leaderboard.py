@@ -200,6 +200,8 @@ def test_html_self_contained_with_figures(built):
     assert "Paired comparisons" in page and "Holm" in page
     assert "RuntimeError: boom" in page
     assert not re.search(r'(src|href)="(?!data:)', page), "no external resources"
+    doc = json.loads(paths["json"].read_text())
+    assert sum(len(v) for v in doc["figures"].values()) == len(imgs)
 
 
 @pytest.fixture()

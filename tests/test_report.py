@@ -176,6 +176,10 @@ def test_report_md(results):
                     "Confusion matrix"):
         assert heading in text, heading
     assert "ZeroDivisionError: oops" in text
+    # per-class AOPC: vgg16/gradcam, class COVID = images 0 and 4 of A
+    per_class = text[text.index("## AOPC per class"):text.index("## Paired comparisons")]
+    gradcam_row = next(line for line in per_class.splitlines() if line.startswith("| gradcam"))
+    assert f"| {(A[0] + A[4]) / 2:.4f} [" in gradcam_row and "(2)" in gradcam_row
     assert "| Viral Pneumonia " in text
     # figures are linked relative to the report
     assert "](figures/curves__" in text and (results / "figures").is_dir()

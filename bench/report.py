@@ -386,8 +386,11 @@ def _model_label(row: Mapping[str, Any]) -> str:
 
 
 def _find_dataset_file(dataset: str, df: pd.DataFrame, manifests: Mapping[str, Any]) -> Path | None:
+    """The saved splits of ``dataset`` from the manifest of the most recent run shown for it."""
     results_dir = Path(df.attrs.get("results_dir", "."))
-    for rid in sorted(set(df["run_id"]), reverse=True):
+    rows = df[df["dataset"] == dataset].sort_values("_time", ascending=False)
+    run_names = list(dict.fromkeys(_run_dir(r).name for _, r in rows.iterrows()))
+    for rid in run_names + sorted(set(manifests) - set(run_names), reverse=True):
         m = manifests.get(rid) or {}
         ds = m.get("dataset") or {}
         if ds.get("name") != dataset or not ds.get("file"):

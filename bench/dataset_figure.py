@@ -92,7 +92,10 @@ def write_dataset_grid(
                 ax.contour(part.lesion_masks[i].astype(np.float32), levels=[0.5],
                            colors=[LESION_COLOUR], linewidths=0.8)
                 lesion_shown = True
-            ax.set_title(str(part.ids[i])[-28:], fontsize=6, color="0.3", pad=2)
+            label = str(part.ids[i]).rsplit("/", 1)[-1]
+            if len(label) > 34:
+                label = "…" + label[-33:]
+            ax.set_title(label, fontsize=6, color="0.3", pad=2)
 
     handles = []
     if lung_shown:

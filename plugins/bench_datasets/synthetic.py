@@ -55,7 +55,7 @@ MARKER_TEXT: dict[str, str] = {
 }
 NEUTRAL_MARKER = "R"
 #: Bumped whenever the drawing changes, so cached copies are invalidated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 NAME = "synthetic-cxr"
 
 # 3x5 bitmap font for the markers

@@ -225,44 +225,51 @@ def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _reinitialize(layers: list[Any]) -> None:
-    """Re-draw each layer's kernel/bias from its initialisers (global seed)."""
+def _reinitialize(layers: list[Any], seed: int) -> None:
+    """Re-draw each layer's kernel/bias from its initialisers, seeded from ``seed``.
+
+    Keras draws an unseeded initialiser's seed when the layer is created, so the
+    initialisers are rebuilt with explicit seeds (layer order, attribute): the same
+    seed gives the same weights whenever and however the model was built.
+    """
+    counter = 0
     for layer in layers:
         for attr, init_attr in (("kernel", "kernel_initializer"), ("bias", "bias_initializer"),
                                 ("depthwise_kernel", "depthwise_initializer")):
             var = getattr(layer, attr, None)
             init = getattr(layer, init_attr, None)
-            if var is not None and init is not None and getattr(var, "trainable", True):
-                var.assign(init(tuple(var.shape), dtype=var.dtype))
+            if var is None or init is None or not getattr(var, "trainable", True):
+                continue
+            counter += 1
+            config = init.get_config()
+            if "seed" in config:
+                config["seed"] = int((seed * 1_000_003 + counter) % (2**31 - 1))
+                init = type(init).from_config(config)
+            var.assign(init(tuple(var.shape), dtype=var.dtype))
 
 
 def extract_features(
     feature_extractor: Any, split: Split, *, batch_size: int = 32, progress: bool = False,
     desc: str = "features",
 ) -> np.ndarray:
-    """Run the frozen backbone once over a split, in batches (compiled, full speed)."""
-    import tensorflow as tf
-
-    fn = tf.function(lambda x: feature_extractor(x, training=False), reduce_retracing=True)
+    """Run the frozen backbone once over a split, in batches (``predict_on_batch``: compiled)."""
     out = []
     batches = range(0, len(split), batch_size)
     for start in _progress(batches, enabled=progress, desc=desc, total=len(batches)):
         x = to_model_input(split.images[start : start + batch_size])
-        out.append(np.asarray(fn(tf.constant(x))))
+        out.append(np.asarray(feature_extractor.predict_on_batch(x)))
     if not out:
         shape = tuple(int(d) for d in feature_extractor.outputs[0].shape[1:])
         return np.zeros((0, *shape), np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def _predict(fn: Callable[[Any], Any], n: int, get_batch: Callable[[slice], np.ndarray],
+def _predict(target: Any, n: int, get_batch: Callable[[slice], np.ndarray],
              batch_size: int) -> np.ndarray:
-    import tensorflow as tf
-
     out = []
     for start in range(0, n, batch_size):
-        out.append(np.asarray(fn(tf.constant(get_batch(slice(start, min(start + batch_size, n)))))))
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        out.append(np.asarray(target.predict_on_batch(get_batch(slice(start, min(start + batch_size, n))))))
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 
 # ---- training ----------------------------------------------------------------------
@@ -337,7 +344,7 @@ def train(
 
     if frozen:
         tf0 = time.perf_counter()
-        feats = _features_for(model, splits, config, cache=cache, key=key, progress=progress)
+        feats = _features_for(model, splits, config, cache=cache, progress=progress)
         features_seconds = time.perf_counter() - tf0
         target = model.head
         train_x = lambda sl: feats["train"][sl]  # noqa: E731
@@ -348,17 +355,15 @@ def train(
         val_x = lambda sl: to_model_input(splits.val.images[sl])  # noqa: E731
 
     if config.reinitialize:
-        _reinitialize([layer for layer in target.layers if layer.trainable and layer.weights])
+        _reinitialize(
+            [layer for layer in target.layers if layer.trainable and layer.weights], config.seed
+        )
 
     history, best_epoch = _fit(
-        target, splits, config, train_x, val_x, class_names, disease_idx, progress=progress,
-        index_rows=not frozen,
+        target, splits, config, train_x, val_x, class_names, disease_idx, progress=progress
     )
     if frozen and len(splits.test):
-        import tensorflow as tf
-
-        fn = tf.function(lambda x: target(x, training=False), reduce_retracing=True)
-        test_probs = _predict(fn, len(splits.test), lambda sl: feats["test"][sl], 256)
+        test_probs = _predict(target, len(splits.test), lambda sl: feats["test"][sl], 256)
 
     report = TrainingReport(
         history=history,
@@ -398,11 +403,17 @@ def _save_keras(kmodel: Any, path: Any) -> None:
 
 def _features_for(
     model: Any, splits: DatasetSplits, config: TrainingConfig, *, cache: Cache | None,
-    key: str | None, progress: bool,
+    progress: bool,
 ) -> dict[str, np.ndarray]:
+    """Pooled backbone features per split, from the cache or computed once.
+
+    The content key is what the features depend on: the extractor's class, input
+    size, pooling and a hash of its weights, and each split's contents; not the
+    training config, so every recipe on the same backbone and data shares them.
+    """
     extractor = model.feature_extractor
     backbone_id = content_key(
-        "features", TRAINER_VERSION, key or "", type(model).__name__,
+        "features", TRAINER_VERSION, type(model).__name__,
         list(getattr(model, "input_shape", ())), getattr(model, "pool_size", None),
         weights_digest(extractor.weights),
     )
@@ -433,10 +444,9 @@ def _iter_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator
 def _fit(
     target: Any, splits: DatasetSplits, config: TrainingConfig,
     train_x: Callable[[Any], np.ndarray], val_x: Callable[[Any], np.ndarray],
-    class_names: list[str], disease_idx: list[int], *, progress: bool, index_rows: bool,
+    class_names: list[str], disease_idx: list[int], *, progress: bool,
 ) -> tuple[list[dict[str, Any]], int]:
     import keras
-    import tensorflow as tf
 
     n_classes = len(class_names)
     target.compile(
@@ -446,7 +456,6 @@ def _fit(
     )
     y_train = _one_hot(np.asarray(splits.train.labels, dtype=np.int64), n_classes)
     rng = np.random.default_rng(config.seed)
-    predict_fn = tf.function(lambda x: target(x, training=False), reduce_retracing=True)
     history: list[dict[str, Any]] = []
     snapshots: list[list[np.ndarray]] = []
     best_so_far = 0
@@ -463,7 +472,7 @@ def _fit(
             counts.append(len(idx))
             target.reset_metrics()
         w = np.asarray(counts, np.float64)
-        val_probs = _predict(predict_fn, len(splits.val), val_x, 256)
+        val_probs = _predict(target, len(splits.val), val_x, 256)
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": float(np.average(losses, weights=w)),

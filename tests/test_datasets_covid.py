@@ -230,6 +230,9 @@ def test_missing_path_and_empty_folder_show_the_expected_tree(tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(DataError, match=r"no class folders(.|\n)*'other'(.|\n)*Viral Pneumonia/images"):
         CovidRadiography(root=str(tmp_path)).load()
+    make_db(tmp_path / "db", counts={c: 1 for c in CLASS_NAMES})
+    with pytest.raises(DataError, match="looks like one class folder"):
+        CovidRadiography(root=str(tmp_path / "db" / "Normal")).load()
     archive = tmp_path / "archive.zip"
     archive.write_bytes(b"PK")
     with pytest.raises(DataError, match="unzip"):

@@ -169,6 +169,8 @@ def find_layout(root: str | Path) -> Layout:
             level = [Path(e.path) for p in level for e in _subdirs(p)]
     listing = sorted(e.name for e in _subdirs(root_path))[:12]
     seen = f" It holds the folders: {', '.join(repr(n) for n in listing)}." if listing else " It holds no folders."
+    if class_of_folder(root_path.name) is not None:
+        seen += f" {root_path.name!r} looks like one class folder: pass the folder that holds all four."
     raise DataError(
         f"dataset {NAME!r}: no class folders (COVID, Lung_Opacity, Normal, Viral Pneumonia) found in "
         f"{str(root_path)!r} or up to {MAX_DEPTH} levels below it.{seen}\n{EXPECTED_TREE}"

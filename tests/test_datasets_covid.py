@@ -376,3 +376,12 @@ def test_registered_and_created_through_the_registry(tmp_path):
     assert isinstance(ds, CovidRadiography)
     d = ds.load()
     assert d.name == "covid-radiography" and sum(len(s) for s in d.splits().values()) == 8
+
+
+def test_corrupt_mask_is_reported_with_its_image(tmp_path):
+    make_db(tmp_path, counts={c: 3 for c in CLASS_NAMES})
+    (tmp_path / "Lung_Opacity" / "masks" / "Lung_Opacity-2.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DataError, match=r"Lung_Opacity-2.png: its mask .*Lung_Opacity-2.png"):
+        CovidRadiography(root=str(tmp_path), per_class=3).load()
+    d = CovidRadiography(root=str(tmp_path), per_class=3, skip_corrupt=True).load()
+    assert [s["file"] for s in d.metadata["skipped_corrupt"]] == ["Lung_Opacity/images/Lung_Opacity-2.png"]

@@ -297,7 +297,7 @@ def _decode(entry: FileEntry, size: tuple[int, int] | None, resize: bool) -> tup
                 mm.load()
                 m = _binary_mask(mm)
         except Exception as exc:  # noqa: BLE001 - reported with the file name
-            raise _MaskError(f"mask {entry.mask}: {type(exc).__name__}: {exc}") from exc
+            raise _MaskError(f"its mask {entry.mask}: {_reason(exc, entry.mask)}") from exc
         if m.shape != arr.shape:
             m = np.asarray(
                 Image.fromarray(m.astype(np.uint8) * 255).resize((arr.shape[1], arr.shape[0]), Image.Resampling.NEAREST)
@@ -308,6 +308,12 @@ def _decode(entry: FileEntry, size: tuple[int, int] | None, resize: bool) -> tup
 
 class _MaskError(Exception):
     pass
+
+
+def _reason(exc: BaseException, path: str) -> str:
+    """``Type: message`` without the file name repeated (the report already names it)."""
+    msg = str(exc).replace(f"'{path}'", "").replace(path, "").strip().rstrip(":").strip()
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------
@@ -470,7 +476,7 @@ class CovidRadiography:
                 failures.append((split_name, j, entry, str(exc)))
                 return
             except Exception as exc:  # noqa: BLE001 - reported with the file name
-                failures.append((split_name, j, entry, f"{type(exc).__name__}: {exc}"))
+                failures.append((split_name, j, entry, _reason(exc, entry.path)))
                 return
             if img.shape != size:
                 wrong_size.append((entry, img.shape))

@@ -55,7 +55,7 @@ MARKER_TEXT: dict[str, str] = {
 }
 NEUTRAL_MARKER = "R"
 #: Bumped whenever the drawing changes, so cached copies are invalidated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 NAME = "synthetic-cxr"
 
 # 3x5 bitmap font for the markers
@@ -110,8 +110,10 @@ def _smooth_noise(rng: np.random.Generator, size: int, k: int, coarse: int = 0) 
     lo, hi, w = _upsampler(size, k)
     rows = small[lo] + (small[hi] - small[lo]) * w[:, None]  # (size, k)
     rows_t = np.ascontiguousarray(rows.T)  # (k, size)
-    out = np.take(rows_t, lo, axis=0).T  # (size, size), out[r, c] = rows[r, lo[c]]
-    out = out + (np.take(rows_t, hi, axis=0).T - out) * w[None, :]
+    # interpolate along the other axis in the transposed (contiguous) layout; the
+    # field is isotropic noise, so returning it transposed is as good and saves a copy
+    out = np.take(rows_t, lo, axis=0)  # (size, size): out[c, r] = rows[r, lo[c]]
+    out += (np.take(rows_t, hi, axis=0) - out) * w[:, None]
     return out
 
 

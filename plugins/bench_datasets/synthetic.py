@@ -55,7 +55,7 @@ MARKER_TEXT: dict[str, str] = {
 }
 NEUTRAL_MARKER = "R"
 #: Bumped whenever the drawing changes, so cached copies are invalidated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 NAME = "synthetic-cxr"
 
 # 3x5 bitmap font for the markers
@@ -392,14 +392,14 @@ def render(
 
     # gamma through a 4096-level lookup table (a power over every pixel costs more)
     levels = (img * f32(_LEVELS - 1) + f32(0.5)).astype(np.uint16)
-    out = _gamma_lut(round(float(gamma), 6))[levels]
+    out = _gamma_lut(round(float(gamma), 3))[levels]
     return out, lung_mask, lesion_mask, box
 
 
 _LEVELS = 4096
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=512)
 def _gamma_lut(gamma: float) -> np.ndarray:
     x = np.arange(_LEVELS, dtype=np.float64) / (_LEVELS - 1)
     return np.floor(x**gamma * 255.0 + 0.5).astype(np.uint8)

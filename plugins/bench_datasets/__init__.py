@@ -11,7 +11,7 @@ def bench_register_datasets():
         DatasetSpec(
             name="synthetic-cxr",
             factory="bench_datasets.synthetic:SyntheticCXR",
-            description="Seeded procedural chest-X-ray-like images, 4 classes, lung and lesion masks (offline default)",
+            description="Seeded procedural chest-X-ray-like images, 4 classes, lung and lesion (ground-truth) masks, optional class-specific shortcut marker (offline default)",
         ),
         DatasetSpec(
             name="covid-radiography",

@@ -199,14 +199,30 @@ class ModelArtifact:
     ids: np.ndarray
 
 
-class Stages:
-    """The cached stage functions of one plan."""
+class NotCached(Exception):
+    """Raised by ``Stages(..., cached_only=True)`` where a stage would have to compute."""
 
-    def __init__(self, plan: Plan, *, cache: Cache | None = None, quiet: bool = False):
+    def __init__(self, stage: str, key: str):
+        super().__init__(f"{stage} {key} is not in the cache")
+        self.stage = stage
+        self.key = key
+
+
+class Stages:
+    """The cached stage functions of one plan.
+
+    With ``cached_only=True`` a stage whose result is not in the cache raises
+    :class:`NotCached` instead of computing it (a cheap "is this cell done?" probe).
+    """
+
+    def __init__(
+        self, plan: Plan, *, cache: Cache | None = None, quiet: bool = False, cached_only: bool = False
+    ):
         self.plan = plan
         self.cache = cache or Cache(plan.results_dir / "cache")
         self.quiet = quiet
         self.progress = not quiet
+        self.cached_only = cached_only
 
     # ---- dataset ---------------------------------------------------------------------
     def dataset(self) -> DatasetArtifact:
@@ -225,6 +241,8 @@ class Stages:
         if path.exists():
             splits = DatasetSplits.load_file(path)
         else:
+            if self.cached_only:
+                raise NotCached("dataset", key)
             log(f"[dataset] loading {name} ...", quiet=self.quiet)
             splits = component.load()
             if not isinstance(splits, DatasetSplits):
@@ -250,6 +268,12 @@ class Stages:
         )
         if key in _MEMO:
             return _MEMO[key]
+        if self.cached_only and (
+            self.cache.get_json("models", key) is None
+            or not self.cache.exists("models", key, ".keras")
+            or not self.cache.exists("evaluation", content_key("evaluation", STAGE_VERSION["evaluation"], key), ".npz")
+        ):
+            raise NotCached("model", key)
         model = _create("model", name, params)
         training_config = TrainingConfig(
             epochs=tcfg["epochs"],
@@ -333,6 +357,8 @@ class Stages:
         if cached is not None:
             meta = self.cache.get_json("heatmaps", key) or {}
             return cached["heatmaps"], key, resolved, float(meta.get("seconds", 0.0))
+        if self.cached_only:
+            raise NotCached("heatmaps", key)
         log(f"[explain] {name} on {model.record['model']} ({len(index)} images) ...", quiet=self.quiet)
         t0 = time.perf_counter()
         heatmaps = compute_heatmaps(
@@ -360,8 +386,20 @@ class Stages:
         index: np.ndarray,
         heatmaps: np.ndarray,
         heatmaps_key: str,
+        *,
+        evaluator: Callable[..., Any] | None = None,
+        store: bool = True,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+        """AOPC curves of one (heatmaps, perturbation, order), cached under a content key.
+
+        ``evaluator`` replaces :func:`bench.aopc.evaluate_aopc` (same signature), e.g. to
+        merge shards computed elsewhere; ``store=False`` neither reads nor writes the
+        cache (a shard of the images is not the stage's result).
+        """
         from .aopc import evaluate_aopc
+
+        if evaluator is not None:
+            evaluate_aopc = evaluator  # noqa: F811 - same signature
 
         params = dict(self.plan.config["perturbations"]["params"].get(name, {}))
         perturbation = _create("perturbation", name, params)
@@ -373,10 +411,12 @@ class Stages:
             "curves", STAGE_VERSION["curves"], name, _version("perturbation", name), resolved, heatmaps_key,
             list(grid), order, seed, acfg["confidence"], acfg["bootstrap"],
         )
-        summary = self.cache.get_json("curves", key)
-        arrays = self.cache.get_npz("curves", key)
+        summary = self.cache.get_json("curves", key) if store else None
+        arrays = self.cache.get_npz("curves", key) if store else None
         if summary is not None and arrays is not None:
             return summary, arrays, resolved
+        if self.cached_only:
+            raise NotCached("curves", key)
         test = data.splits.test
         ids = test.ids[index].astype(str)
         log(
@@ -417,8 +457,9 @@ class Stages:
             "order": np.asarray(result.order, dtype=np.int32),
             "ids": ids,
         }
-        self.cache.put_npz("curves", key, **arrays)
-        self.cache.put_json("curves", key, summary)
+        if store:
+            self.cache.put_npz("curves", key, **arrays)
+            self.cache.put_json("curves", key, summary)
         return summary, arrays, resolved
 
 

@@ -78,7 +78,7 @@ class GradCAM:
 
         def cam(x: Any, t: Any) -> Any:
             with tf.GradientTape() as tape:
-                features, logits = source.features_and_logits(x, training=False)
+                features, logits = source.features_and_logits(x)
                 y = tf.gather(logits, t, axis=1, batch_dims=1)
             grads = tape.gradient(y, features)
             if grads is None:

@@ -26,6 +26,8 @@ class GaussianNoise:
         Clip the result to [0, 1] (default False, as the study).
     """
 
+    #: the registered name, used in results when the object is passed directly
+    name = "gaussian-noise"
     mask_local = True
     #: noise fields kept (an LRU): the engine asks for the same image for many steps
     cache_size = 32

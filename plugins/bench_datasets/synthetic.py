@@ -55,7 +55,7 @@ MARKER_TEXT: dict[str, str] = {
 }
 NEUTRAL_MARKER = "R"
 #: Bumped whenever the drawing changes, so cached copies are invalidated.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 NAME = "synthetic-cxr"
 
 # 3x5 bitmap font for the markers
@@ -312,7 +312,7 @@ def render(
         L = np.zeros((S, S), dtype=np.float32)
 
         if cname == "COVID":
-            amp = rl.uniform(0.08, 0.2)
+            amp = rl.uniform(0.04, 0.19)
             haze = f32(0.7) + f32(0.3) * np.clip(_smooth_noise(rl, S, 20), -1, 1)
             for lung in lungs:
                 for _ in range(int(rl.integers(2, 4))):
@@ -326,7 +326,7 @@ def render(
             n = 1 if rl.random() < 0.55 else 2
             for side_index in rl.permutation(2)[:n]:
                 lung = lungs[int(side_index)]
-                amp = rl.uniform(0.14, 0.3)
+                amp = rl.uniform(0.08, 0.3)
                 medial = -0.4 if lung["side"] < 0 else 0.1  # the heart covers the left's medial base
                 x, y, _half = lung_point(lung, rl.uniform(0.3, 0.85), rl.uniform(medial, 0.6))
                 r = rl.uniform(0.08, 0.14)
@@ -339,7 +339,7 @@ def render(
                 plateau = np.clip((1.0 - q) * f32(2.5), 0.0, 1.0)
                 L[rows, cols] = np.maximum(L[rows, cols], f32(amp) * plateau)
         elif cname == "Viral Pneumonia":
-            amp = rl.uniform(0.08, 0.18)
+            amp = rl.uniform(0.04, 0.17)
             for lung in lungs:
                 side = lung["side"]
                 xh = side * rl.uniform(0.14, 0.2)

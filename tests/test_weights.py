@@ -78,9 +78,15 @@ def test_missing_or_unfit_path_names_the_file(tmp_path, notop_file):
     m = bench.create("model", "vgg16", weights=str(tmp_path / "nope.h5"), **SMALL)
     with pytest.raises(WeightsError, match="nope.h5.*does not exist"):
         m.keras  # noqa: B018
-    # a VGG16 backbone file cannot load into DenseNet201
+    # a file that is not a weights file
+    bad = tmp_path / "corrupt.h5"
+    bad.write_bytes(b"not an HDF5 file")
+    m = bench.create("model", "vgg16", weights=str(bad), **SMALL)
+    with pytest.raises(WeightsError, match="corrupt.h5"):
+        m.keras  # noqa: B018
+    # a VGG16 backbone file does not fit simple-cnn
     path, _ = notop_file
-    m = bench.create("model", "densenet201", weights=str(path), **SMALL)
+    m = bench.create("model", "simple-cnn", weights=str(path), input_shape=(32, 32, 3))
     with pytest.raises(WeightsError, match="my_vgg16_notop.h5"):
         m.keras  # noqa: B018
 
@@ -108,7 +114,7 @@ def test_cached_imagenet_file_with_right_md5_loads_offline(
     np.testing.assert_array_equal(_kernel(m), notop_file[1])
     info = m.weights_info()
     assert info == {
-        "source": "imagenet", "kind": "backbone-notop", "path": str(dest),
+        "weights": "imagenet", "source": "imagenet", "kind": "backbone-notop", "path": str(dest),
         "md5": _md5(dest), "expected_md5": _md5(dest),
     }
 

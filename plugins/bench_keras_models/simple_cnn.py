@@ -114,5 +114,7 @@ class SimpleCNN(KerasModel):
         return model
 
     def weights_info(self) -> dict[str, Any]:
+        """``weights`` (as given), ``source``, ``kind``, ``path`` and ``md5`` of the file loaded."""
         self.keras  # noqa: B018
-        return dict(self._weights_info or {})
+        w = self.weights
+        return {"weights": "none" if w is None else str(w), **(self._weights_info or {})}

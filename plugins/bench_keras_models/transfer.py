@@ -253,9 +253,15 @@ class TransferModel(KerasModel):
         return self._head
 
     def weights_info(self) -> dict[str, Any]:
-        """Which weights were loaded: source, kind, file path and MD5 (manifest, leaderboard)."""
+        """Which weights were loaded (manifest, leaderboard).
+
+        ``weights``: the parameter as given ("imagenet", "none" or the path); ``source``:
+        imagenet | file | none; ``kind``: backbone-notop | full-model | None; ``path``,
+        ``md5`` of the file loaded (and ``expected_md5`` for ImageNet).
+        """
         self.keras  # noqa: B018
-        return dict(self._weights_info or {})
+        w = self.weights
+        return {"weights": "none" if w is None else str(w), **(self._weights_info or {})}
 
 
 class VGG16Transfer(TransferModel):

@@ -22,14 +22,18 @@ class RandomExplainer:
     seed:
         Base seed; the map of an image is drawn from ``derive_seed(seed, id)``.
     size:
-        ``(h, w)`` or an int of the map; ``None`` (default) = the image size, one
-        value per pixel, which works with any region grid. Set it to the grid
-        (e.g. ``9``) for i.i.d. region scores (an exactly uniform region order);
-        at the image size the region means of i.i.d. pixels are exchangeable up
-        to the +-1 px differences in region size of ``array_split``.
+        ``(h, w)`` or an int: the size of the map. ``None`` (default) = 9x9, the
+        default region grid: region scores are then i.i.d. uniform, so the MoRF
+        order is a uniformly random permutation, and a map costs 81 floats (an
+        image-sized map of 540 images at 299 px would be ~190 MB of heatmaps to
+        cache). Use your grid's size with another grid, or ``"image"`` for one
+        value per pixel (region means of i.i.d. pixels: exchangeable up to the
+        +-1 px differences in region size of ``array_split``).
     """
 
-    def __init__(self, *, seed: int = 0, size: int | tuple[int, int] | None = None):
+    default_size: tuple[int, int] = (9, 9)
+
+    def __init__(self, *, seed: int = 0, size: int | tuple[int, int] | str | None = None):
         self.seed = seed
         self.size = size
 
@@ -38,6 +42,10 @@ class RandomExplainer:
 
     def _map_size(self, images: np.ndarray) -> tuple[int, int]:
         if self.size is None:
+            return self.default_size
+        if isinstance(self.size, str):
+            if self.size.lower() != "image":
+                raise ValueError(f"RandomExplainer size must be (h, w), an int or 'image', got {self.size!r}")
             return int(images.shape[1]), int(images.shape[2])
         if isinstance(self.size, int | np.integer):
             h = w = int(self.size)

@@ -5,6 +5,8 @@
 - :func:`paired_comparison`: two explainers on the same images: the mean
   difference with its bootstrap CI and the Wilcoxon signed-rank p-value.
 - :func:`holm`: Holm-Bonferroni adjusted p-values (step-down, monotone).
+- :func:`pairwise_comparisons`: every pair of explainers of one model (or each
+  against a baseline such as ``random``), Holm-corrected over the family.
 - :func:`abpc`: per-image area between the LeRF and MoRF curves.
 - :func:`summarize`: mean, CI and n of one score, as every table needs.
 
@@ -13,7 +15,7 @@ Only numpy and scipy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -155,6 +157,41 @@ def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     adjusted = np.minimum(1.0, np.maximum.accumulate(adjusted))
     out[order] = adjusted
     return out
+
+
+def pairwise_comparisons(
+    scores: Mapping[str, Any],
+    *,
+    baseline: str | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+    n_resamples: int = 10_000,
+) -> list[dict[str, Any]]:
+    """Paired comparisons between per-image scores on the same images, Holm-corrected.
+
+    ``scores`` maps a name (an explainer) to its per-image values, all in the
+    same image order. With ``baseline`` every other entry is compared with it
+    (``a = name, b = baseline``: the "gain over random" rows); otherwise every
+    unordered pair in insertion order. Each row is :func:`paired_comparison`'s
+    dict plus ``"a"``, ``"b"`` and ``"p_holm"`` (adjusted over the rows returned).
+    """
+    names = list(scores)
+    if baseline is not None:
+        if baseline not in scores:
+            raise KeyError(f"baseline {baseline!r} not among the compared scores: {', '.join(names)}")
+        pairs = [(name, baseline) for name in names if name != baseline]
+    else:
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    rows = []
+    for a, b in pairs:
+        row = paired_comparison(
+            scores[a], scores[b], confidence=confidence, seed=seed, n_resamples=n_resamples
+        )
+        rows.append({"a": a, "b": b, **row})
+    adjusted = holm([r["p_value"] for r in rows])
+    for row, p in zip(rows, adjusted, strict=True):
+        row["p_holm"] = float(p)
+    return rows
 
 
 def abpc(morf_curves: Any, lerf_curves: Any) -> np.ndarray:

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bench.statistics import abpc, bootstrap_ci, holm, paired_comparison, summarize
+from bench.statistics import (
+    abpc,
+    bootstrap_ci,
+    holm,
+    paired_comparison,
+    pairwise_comparisons,
+    summarize,
+)
 
 
 def test_bootstrap_ci_covers_the_mean_and_is_deterministic():
@@ -89,3 +96,22 @@ def test_abpc_by_hand():
     np.testing.assert_allclose(abpc(morf, lerf), [0.25])
     with pytest.raises(ValueError, match="same shape"):
         abpc(morf, lerf[:, :3])
+
+
+def test_pairwise_comparisons_against_baseline_and_all_pairs():
+    rng = np.random.default_rng(5)
+    base = rng.random(40)
+    scores = {"gradcam": base + 0.2, "random": base + rng.normal(0, 0.01, 40), "other": base + 0.1}
+    rows = pairwise_comparisons(scores, baseline="random")
+    assert [(r["a"], r["b"]) for r in rows] == [("gradcam", "random"), ("other", "random")]
+    raw = [r["p_value"] for r in rows]
+    np.testing.assert_allclose([r["p_holm"] for r in rows], holm(raw))
+    assert rows[0]["diff"] == pytest.approx(np.mean(scores["gradcam"] - scores["random"]))
+    all_pairs = pairwise_comparisons(scores)
+    assert [(r["a"], r["b"]) for r in all_pairs] == [
+        ("gradcam", "random"),
+        ("gradcam", "other"),
+        ("random", "other"),
+    ]
+    with pytest.raises(KeyError, match="baseline"):
+        pairwise_comparisons(scores, baseline="nope")

@@ -110,7 +110,7 @@ def plot_curves(
         ax.set_title(mpl_text(panel), fontsize=10)
         ax.set_xlabel("k (regions perturbed)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right" if drop is False else "lower right")
+        ax.legend(fontsize=8, loc="best")
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel or ("f(x$^{(0)}$) - f(x$^{(k)}$)" if drop else "f(x$^{(k)}$)  (target probability)"))
     for ax in list(axes.flat)[len(panels):]:

@@ -393,3 +393,23 @@ def test_gradcam_beats_random_on_an_obvious_spatial_signal():
     # LeRF removes the background first: its curve stays high, so ABPC is positive
     r_lerf = evaluate_aopc(model, images, targets, gc, perturbation=pert, grid=8, ids=ids, order="lerf")
     assert abpc(r_gc.curves, r_lerf.curves).mean() > 0
+
+
+def test_full_forward_traces_once_whatever_the_batch_sizes(cnn, data):
+    from bench.forward import traced_call
+
+    images, targets, heatmaps, ids = data
+    evaluate_aopc(cnn, images, targets, heatmaps, grid=3, batch_size=16)  # last batch: 6 pairs
+    evaluate_aopc(cnn, images[:3], targets[:3], heatmaps[:3], grid=2, batch_size=7)
+    evaluate_aopc(cnn, images, targets, heatmaps, grid=3, batch_size=64, order="lerf")
+    fn = traced_call(cnn.keras, (None, 24, 24, 3))
+    assert fn.experimental_get_tracing_count() == 1
+
+
+def test_padded_batches_give_the_same_curves(cnn, data):
+    images, targets, heatmaps, ids = data
+    a = evaluate_aopc(cnn, images, targets, heatmaps, grid=3, batch_size=16)
+    b = evaluate_aopc(
+        cnn, images, targets, heatmaps, grid=3, batch_size=16, strategy=FullForward(pad_batches=True)
+    )
+    np.testing.assert_allclose(a.curves, b.curves, atol=1e-5)

@@ -97,3 +97,12 @@ def test_to_model_input():
     assert x[0, 0, 1].tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="channels"):
         to_model_input(np.zeros((1, 2, 2, 2), np.float32))
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import stat
+
+    target = tmp_path / "published.md"
+    atomic_write_text(target, "x")
+    mode = stat.S_IMODE(target.stat().st_mode)
+    assert mode == 0o666 & ~os.umask(os.umask(0))

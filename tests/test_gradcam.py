@@ -190,3 +190,12 @@ def test_densenet201_transfer_model_runs():
     fmap = model.features_and_logits(images[:1])[0]
     assert maps.shape == (2, *fmap.shape[1:3])
     assert np.isfinite(maps).all() and np.abs(maps).max() > 0
+
+
+def test_plain_keras_model_traces_once_across_calls(small):
+    model, images = small
+    g = GradCAM()
+    for _ in range(3):
+        g.explain(model.keras, images[:2], np.array([0, 1]))  # wrapped afresh every call
+    ((_, fn),) = g._fn_cache.values()
+    assert fn.experimental_get_tracing_count() == 1

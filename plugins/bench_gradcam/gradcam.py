@@ -65,12 +65,15 @@ class GradCAM:
     def _function(self, model: Any, image_shape: tuple[int, ...]) -> Any:
         import tensorflow as tf
 
-        cache: OrderedDict[tuple[int, tuple[int, ...]], tuple[Any, Any]] = self.__dict__.setdefault(
+        cache: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = self.__dict__.setdefault(
             "_fn_cache", OrderedDict()
         )
-        key = (id(model), tuple(image_shape))
+        # keyed by the Keras model (not the wrapper), so plain keras.Models wrapped
+        # afresh on every call still trace once
+        keras_model = model.keras
+        key = (id(keras_model), str(self.layer or model.feature_layer), tuple(image_shape))
         hit = cache.get(key)
-        if hit is not None and hit[0] is model:
+        if hit is not None and hit[0] is keras_model:
             cache.move_to_end(key)
             return hit[1]
         source = self._source(model)
@@ -95,7 +98,7 @@ class GradCAM:
             tf.TensorSpec((None,), tf.int32),
         ]
         fn = tf.function(cam, input_signature=spec)
-        cache[key] = (model, fn)
+        cache[key] = (keras_model, fn)
         while len(cache) > 4:
             cache.popitem(last=False)
         return fn

@@ -105,4 +105,6 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     target = tmp_path / "published.md"
     atomic_write_text(target, "x")
     mode = stat.S_IMODE(target.stat().st_mode)
-    assert mode == 0o666 & ~os.umask(os.umask(0))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

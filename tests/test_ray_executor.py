@@ -1,0 +1,281 @@
+"""The Ray executor: same results as local, sharded AOPC, failures, cache reuse, missing Ray.
+
+One local Ray instance (2 CPUs, no dashboard) serves the whole module. The failing
+explainer is a real installed plugin (a fake *.dist-info on sys.path and PYTHONPATH),
+because Ray workers are other processes and only see installed plugins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from _plugin_fixtures import make_distribution
+
+import bench
+from bench import config as config_mod
+from bench import runner
+from bench.cli import main
+from bench.errors import BenchError
+from bench.store import read_json
+
+TINY = {
+    "preset": "demo",
+    "dataset": {
+        "name": "synthetic-cxr",
+        "params": {"image_size": 32, "per_class": 12, "split": [0.5, 0.1, 0.4]},
+    },
+    "models": {"names": ["simple-cnn"]},
+    "training": {"epochs": 1, "batch_size": 16},
+    "explainers": {"names": ["gradcam", "random", "t-ray-raise"]},
+    "perturbations": {"names": ["gaussian-noise"]},
+    "aopc": {"grid": 3, "orders": ["morf", "lerf"], "max_images": 4, "bootstrap": 200},
+}
+
+RAISING_PLUGIN = """
+from bench import ExplainerSpec, hookimpl
+
+
+class Raising:
+    def get_params(self):
+        return {}
+
+    def explain(self, model, images, targets):
+        raise RuntimeError("explainer blew up on purpose")
+
+
+@hookimpl
+def bench_register_explainers():
+    return [ExplainerSpec(name="t-ray-raise", factory=Raising)]
+"""
+
+CELL = "synthetic-cxr__simple-cnn__{}__gaussian-noise"
+
+
+def tiny(out, executor="local", **sections):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["run"] = {"out": str(out), "executor": executor}
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def raising_plugin(tmp_path_factory):
+    """An installed plugin (visible to Ray workers through PYTHONPATH) whose explainer raises."""
+    root = make_distribution(
+        tmp_path_factory.mktemp("plugin"), "bench-ray-test-plugin", "0.1",
+        {"ray_test": "bench_ray_test_plugin"}, {"bench_ray_test_plugin": RAISING_PLUGIN},
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(root))
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+        bench.registry(reload=True)
+        yield root
+    bench.registry(reload=True)
+
+
+@pytest.fixture(scope="module")
+def ray_instance(raising_plugin):
+    ray = pytest.importorskip("ray")
+    # the workers inherit this process's environment (PYTHONPATH, KERAS_HOME, TF_CPP_MIN_LOG_LEVEL)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(ray_instance, tmp_path_factory):
+    """The same tiny grid, local and on Ray (AOPC in shards of 3 images: 3 + 1)."""
+    from bench.ray_executor import RayExecutor
+
+    local_out = tmp_path_factory.mktemp("local")
+    ray_out = tmp_path_factory.mktemp("ray")
+    runner.clear_memo()
+    local = bench.run(tiny(local_out), quiet=True)
+    runner.clear_memo()  # the driver starts cold, as a fresh `bench run` would
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "get_executor", lambda name, address="": RayExecutor(address, shard_images=3))
+        on_ray = bench.run(tiny(ray_out, "ray"), quiet=True)
+    return local_out, local, ray_out, on_ray
+
+
+def _by_id(result):
+    return {c["cell_id"]: c for c in result.cells}
+
+
+def test_ray_grid_equals_local(runs):
+    local_out, local, ray_out, on_ray = runs
+    assert read_json(on_ray.run_dir / "manifest.json")["executor"] == "ray"
+    lcells, rcells = _by_id(local), _by_id(on_ray)
+    assert set(lcells) == set(rcells) and len(rcells) == 3
+    for cell_id in (CELL.format("gradcam"), CELL.format("random")):
+        lc, rc = lcells[cell_id], rcells[cell_id]
+        assert lc["status"] == rc["status"] == "ok", rc["error"]
+        assert rc["n_images"] == lc["n_images"] == 4
+        assert rc["classification"] == lc["classification"]
+        for order in ("morf", "lerf"):
+            np.testing.assert_allclose(rc["results"][order]["aopc"], lc["results"][order]["aopc"], atol=1e-5)
+            np.testing.assert_allclose(rc["results"][order]["ci"], lc["results"][order]["ci"], atol=1e-5)
+            assert rc["results"][order]["n"] == lc["results"][order]["n"]
+        np.testing.assert_allclose(rc["abpc"]["value"], lc["abpc"]["value"], atol=1e-5)
+        larr = np.load(local.run_dir / lc["curves_file"], allow_pickle=False)
+        rarr = np.load(on_ray.run_dir / rc["curves_file"], allow_pickle=False)
+        assert set(larr.files) == set(rarr.files)
+        np.testing.assert_array_equal(rarr["ids"], larr["ids"])
+        for order in ("morf", "lerf"):
+            np.testing.assert_allclose(rarr[f"{order}_curves"], larr[f"{order}_curves"], atol=1e-5)
+            np.testing.assert_allclose(rarr[f"{order}_per_image"], larr[f"{order}_per_image"], atol=1e-5)
+            np.testing.assert_array_equal(rarr[f"{order}_order"], larr[f"{order}_order"])
+        # the same record layout: the leaderboard cannot tell the executors apart
+        assert set(rc) == set(lc)
+    # the published leaderboards carry the same numbers
+    lb_local = pd.read_csv(local_out / "leaderboard.csv")
+    lb_ray = pd.read_csv(ray_out / "leaderboard.csv")
+    assert list(lb_local.columns) == list(lb_ray.columns) and len(lb_ray) == len(lb_local) >= 2
+    timing = {"evaluate_seconds", "explain_seconds", "passes_per_second"}
+    numeric = [c for c in lb_local.columns if pd.api.types.is_numeric_dtype(lb_local[c]) and c not in timing]
+    assert {"aopc", "aopc_ci_low", "lerf_aopc", "abpc", "gain_over_baseline", "n_images"} <= set(numeric)
+    lb_local, lb_ray = lb_local.sort_values("cell_id"), lb_ray.sort_values("cell_id")
+    np.testing.assert_allclose(lb_ray[numeric].to_numpy(float), lb_local[numeric].to_numpy(float), atol=1e-5)
+
+
+def test_raising_explainer_fails_its_cell_only(runs):
+    _, local, _, on_ray = runs
+    failed = _by_id(on_ray)[CELL.format("t-ray-raise")]
+    assert failed["status"] == "failed"
+    assert failed["stage"] == "explain"
+    assert failed["error"] == _by_id(local)[CELL.format("t-ray-raise")]["error"]
+    assert "explainer blew up on purpose" in failed["error"]
+    assert "Ray worker" in failed["traceback"] and "blew up" in failed["traceback"]
+    on_disk = read_json(on_ray.run_dir / "cells" / f"{CELL.format('t-ray-raise')}.json")
+    assert on_disk["status"] == "failed" and on_disk["stage"] == "explain"
+    assert not on_ray.ok and len(on_ray.failed) == 1
+    assert read_json(on_ray.run_dir / "manifest.json")["failed"] == [CELL.format("t-ray-raise")]
+
+
+def test_cached_cells_are_not_submitted_and_caches_are_shared(runs, monkeypatch):
+    from bench.ray_executor import RayExecutor, is_cached
+
+    local_out, local, ray_out, on_ray = runs
+
+    def no_ray(self, quiet):
+        raise AssertionError("a cached cell was submitted to Ray")
+
+    monkeypatch.setattr(RayExecutor, "_connect", no_ray)
+    runner.clear_memo()
+    ok_only = {"names": ["gradcam", "random"]}
+    again = bench.run(tiny(ray_out, "ray", explainers=ok_only), quiet=True, leaderboard=False)
+    assert again.ok
+    for cell_id, cell in _by_id(again).items():
+        first = _by_id(on_ray)[cell_id]
+        assert cell["results"] == first["results"]
+        assert cell["timings"]["forward_passes"] == first["timings"]["forward_passes"]
+    # Ray's work sits under the very keys the local executor looks up, and the other way round
+    for out in (ray_out, local_out):
+        plan = runner.make_plan(config_mod.load_config(tiny(out, explainers=ok_only)))
+        probe = runner.Stages(plan, quiet=True, cached_only=True)
+        assert all(is_cached(probe, task) for task in plan.cells)
+
+
+def test_sharded_aopc_merged_equals_unsharded(runs):
+    """Shards computed one by one and merged give the unsharded curves and summary."""
+    from bench.ray_executor import merge_shards, merged_evaluator, shard_bounds, shard_stage
+
+    local_out, local, _, _ = runs
+    cfg = config_mod.load_config(tiny(local_out))
+    stages = runner.Stages(runner.make_plan(cfg), quiet=True)
+    ctx = {"config": cfg, "key": "sharding-test", "cache_root": str(stages.cache.root), "cwd": os.getcwd()}
+    task = {"model": "simple-cnn", "explainer": "gradcam", "perturbation": "gaussian-noise"}
+    data = stages.dataset()
+    model = stages.model("simple-cnn", data)
+    index = stages.explained_subset(data, model)
+    heatmaps, hkey, _, _ = stages.heatmaps("gradcam", data, model, index)
+    assert shard_bounds(4, 3) == [(0, 3), (3, 4)] and shard_bounds(4, 1)[-1] == (3, 4)
+    for order in ("morf", "lerf"):
+        whole, warr, _ = stages.curves("gaussian-noise", order, data, model, index, heatmaps, hkey)
+        shards = [shard_stage(ctx, task, order, {"ok": True}, s, e) for s, e in shard_bounds(len(index), 1)]
+        assert all(s["ok"] for s in shards), shards
+        merged = merge_shards(shards[::-1])  # merged in image order whatever the arrival order
+        np.testing.assert_array_equal(merged["ids"], warr["ids"])
+        np.testing.assert_allclose(merged["curves"], warr["curves"], atol=1e-5)
+        np.testing.assert_array_equal(merged["order"], warr["order"])
+        assert merged["forward_passes"] == whole["forward_passes"]
+        # the summary is computed on the merged per-image values, stored like the stage's own
+        summary, arrays, _ = stages.curves(
+            "gaussian-noise", order, data, model, index, heatmaps, hkey,
+            evaluator=merged_evaluator(merged), store=False,
+        )
+        np.testing.assert_allclose(summary["aopc"], whole["aopc"], atol=1e-5)
+        np.testing.assert_allclose(summary["ci"], whole["ci"], atol=1e-5)
+        np.testing.assert_allclose(arrays["per_image"], warr["per_image"], atol=1e-5)
+    # shards that do not tile the images, or cover other images, are refused
+    bad = [dict(shards[0]), dict(shards[2])]
+    with pytest.raises(ValueError, match="do not tile"):
+        merge_shards(bad)
+    with pytest.raises(BenchError, match="merged AOPC shards"):
+        merged_evaluator(merge_shards(shards[:2]))(None, None, None, None, ids=warr["ids"])
+
+
+def test_in_process_plugin_cells_run_on_the_driver(runs, monkeypatch):
+    from bench.ray_executor import RayExecutor
+
+    _, _, ray_out, _ = runs
+
+    class Center:
+        def get_params(self):
+            return {}
+
+        def explain(self, model, images, targets):
+            n, h, w, _ = images.shape
+            yy, xx = np.mgrid[0:h, 0:w]
+            return np.repeat(-np.hypot(yy - h / 2, xx - w / 2)[None].astype(np.float32), n, axis=0)
+
+    class Plugin:
+        @bench.hookimpl
+        def bench_register_explainers(self):
+            return [bench.ExplainerSpec(name="t-inproc-center", factory=Center)]
+
+    def no_ray(self, quiet):
+        raise AssertionError("an in-process plugin's cell was submitted to Ray")
+
+    monkeypatch.setattr(RayExecutor, "_connect", no_ray)
+    bench.register_plugin(Plugin(), name="ray-inproc-test")
+    try:
+        runner.clear_memo()
+        result = bench.run(
+            tiny(ray_out, "ray", explainers={"names": ["t-inproc-center"]}), quiet=True, leaderboard=False
+        )
+    finally:
+        bench.unregister_plugin("ray-inproc-test")
+    assert result.ok, [c["error"] for c in result.failed]
+    assert result.cells[0]["n_images"] == 4
+
+
+def test_executor_params_and_gpu_request():
+    pytest.importorskip("ray")
+    from bench.ray_executor import RayExecutor
+
+    ex = RayExecutor("auto", num_gpus=0.5, shard_images=16)
+    assert ex.get_params()["address"] == "auto" and ex.get_params()["num_gpus"] == 0.5
+    assert ex._gpus({"run": {}}) == 0.5
+    assert RayExecutor()._gpus({"run": {"ray_gpus": 1}}) == 1.0
+    assert RayExecutor()._gpus({"run": {}}) == 0.0
+    assert ex._shard_size(100, 0.5) == 16
+
+
+def test_missing_ray_fails_at_once_with_the_install_command(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    monkeypatch.delitem(sys.modules, "bench.ray_executor", raising=False)
+    with pytest.raises(BenchError, match=r"pip install 'saliency-bench\[ray\]'"):
+        runner.get_executor("ray")
+    with pytest.raises(BenchError, match="--executor ray needs Ray"):
+        bench.run(tiny(tmp_path, "ray"), quiet=True)
+    assert not (tmp_path / "runs").exists()  # nothing started
+    code = main(["run", "--preset", "demo", "--executor", "ray", "--out", str(tmp_path), "--quiet"])
+    assert code != 0
+    assert "pip install 'saliency-bench[ray]'" in capsys.readouterr().err

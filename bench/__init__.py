@@ -39,6 +39,13 @@ _LAZY = {
     "load_config": ("bench.config", "load_config"),
     "Split": ("bench.data", "Split"),
     "DatasetSplits": ("bench.data", "DatasetSplits"),
+    "TrainingConfig": ("bench.training", "TrainingConfig"),
+    "TrainingReport": ("bench.training", "TrainingReport"),
+    "train": ("bench.training", "train"),
+    "evaluate_classification": ("bench.evaluation", "evaluate_classification"),
+    "ClassificationReport": ("bench.evaluation", "ClassificationReport"),
+    "format_report": ("bench.evaluation", "format_report"),
+    "compute_heatmaps": ("bench.explain", "compute_heatmaps"),
 }
 
 
@@ -68,6 +75,13 @@ __all__ = [
     "load_config",
     "Split",
     "DatasetSplits",
+    "TrainingConfig",
+    "TrainingReport",
+    "train",
+    "evaluate_classification",
+    "ClassificationReport",
+    "format_report",
+    "compute_heatmaps",
     "ComponentSpec",
     "DatasetSpec",
     "ModelSpec",

@@ -292,7 +292,12 @@ class Stages:
         arrays = self.cache.get_npz("evaluation", ekey)
         if stored is None or arrays is None:
             ev = evaluate_classification(
-                model, splits.test, splits.class_names, batch_size=self.plan.config["aopc"]["batch_size"]
+                model,
+                splits.test,
+                splits.class_names,
+                batch_size=self.plan.config["aopc"]["batch_size"],
+                # frozen backbones: the trainer already has the test probabilities from cached features
+                probabilities=getattr(report, "test_probabilities", None),
             )
             probabilities = np.asarray(ev.probabilities, dtype=np.float32)
             if not np.all(np.isfinite(probabilities)):

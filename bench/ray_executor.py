@@ -47,6 +47,9 @@ from . import runner
 from .errors import BenchError, ConfigError, UnknownComponentError
 from .store import Cache, content_key, write_json
 
+#: Environment variable: GPUs declared per model task (when the config has no ``[run] ray_gpus``).
+GPUS_ENV = "BENCH_RAY_GPUS"
+
 #: The stage names of :func:`bench.runner.execute_cell`, per task kind.
 STAGE_OF = {"dataset": "dataset", "model": "train", "heatmaps": "explain", "shard": "evaluate", "merge": "evaluate"}
 
@@ -418,7 +421,7 @@ class RayExecutor:
         CPUs declared by each model task (training, heatmaps, AOPC shards).
     num_gpus:
         GPUs declared by each model task; ``None`` takes ``[run] ray_gpus`` from the
-        config when it has that key, else 0.
+        config when it has that key, else the ``BENCH_RAY_GPUS`` environment variable, else 0.
     shard_images:
         Images per AOPC shard; ``None`` splits each cell over the cluster's task
         slots, with at least ``min_shard_images`` images per shard.
@@ -484,15 +487,26 @@ class RayExecutor:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
             raise BenchError(
-                f"cannot connect to {where}: {exc}. Start one with `ray start --head` and pass "
+                f"cannot connect to {where}: {str(exc).rstrip('. ')}. Start one with `ray start --head` and pass "
                 "--ray-address auto (on a cluster node) or --ray-address ray://HEAD:10001"
             ) from exc
         return True
 
     def _gpus(self, cfg: Mapping[str, Any]) -> float:
+        """GPUs per model task: the executor's ``num_gpus``, else ``[run] ray_gpus``, else
+        the ``BENCH_RAY_GPUS`` environment variable, else 0."""
         if self.num_gpus is not None:
             return float(self.num_gpus)
-        return float(cfg.get("run", {}).get("ray_gpus", 0) or 0)
+        value = cfg.get("run", {}).get("ray_gpus")
+        if value is None:
+            value = os.environ.get(GPUS_ENV, "0")
+        try:
+            gpus = float(value or 0)
+        except ValueError as exc:
+            raise ConfigError(f"{GPUS_ENV}={value!r}: expected a number of GPUs per task (e.g. 1 or 0.5)") from exc
+        if gpus < 0:
+            raise ConfigError(f"GPUs per Ray task must be >= 0, got {gpus}")
+        return gpus
 
     def _shard_size(self, n: int, gpus: float) -> int:
         if self.shard_images:
@@ -526,29 +540,34 @@ class RayExecutor:
                 write_json(run_dir / "cells" / f"{task.cell_id}.json", record)
             return record
 
-        # cells already in the cache, and cells that must stay in this process
-        probe = runner.Stages(plan, cache=stages.cache, quiet=True, cached_only=True)
-        todo: list[runner.CellTask] = []
-        for task in tasks:
-            local = _in_process_components(task)
-            if local:
-                runner.log(
-                    f"[ray] {task.cell_id}: runs on the driver ({', '.join(local)} registered "
-                    "in-process, not visible to Ray workers)",
-                    quiet=quiet,
-                )
-                yield runner.execute_cell(stages, task, run_dir, run_id)
-            elif is_cached(probe, task):
-                runner.log(f"[ray] {task.cell_id}: in the cache, not submitted", quiet=quiet)
-                yield finish(task)
-            else:
-                todo.append(task)
-        if not todo:
-            return
-
-        started = self._connect(quiet)
-        pending: dict[Any, tuple[str, Any]] = {}
+        started = False
+        pending: dict[Any, tuple[str, Any]] = {}  # refs the driver waits for
+        submitted: list[Any] = []  # every task ref, cancelled if the run stops early
         try:
+            # joining a cluster fails at once; a local instance is started only if there is work for it
+            if self.address:
+                started = self._connect(quiet)
+            # cells already in the cache, and cells that must stay in this process
+            probe = runner.Stages(plan, cache=stages.cache, quiet=True, cached_only=True)
+            todo: list[runner.CellTask] = []
+            for task in tasks:
+                local = _in_process_components(task)
+                if local:
+                    runner.log(
+                        f"[ray] {task.cell_id}: runs on the driver ({', '.join(local)} registered "
+                        "in-process, not visible to Ray workers)",
+                        quiet=quiet,
+                    )
+                    yield runner.execute_cell(stages, task, run_dir, run_id)
+                elif is_cached(probe, task):
+                    runner.log(f"[ray] {task.cell_id}: in the cache, not submitted", quiet=quiet)
+                    yield finish(task)
+                else:
+                    todo.append(task)
+            if not todo:
+                return
+
+            started = self._connect(quiet) or started
             gpus = self._gpus(cfg)
             heavy = {"num_cpus": self.num_cpus, "num_gpus": gpus, "max_retries": self.max_retries,
                      "retry_exceptions": False}
@@ -574,6 +593,7 @@ class RayExecutor:
             for name in by_model:
                 ref = _model_task.options(**heavy).remote(ctx_ref, name, dataset_ref)
                 pending[ref] = ("model", name)
+                submitted.append(ref)
             waiting: dict[str, set[str]] = {}  # cell_id -> orders not merged yet
             cells = {t.cell_id: t for t in todo}
             done: set[str] = set()
@@ -611,6 +631,7 @@ class RayExecutor:
                             heat_refs[task.explainer] = _heatmaps_task.options(**heavy).remote(
                                 ctx_ref, what, task.explainer, model_ref
                             )
+                            submitted.append(heat_refs[task.explainer])
                         heat_ref = heat_refs[task.explainer]
                         tdict = {"model": task.model, "explainer": task.explainer,
                                  "perturbation": task.perturbation}
@@ -624,6 +645,7 @@ class RayExecutor:
                                 ctx_ref, tdict, order, model_ref, heat_ref, *shard_refs
                             )
                             pending[merge_ref] = ("merge", (task.cell_id, order))
+                            submitted.extend([*shard_refs, merge_ref])
                     runner.log(
                         f"[ray] model {what}: {out['n']} images to explain, "
                         f"{len(bounds)} AOPC shard(s) of <= {size} per cell and order",
@@ -642,11 +664,12 @@ class RayExecutor:
                         done.add(cell_id)
                         yield finish(cells[cell_id])
         finally:
-            for ref in pending:
-                try:
-                    ray.cancel(ref)
-                except Exception:  # noqa: BLE001 - best effort
-                    pass
+            if pending:  # stopped early (Ctrl-C, fail_fast, an error): nothing keeps running
+                for ref in reversed(submitted):
+                    try:
+                        ray.cancel(ref)
+                    except Exception:  # noqa: BLE001 - best effort
+                        pass
             if started:
                 ray.shutdown()
 

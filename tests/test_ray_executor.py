@@ -256,8 +256,9 @@ def test_in_process_plugin_cells_run_on_the_driver(runs, monkeypatch):
     assert result.cells[0]["n_images"] == 4
 
 
-def test_executor_params_and_gpu_request():
+def test_executor_params_and_gpu_request(monkeypatch):
     pytest.importorskip("ray")
+    monkeypatch.delenv("BENCH_RAY_GPUS", raising=False)
     from bench.ray_executor import RayExecutor
 
     ex = RayExecutor("auto", num_gpus=0.5, shard_images=16)
@@ -266,6 +267,11 @@ def test_executor_params_and_gpu_request():
     assert RayExecutor()._gpus({"run": {"ray_gpus": 1}}) == 1.0
     assert RayExecutor()._gpus({"run": {}}) == 0.0
     assert ex._shard_size(100, 0.5) == 16
+    monkeypatch.setenv("BENCH_RAY_GPUS", "1")
+    assert RayExecutor()._gpus({"run": {}}) == 1.0
+    monkeypatch.setenv("BENCH_RAY_GPUS", "lots")
+    with pytest.raises(bench.errors.ConfigError, match="BENCH_RAY_GPUS"):
+        RayExecutor()._gpus({"run": {}})
 
 
 def test_missing_ray_fails_at_once_with_the_install_command(monkeypatch, tmp_path, capsys):

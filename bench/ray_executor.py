@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import traceback
 from collections.abc import Iterator, Mapping
@@ -105,6 +106,19 @@ def worker_stages(ctx: Mapping[str, Any]) -> runner.Stages:
         _WORKER_STAGES.clear()  # one plan per worker at a time: models of older runs are released
         _WORKER_STAGES[key] = stages
     return stages
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def ray_error_text(exc: BaseException) -> tuple[str, str]:
+    """(error class, first line of its message) of a Ray error, without colour codes."""
+    cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else None
+    if isinstance(cause, BaseException):
+        exc = cause
+    lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("ray::")] or [type(exc).__name__]
+    return type(exc).__name__, lines[0][:500]
 
 
 def _failure(stage: str, exc: BaseException, **extra: Any) -> dict[str, Any]:
@@ -600,12 +614,21 @@ class RayExecutor:
             orders = list(cfg["aopc"]["orders"])
 
             def failure_of(kind: str, exc: BaseException, order: str | None = None) -> dict[str, Any]:
-                error = BenchError(
-                    f"Ray task ({kind}) failed after {self.max_retries} retries: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                return {"ok": False, "stage": STAGE_OF[kind], "error": str(error), "order": order,
-                        "traceback": "".join(traceback.format_exception_only(type(exc), exc))}
+                name, text = ray_error_text(exc)
+                error = f"Ray task ({kind}) failed after {self.max_retries} retries: {name}: {text}"
+                return {"ok": False, "stage": STAGE_OF[kind], "error": error, "order": order,
+                        "traceback": _ANSI.sub("", str(exc))[-4000:]}
+
+            def culprit(refs: Mapping[str, Any], exc: BaseException) -> tuple[str, BaseException]:
+                """The upstream task (model, heatmaps) whose Ray-level failure a merge inherited."""
+                for kind in ("model", "heatmaps"):
+                    try:
+                        ray.get(refs[kind], timeout=0)
+                    except ray.exceptions.GetTimeoutError:
+                        continue
+                    except ray.exceptions.RayError as upstream:
+                        return kind, upstream
+                return "merge", exc
 
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -614,7 +637,10 @@ class RayExecutor:
                 try:
                     out = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    out = failure_of(kind, exc, what[1] if kind == "merge" else None)
+                    if kind == "merge":
+                        out = failure_of(*culprit(what[2], exc), what[1])
+                    else:
+                        out = failure_of(kind, exc)
                 if kind == "model":
                     model_cells = [t for t in by_model[what] if t.cell_id not in done]
                     if not out["ok"] or out["n"] == 0:
@@ -644,7 +670,9 @@ class RayExecutor:
                             merge_ref = _merge_task.options(**light).remote(
                                 ctx_ref, tdict, order, model_ref, heat_ref, *shard_refs
                             )
-                            pending[merge_ref] = ("merge", (task.cell_id, order))
+                            pending[merge_ref] = (
+                                "merge", (task.cell_id, order, {"model": model_ref, "heatmaps": heat_ref})
+                            )
                             submitted.extend([*shard_refs, merge_ref])
                     runner.log(
                         f"[ray] model {what}: {out['n']} images to explain, "
@@ -652,7 +680,7 @@ class RayExecutor:
                         quiet=quiet,
                     )
                 elif kind == "merge":
-                    cell_id, order = what
+                    cell_id, order, _ = what
                     if cell_id in done:
                         continue
                     if not out["ok"]:

@@ -37,7 +37,32 @@ TINY = {
 }
 
 RAISING_PLUGIN = """
+import os
+from pathlib import Path
+
+import numpy as np
+
 from bench import ExplainerSpec, hookimpl
+
+
+class Crashing:
+    # kills its Ray worker: once (Ray's retry then succeeds) or always
+
+    def __init__(self, *, always=False):
+        self.always = always
+
+    def get_params(self):
+        return {"always": self.always}
+
+    def explain(self, model, images, targets):
+        if os.getpid() == int(os.environ.get("BENCH_RAY_TEST_DRIVER_PID", "0")):
+            raise RuntimeError("the crashing test explainer must only run in a Ray worker")
+        marker = Path(os.environ["BENCH_RAY_TEST_MARKERS"]) / ("always" if self.always else "once")
+        if self.always or not marker.exists():
+            marker.touch()
+            os._exit(1)
+        n, h, w, _ = images.shape
+        return np.repeat(np.arange(h * w, dtype=np.float32).reshape(1, h, w), n, axis=0)
 
 
 class Raising:
@@ -50,7 +75,11 @@ class Raising:
 
 @hookimpl
 def bench_register_explainers():
-    return [ExplainerSpec(name="t-ray-raise", factory=Raising)]
+    return [
+        ExplainerSpec(name="t-ray-raise", factory=Raising),
+        ExplainerSpec(name="t-ray-crash-once", factory=Crashing),
+        ExplainerSpec(name="t-ray-crash-always", factory=lambda: Crashing(always=True)),
+    ]
 """
 
 CELL = "synthetic-cxr__simple-cnn__{}__gaussian-noise"
@@ -71,7 +100,10 @@ def raising_plugin(tmp_path_factory):
         tmp_path_factory.mktemp("plugin"), "bench-ray-test-plugin", "0.1",
         {"ray_test": "bench_ray_test_plugin"}, {"bench_ray_test_plugin": RAISING_PLUGIN},
     )
+    markers = tmp_path_factory.mktemp("crash-markers")
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_RAY_TEST_MARKERS", str(markers))
+        mp.setenv("BENCH_RAY_TEST_DRIVER_PID", str(os.getpid()))
         mp.syspath_prepend(str(root))
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
         bench.registry(reload=True)
@@ -180,6 +212,25 @@ def test_cached_cells_are_not_submitted_and_caches_are_shared(runs, monkeypatch)
         plan = runner.make_plan(config_mod.load_config(tiny(out, explainers=ok_only)))
         probe = runner.Stages(plan, quiet=True, cached_only=True)
         assert all(is_cached(probe, task) for task in plan.cells)
+
+
+def test_dead_worker_is_retried_then_its_cell_recorded_failed(runs, monkeypatch):
+    from bench.ray_executor import RayExecutor
+
+    _, _, ray_out, _ = runs
+    monkeypatch.setattr(runner, "get_executor", lambda name, address="": RayExecutor(address, max_retries=1))
+    runner.clear_memo()
+    crashing = {"names": ["t-ray-crash-once", "t-ray-crash-always"]}
+    result = bench.run(tiny(ray_out, "ray", explainers=crashing), quiet=True, leaderboard=False)
+    once, always = (_by_id(result)[CELL.format(e)] for e in crashing["names"])
+    markers = os.environ["BENCH_RAY_TEST_MARKERS"]
+    assert os.path.exists(os.path.join(markers, "once"))  # it did kill a worker, then Ray retried it
+    assert once["status"] == "ok", once["error"]
+    assert once["n_images"] == 4 and set(once["results"]) == {"morf", "lerf"}
+    assert always["status"] == "failed"
+    assert always["stage"] == "explain"
+    assert always["error"].startswith("Ray task (heatmaps) failed after 1 retries: WorkerCrashedError: ")
+    assert "\x1b" not in always["error"]
 
 
 def test_sharded_aopc_merged_equals_unsharded(runs):

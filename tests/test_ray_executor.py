@@ -27,7 +27,7 @@ TINY = {
     "preset": "demo",
     "dataset": {
         "name": "synthetic-cxr",
-        "params": {"image_size": 32, "per_class": 12, "split": [0.5, 0.1, 0.4]},
+        "params": {"image_size": 32, "per_class": 16, "split": [0.5, 0.1, 0.4]},
     },
     "models": {"names": ["simple-cnn"]},
     "training": {"epochs": 1, "batch_size": 16},
@@ -122,7 +122,7 @@ def ray_instance(raising_plugin):
 
 @pytest.fixture(scope="module")
 def runs(ray_instance, tmp_path_factory):
-    """The same tiny grid, local and on Ray (AOPC in shards of 3 images: 3 + 1)."""
+    """The same tiny grid, local and on Ray (AOPC in shards of 2 images)."""
     from bench.ray_executor import RayExecutor
 
     local_out = tmp_path_factory.mktemp("local")
@@ -131,7 +131,7 @@ def runs(ray_instance, tmp_path_factory):
     local = bench.run(tiny(local_out), quiet=True)
     runner.clear_memo()  # the driver starts cold, as a fresh `bench run` would
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner, "get_executor", lambda name, address="": RayExecutor(address, shard_images=3))
+        mp.setattr(runner, "get_executor", lambda name, address="": RayExecutor(address, shard_images=2))
         on_ray = bench.run(tiny(ray_out, "ray"), quiet=True)
     return local_out, local, ray_out, on_ray
 
@@ -148,7 +148,7 @@ def test_ray_grid_equals_local(runs):
     for cell_id in (CELL.format("gradcam"), CELL.format("random")):
         lc, rc = lcells[cell_id], rcells[cell_id]
         assert lc["status"] == rc["status"] == "ok", rc["error"]
-        assert rc["n_images"] == lc["n_images"] == 4
+        assert rc["n_images"] == lc["n_images"] >= 3  # so the AOPC ran in 2 shards
         assert rc["classification"] == lc["classification"]
         for order in ("morf", "lerf"):
             np.testing.assert_allclose(rc["results"][order]["aopc"], lc["results"][order]["aopc"], atol=1e-5)
@@ -226,7 +226,7 @@ def test_dead_worker_is_retried_then_its_cell_recorded_failed(runs, monkeypatch)
     markers = os.environ["BENCH_RAY_TEST_MARKERS"]
     assert os.path.exists(os.path.join(markers, "once"))  # it did kill a worker, then Ray retried it
     assert once["status"] == "ok", once["error"]
-    assert once["n_images"] == 4 and set(once["results"]) == {"morf", "lerf"}
+    assert once["n_images"] >= 3 and set(once["results"]) == {"morf", "lerf"}
     assert always["status"] == "failed"
     assert always["stage"] == "explain"
     assert always["error"].startswith("Ray task (heatmaps) failed after 1 retries: WorkerCrashedError: ")
@@ -247,6 +247,7 @@ def test_sharded_aopc_merged_equals_unsharded(runs):
     index = stages.explained_subset(data, model)
     heatmaps, hkey, _, _ = stages.heatmaps("gradcam", data, model, index)
     assert shard_bounds(4, 3) == [(0, 3), (3, 4)] and shard_bounds(4, 1)[-1] == (3, 4)
+    assert len(index) >= 3
     for order in ("morf", "lerf"):
         whole, warr, _ = stages.curves("gaussian-noise", order, data, model, index, heatmaps, hkey)
         shards = [shard_stage(ctx, task, order, {"ok": True}, s, e) for s, e in shard_bounds(len(index), 1)]
@@ -304,7 +305,7 @@ def test_in_process_plugin_cells_run_on_the_driver(runs, monkeypatch):
     finally:
         bench.unregister_plugin("ray-inproc-test")
     assert result.ok, [c["error"] for c in result.failed]
-    assert result.cells[0]["n_images"] == 4
+    assert result.cells[0]["n_images"] >= 3
 
 
 def test_executor_params_and_gpu_request(monkeypatch):

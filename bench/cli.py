@@ -126,6 +126,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         put("run", "executor", args.executor)
     if args.ray_address:
         put("run", "ray_address", args.ray_address)
+    if args.ray_gpus is not None:
+        put("run", "ray_gpus", args.ray_gpus)
     if args.out:
         put("run", "out", args.out)
     if args.seed is not None:
@@ -275,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH", help="dataset folder (for datasets read from disk)")
     p.add_argument("--weights", metavar="imagenet|none|PATH")
     p.add_argument("--executor", choices=["local", "ray"])
-    p.add_argument("--ray-address", metavar="ADDRESS")
+    p.add_argument("--ray-address", metavar="ADDRESS", help="'auto', ray://host:port; none = a local Ray")
+    p.add_argument("--ray-gpus", type=float, metavar="N", help="GPUs per model task on Ray")
     p.add_argument("--out", metavar="DIR", help="results folder (default: results)")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override any config key")

@@ -27,6 +27,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "out": ((str,), "results"),
         "executor": ((str,), "local"),
         "ray_address": ((str,), ""),
+        "ray_gpus": ((float, int), 0),
         "fail_fast": ((bool,), False),
     },
     "dataset": {

@@ -757,6 +757,7 @@ def run(
         "bench_version": __import__("bench").__version__,
         "config": cfg,
         "executor": executor.name,
+        "executor_params": executor.get_params() if hasattr(executor, "get_params") else {},
         "environment": __import__("bench.environment", fromlist=["environment"]).environment(),
         "plugins": [p.to_dict() for p in reg.plugins],
         "components": {
@@ -807,10 +808,16 @@ def run(
     except KeyboardInterrupt:
         result.interrupted = True
         log("interrupted: finished cells are saved; run again to finish the rest (cached work is reused)")
+    except BaseException as exc:
+        manifest["error"] = _error_text(exc)
+        raise
     finally:
         manifest["failed"] = [c["cell_id"] for c in result.failed]
         manifest["finished"] = _now()
-        manifest["status"] = "interrupted" if result.interrupted else ("failed" if result.failed else "ok")
+        if "error" in manifest:
+            manifest["status"] = "error"
+        else:
+            manifest["status"] = "interrupted" if result.interrupted else ("failed" if result.failed else "ok")
         manifest["timings"]["total_seconds"] = time.perf_counter() - t0
         manifest["cell_timings"] = {c["cell_id"]: c["timings"] for c in result.cells}
         write_json(run_dir / "manifest.json", manifest)

@@ -206,7 +206,10 @@ def test_bad_parameters_name_the_culprit(kwargs, key):
 def test_constructor_discipline_and_registry():
     from bench import create, registry
 
-    params = {"image_size": 32, "per_class": 3, "split": (0.6, 0.2, 0.2), "seed": 9, "shortcut": 0.25}
+    params = {
+        "image_size": 32, "per_class": 3, "split": (0.6, 0.2, 0.2), "seed": 9, "shortcut": 0.25,
+        "lesion_contrast": 1.0,
+    }
     ds = SyntheticCXR(**params)
     assert ds.get_params() == params
     with pytest.raises(TypeError):
@@ -234,3 +237,23 @@ def test_model_input_from_the_whole_set_is_not_needed(small):
     # to_model_input works on any slice: the harness never holds the set as float32
     x = to_model_input(small.val.images[:2])
     assert x.shape == (2, SIZE, SIZE, 3)
+
+
+def test_lesion_contrast_scales_only_the_lesion_pixels():
+    """The difficulty knob: same anatomy and masks, lesion intensity scaled inside the lesion mask."""
+    from bench_datasets.synthetic import render
+
+    base, lung, lesion, _ = render(3, 0, 5, 64)  # a COVID image
+    easy, lung2, lesion2, _ = render(3, 0, 5, 64, lesion_contrast=2.0)
+    plain, _, _, _ = render(3, 0, 5, 64, lesion=False)
+    assert np.array_equal(lesion, lesion2) and np.array_equal(lung, lung2) and lesion.any()
+    gain = easy.astype(int) - plain.astype(int)
+    gain_base = base.astype(int) - plain.astype(int)
+    assert gain[lesion].mean() > 1.5 * gain_base[lesion].mean() > 0
+    assert np.abs(gain[~lesion]).mean() < 1.0  # outside the lesion only blur spill-over
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, 11.0, "x", True])
+def test_lesion_contrast_is_validated(bad):
+    with pytest.raises(ConfigError, match="lesion_contrast"):
+        SyntheticCXR(image_size=32, per_class=2, lesion_contrast=bad).fingerprint()

@@ -117,13 +117,29 @@ def test_simple_cnn_shapes():
     assert m.frozen_backbone is False
     x = np.random.default_rng(3).random((4, 32, 32, 3), dtype=np.float32)
     feats, logits = m.features_and_logits(x)
-    assert tuple(feats.shape) == (4, 8, 8, 64) and tuple(logits.shape) == (4, 3)
+    assert tuple(feats.shape) == (4, 4, 4, 64) and tuple(logits.shape) == (4, 3)  # 3 pools
     probs = m.predict_proba(x)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(keras.ops.softmax(logits).numpy(), probs, atol=1e-5)
     # uint8 input is scaled to [0, 1] by predict_proba
     u8 = (x[..., 0] * 255).astype(np.uint8)
     assert m.predict_proba(u8).shape == (4, 3)
+
+
+def test_simple_cnn_standardises_each_image_and_pools_by_max():
+    m = bench.create("model", "simple-cnn", input_shape=(32, 32, 3), num_classes=3)
+    names = [layer.name for layer in m.keras.layers]
+    assert "standardize" in names and "gmp" in names
+    x = np.random.default_rng(4).random((2, 32, 32, 3), dtype=np.float32)
+    # exposure (gain and offset) does not change the prediction
+    np.testing.assert_allclose(m.predict_proba(x), m.predict_proba(0.5 * x + 0.2), atol=1e-5)
+    plain = bench.create(
+        "model", "simple-cnn", input_shape=(32, 32, 3), num_classes=3, standardize=False, pooling="avg"
+    )
+    plain_names = [layer.name for layer in plain.keras.layers]
+    assert "standardize" not in plain_names and "gap" in plain_names
+    with pytest.raises(bench.ConfigError, match="pooling"):
+        bench.create("model", "simple-cnn", input_shape=(32, 32, 3), pooling="median").keras  # noqa: B018
 
 
 def _nested_model():

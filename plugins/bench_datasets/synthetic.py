@@ -189,13 +189,16 @@ def render(
     shortcut: float = 0.0,
     *,
     lesion: bool = True,
+    lesion_contrast: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int] | None]:
     """Draw one image: ``(image uint8 (S, S), lung bool, lesion bool, marker box or None)``.
 
     The marker box is ``[row0, col0, row1, col1]`` (end-exclusive) of the class tag.
     ``lesion=False`` draws the very same image without the class signal (same
     anatomy, noise and marker), which is how the tests check that the lesion mask
-    covers the signal.
+    covers the signal. ``lesion_contrast`` scales the lesions' intensity (the
+    difficulty knob: 1.0 is tuned for a small CNN to reach 85-95% with a few hundred
+    images per class; larger is easier). The lesion mask does not depend on it.
     """
     S = int(image_size)
     ss = np.random.SeedSequence([int(seed), int(class_index), int(index)])
@@ -358,6 +361,8 @@ def render(
             break
     lesion_mask = L > 0
     if lesion:
+        if lesion_contrast != 1.0:
+            L *= f32(lesion_contrast)
         D += L
 
     # --- acquisition: noise, blur, exposure -----------------------------------------------
@@ -425,7 +430,8 @@ class SyntheticCXR:
     image_size: side of the square images (>= 16); per_class: images per class (>= 1);
     split: (train, val, test) fractions, per class, rounding as
     :mod:`bench_datasets.splitting`; seed: the generator seed; shortcut: probability
-    in [0, 1] of the class-specific marker.
+    in [0, 1] of the class-specific marker; lesion_contrast: scale of the lesions'
+    intensity (> 0; 1.0 = the tuned difficulty, larger = easier, as in the demo preset).
     """
 
     name = NAME
@@ -438,12 +444,14 @@ class SyntheticCXR:
         split: tuple[float, float, float] = (0.8, 0.1, 0.1),
         seed: int = 0,
         shortcut: float = 0.0,
+        lesion_contrast: float = 1.0,
     ) -> None:
         self.image_size = image_size
         self.per_class = per_class
         self.split = split
         self.seed = seed
         self.shortcut = shortcut
+        self.lesion_contrast = lesion_contrast
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -452,6 +460,7 @@ class SyntheticCXR:
             "split": self.split,
             "seed": self.seed,
             "shortcut": self.shortcut,
+            "lesion_contrast": self.lesion_contrast,
         }
 
     def __repr__(self) -> str:
@@ -467,6 +476,10 @@ class SyntheticCXR:
                 raise ConfigError(f"{where}: {key!r} must be an integer >= {minimum}, got {value!r}")
             return int(value)
 
+        contrast = self.lesion_contrast
+        if isinstance(contrast, bool) or not isinstance(contrast, (int, float, np.floating, np.integer)) or not 0 < float(contrast) <= 10:
+            raise ConfigError(f"{where}: 'lesion_contrast' must be a number in (0, 10], got {contrast!r}")
+        contrast = float(contrast)
         shortcut = self.shortcut
         if isinstance(shortcut, bool) or not isinstance(shortcut, (int, float, np.floating, np.integer)):
             raise ConfigError(f"{where}: 'shortcut' must be a number in [0, 1], got {shortcut!r}")
@@ -478,6 +491,7 @@ class SyntheticCXR:
             "split": list(check_fractions(self.split, where=where)),
             "seed": integer("seed", self.seed, 0),
             "shortcut": float(shortcut),
+            "lesion_contrast": contrast,
         }
 
     def fingerprint(self) -> str:
@@ -504,7 +518,10 @@ class SyntheticCXR:
 
             def work(j: int, *, _idx: np.ndarray = idx, _images=images, _lung=lung, _lesion=lesion, _ids=ids) -> None:
                 i = _idx[j]
-                img, lm, les, box = render(p["seed"], int(labels[i]), int(index[i]), S, p["shortcut"])
+                img, lm, les, box = render(
+                    p["seed"], int(labels[i]), int(index[i]), S, p["shortcut"],
+                    lesion_contrast=p["lesion_contrast"],
+                )
                 _images[j], _lung[j], _lesion[j] = img, lm, les
                 if box is not None:
                     markers[str(_ids[j])] = box

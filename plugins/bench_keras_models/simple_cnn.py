@@ -1,7 +1,12 @@
 """A small CNN trained end to end, for fast demos and tests.
 
-``input [0, 1] -> [Conv3x3(f, relu) -> MaxPool(2)] x (n-1) -> Conv3x3(f_last, relu)
-"features" -> GlobalAveragePooling -> Dense(classes) "logits" -> Softmax``.
+``input [0, 1] -> per-image standardisation -> [Conv3x3(f, relu) -> MaxPool(2)] x (n-1)
+-> Conv3x3(f_last, relu) "features" -> GlobalMaxPooling -> Dense(classes) "logits" -> Softmax``.
+
+Standardising each image (zero mean, unit variance) removes the exposure jitter of
+radiographs, and global *max* pooling lets a channel fire on a small lesion anywhere
+in the lungs: on synthetic-cxr at 64 px this learns in a few epochs where the plain
+average-pooled CNN stays at chance (``standardize=False, pooling="avg"`` gives that one).
 Grad-CAM uses ``features`` (input size / 2^(n-1)).
 """
 
@@ -19,6 +24,20 @@ from bench.models import KerasModel
 from .weights import md5_of
 
 
+@keras.saving.register_keras_serializable(package="bench_keras_models")
+class PerImageStandardization(keras.layers.Layer):
+    """(x - mean(x)) / max(std(x), 1e-3) per image, over height, width and channels."""
+
+    def call(self, inputs: Any) -> Any:
+        x = keras.ops.cast(inputs, "float32")
+        mean = keras.ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        std = keras.ops.std(x, axis=(1, 2, 3), keepdims=True)
+        return (x - mean) / keras.ops.maximum(std, 1e-3)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+
 class SimpleCNN(KerasModel):
     """A few conv blocks; every layer trainable."""
 
@@ -30,14 +49,18 @@ class SimpleCNN(KerasModel):
         input_shape: tuple[int, int, int] = (299, 299, 3),
         num_classes: int = 4,
         weights: str | Path | None = "none",
-        filters: tuple[int, ...] = (16, 32, 64),
+        filters: tuple[int, ...] = (16, 32, 64, 64),
         dropout: float = 0.0,
+        standardize: bool = True,
+        pooling: str = "max",
     ):
         self._input_shape = tuple(int(d) for d in input_shape)
         self._num_classes = int(num_classes)
         self.weights = weights
         self.filters = tuple(int(f) for f in filters)
         self.dropout = dropout
+        self.standardize = standardize
+        self.pooling = pooling
         super().__init__(None, feature_layer="features", name="simple-cnn")
         self._weights_info: dict[str, Any] | None = None
 
@@ -57,6 +80,8 @@ class SimpleCNN(KerasModel):
             "weights": str(w) if isinstance(w, Path) else w,
             "filters": list(self.filters),
             "dropout": self.dropout,
+            "standardize": self.standardize,
+            "pooling": self.pooling,
         }
 
     def _weights_path(self) -> Path | None:
@@ -79,16 +104,21 @@ class SimpleCNN(KerasModel):
             raise ConfigError("model 'simple-cnn': filters must not be empty")
         if self._num_classes < 2:
             raise ConfigError("model 'simple-cnn': num_classes must be >= 2")
+        if self.pooling not in ("max", "avg"):
+            raise ConfigError(f"model 'simple-cnn': pooling must be 'max' or 'avg', got {self.pooling!r}")
         path = self._weights_path()
         inputs = keras.Input(shape=shape, name="image", dtype="float32")
-        x = inputs
+        x = PerImageStandardization(name="standardize")(inputs) if self.standardize else inputs
         for i, f in enumerate(self.filters[:-1]):
             x = keras.layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
             x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
         x = keras.layers.Conv2D(
             self.filters[-1], 3, padding="same", activation="relu", name="features"
         )(x)
-        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        if self.pooling == "max":
+            x = keras.layers.GlobalMaxPooling2D(name="gmp")(x)
+        else:
+            x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
         if self.dropout:
             x = keras.layers.Dropout(self.dropout, name="dropout")(x)
         x = keras.layers.Dense(self._num_classes, name="logits")(x)

@@ -338,10 +338,15 @@ class Stages:
         return artifact
 
     def explained_subset(self, data: DatasetArtifact, model: ModelArtifact) -> np.ndarray:
-        """Indices (into the test split) of the correctly classified images, capped by max_images."""
+        """Indices (into the test split) of the correctly classified images to explain.
+
+        All of them (the study), or with ``aopc.max_images`` a class-stratified,
+        seeded sample: classes take turns, so a cap never explains only the first
+        class of a test split sorted by class. Returned in test-split order.
+        """
         correct = np.flatnonzero(model.predictions == model.labels)
         cap = self.plan.config["aopc"]["max_images"]
-        return correct[:cap] if cap else correct
+        return stratified_sample(correct, model.labels[correct], cap, seed=self.plan.config["run"]["seed"])
 
     # ---- heatmaps -----------------------------------------------------------------------
     def heatmaps(
@@ -466,6 +471,21 @@ class Stages:
             self.cache.put_npz("curves", key, **arrays)
             self.cache.put_json("curves", key, summary)
         return summary, arrays, resolved
+
+
+def stratified_sample(index: np.ndarray, labels: np.ndarray, cap: int, *, seed: int) -> np.ndarray:
+    """Up to ``cap`` entries of ``index``, classes taking turns, seeded; sorted. cap 0 = all."""
+    index = np.asarray(index)
+    if not cap or cap >= len(index):
+        return index
+    rng = np.random.default_rng([seed, 0x5EED])
+    pools = [list(rng.permutation(index[labels == c])) for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < cap:
+        for pool in pools:
+            if pool and len(picked) < cap:
+                picked.append(pool.pop())
+    return np.sort(np.asarray(picked, dtype=index.dtype))
 
 
 def _create(kind: str, name: str, params: Mapping[str, Any]) -> Any:

@@ -15,30 +15,16 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from _bench_models import build_model
 from bench_gradcam.gradcam import GradCAM
 
-import bench
 from bench.explain import compute_heatmaps
 
 BATCH = 32
 ROUNDS = 5
 
 
-def _model(name: str, size: int):
-    try:
-        model = bench.create("model", name, weights="none", input_shape=(size, size, 3), num_classes=4)
-        model.keras  # noqa: B018 - build now: a bad size fails here, not in the timed code
-        return model
-    except Exception:  # noqa: BLE001 - the model plugin may be missing: a stand-in of the same kind
-        import keras
-
-        inp = keras.Input((size, size, 3))
-        x = inp
-        for f in (16, 32):
-            x = keras.layers.MaxPooling2D(2)(keras.layers.Conv2D(f, 3, padding="same", activation="relu")(x))
-        x = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="features")(x)
-        out = keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
-        return bench.KerasModel(keras.Model(inp, out), feature_layer="features")
+_model = build_model
 
 
 def _run(benchmark, name: str, size: int, n_images: int, rounds: int = ROUNDS) -> None:

@@ -178,6 +178,9 @@ class KerasModel:
                 )
             return sub, inner
         if name in top:
+            if isinstance(top[name], keras.Model):
+                # a nested backbone named as a whole: its output is its last layer's
+                return top[name], top[name].layers[-1].name
             return None, name
         holders = [
             layer

@@ -177,3 +177,12 @@ def test_nested_feature_layer_errors_name_the_layer():
     m = KerasModel(_nested_model(), feature_layer="nothing")
     with pytest.raises(ModelError, match="no layer 'nothing'"):
         m.features_and_logits(np.zeros((1, 32, 32, 3), np.float32))
+
+
+@pytest.mark.parametrize("feature_layer", [None, "backbone"])
+def test_nested_backbone_named_as_a_whole_or_by_default(feature_layer):
+    model = KerasModel(_nested_model(), feature_layer=feature_layer)
+    x = np.random.default_rng(5).random((2, 32, 32, 3), dtype=np.float32)
+    feats, logits = model.features_and_logits(x)
+    assert tuple(feats.shape) == (2, 28, 28, 6)
+    np.testing.assert_allclose(keras.ops.softmax(logits).numpy(), model.predict_proba(x), atol=1e-5)

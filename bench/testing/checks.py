@@ -161,6 +161,20 @@ def check_dataset_splits(dataset: Any) -> None:
     assert len(set(ids.tolist())) == len(ids), "image ids are not unique across splits"
 
 
+# ---- metrics ----------------------------------------------------------------------------
+def check_metric_scores(metric: Any) -> None:
+    """score(curves (N, L+1)) -> finite float (N,), one value per image, order-preserving."""
+    rng = np.random.default_rng(0)
+    curves = np.sort(rng.random((5, 10)), axis=1)[:, ::-1].astype(np.float32)
+    scores = np.asarray(metric.score(curves))
+    assert scores.shape == (5,), f"{_name(metric)}.score must return (N,), got {scores.shape}"
+    assert np.all(np.isfinite(scores)), f"{_name(metric)}.score returned NaN or inf"
+    np.testing.assert_allclose(
+        np.asarray(metric.score(curves[::-1].copy()))[::-1], scores, atol=1e-6,
+        err_msg=f"{_name(metric)}.score of an image depends on the other images",
+    )
+
+
 # ---- dispatch ---------------------------------------------------------------------------
 def checks_for(component: Any, model: Any = None) -> Iterator[tuple[str, Callable[[], None]]]:
     """(name, zero-argument check) for every check that applies to ``component``."""
@@ -180,8 +194,12 @@ def checks_for(component: Any, model: Any = None) -> Iterator[tuple[str, Callabl
         specific = [check_model_outputs]
     elif hasattr(component, "load") and hasattr(component, "fingerprint"):
         specific = [check_dataset_splits]
+    elif hasattr(component, "score"):
+        specific = [check_metric_scores]
     else:
-        raise TypeError(f"{_name(component)} is not a bench component (explain/perturb/load/keras)")
+        raise TypeError(
+            f"{_name(component)} is not a bench component (explain/perturb/features_and_logits/load/score)"
+        )
     for fn in generic + specific:
         yield fn.__name__, functools.partial(fn, component)
 

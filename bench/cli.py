@@ -170,7 +170,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     results = Path(args.results)
     if not (results / "runs").is_dir():
         raise BenchError(f"no runs under {str(results / 'runs')!r}: run `bench run` first")
-    paths = build_leaderboard(results, baseline=args.baseline)
+    paths = build_leaderboard(results, baseline=args.baseline, figures=not args.no_figures)
     if args.format:
         fmt = "tex" if args.format == "latex" else args.format
         text = render(collect(results), fmt) if fmt not in paths else Path(paths[fmt]).read_text(encoding="utf-8")
@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE")
     p.add_argument("--results", default="results", metavar="DIR")
     p.add_argument("--baseline", default="random", help="explainer for 'gain over random'")
+    p.add_argument("--no-figures", action="store_true", help="tables only (faster)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("new-plugin", help="write a ready-to-install plugin package")

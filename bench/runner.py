@@ -813,9 +813,10 @@ def run(
                 "metadata_keys": sorted(data.splits.metadata),
             }
             write_json(run_dir / "dataset.json", {**manifest["dataset"], "metadata": data.splits.metadata})
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, BenchError):
+            # bad input (missing folder, corrupt image, bad parameter): stop before any cell runs
             raise
-        except BaseException as exc:  # the dataset failing fails every cell, with its message
+        except BaseException as exc:  # a crashing dataset plugin fails every cell, with its message
             log(f"[dataset] failed: {_error_text(exc)}", quiet=quiet)
         for i, record in enumerate(executor.run_cells(stages, plan.cells, run_dir, run_id), 1):
             result.cells.append(record)

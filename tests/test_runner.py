@@ -264,3 +264,18 @@ def test_max_images_is_a_class_stratified_seeded_sample():
     uneven = runner.stratified_sample(index[:30], labels[:30], 10, seed=0)  # class 1 has only 5
     assert len(uneven) == 10 and np.bincount(labels[uneven]).tolist() == [5, 5]
     assert runner.stratified_sample(index, labels, 0, seed=0).tolist() == index.tolist()
+
+
+def test_missing_data_folder_is_a_clear_error_before_any_cell(tmp_path, capsys):
+    missing = tmp_path / "no" / "such" / "COVID-19_Radiography_Dataset"
+    code = main([
+        "run", "--preset", "covid-radiography", "--data", str(missing), "--weights", "none",
+        "--out", str(tmp_path / "results"), "--quiet",
+    ])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(missing) in err
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    manifest = read_json(run_dir / "manifest.json")
+    assert manifest["status"] == "error" and str(missing) in manifest["error"]
+    assert not (run_dir / "cells").exists()

@@ -89,6 +89,7 @@ class AOPCResult:
     batch_size: int = DEFAULT_BATCH_SIZE
     image_shape: tuple[int, int] = (0, 0)
     confidence: float = 0.95
+    strategy_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_regions(self) -> int:
@@ -118,6 +119,7 @@ class AOPCResult:
             "order": self.order_name,
             "seed": self.seed,
             "strategy": self.strategy,
+            "strategy_info": dict(self.strategy_info),
             "perturbation": self.perturbation,
             "perturbation_params": dict(self.perturbation_params),
             "batch_size": self.batch_size,
@@ -175,6 +177,7 @@ class AOPCResult:
             batch_size=int(summary.get("batch_size", DEFAULT_BATCH_SIZE)),
             image_shape=tuple(summary.get("image_shape", (0, 0))),  # type: ignore[arg-type]
             confidence=float(summary.get("confidence", 0.95)),
+            strategy_info=dict(summary.get("strategy_info", {})),
         )
 
     @classmethod
@@ -367,7 +370,8 @@ def evaluate_aopc(
     grid: int or (rows, cols); order: ``"morf"``, ``"lerf"`` or ``"random"``.
     ids: per-image ids keying the noise and the tie-breaks (default ``0..N-1``).
     batch_size: (image, step) pairs per model call (default 64).
-    strategy: ``"full"`` or a :class:`bench.forward.ForwardStrategy`.
+    strategy: ``"full"``, ``"incremental"``, ``"auto"`` or a :class:`bench.forward.ForwardStrategy`
+        (the strategy used, and why, is in ``result.strategy`` and ``result.strategy_info``).
     """
     from .models import as_bench_model
 
@@ -464,6 +468,7 @@ def evaluate_aopc(
         batch_size=bs,
         image_shape=(h, w),
         confidence=confidence,
+        strategy_info=dict(getattr(fwd, "info", None) or {}),
     )
 
 

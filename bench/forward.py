@@ -151,11 +151,29 @@ def traced_call(keras_model: Any, input_shape: tuple[Any, ...], *, jit_compile: 
         return fn
 
 
-STRATEGIES: dict[str, type] = {"full": FullForward}
+def _incremental(mode: str) -> Any:
+    def make() -> Any:
+        from .incremental import IncrementalForward  # lazy: imports nothing heavy until used
+
+        return IncrementalForward(mode=mode)
+
+    return make
+
+
+STRATEGIES: dict[str, Any] = {
+    "full": FullForward,
+    "incremental": _incremental("incremental"),
+    "auto": _incremental("auto"),
+}
 
 
 def get_strategy(strategy: str | ForwardStrategy) -> ForwardStrategy:
-    """A strategy instance from a name (``"full"``) or an object with the protocol."""
+    """A strategy instance from a name (``"full"``, ``"incremental"``, ``"auto"``) or an object.
+
+    ``"incremental"`` reuses the previous step's activations (:mod:`bench.incremental`);
+    ``"auto"`` uses it where the model and perturbation allow a real predicted gain and
+    full passes otherwise (the choice and reason are in the strategy's ``info``).
+    """
     if isinstance(strategy, str):
         key = strategy.lower()
         if key not in STRATEGIES:

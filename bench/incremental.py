@@ -487,6 +487,10 @@ class IncrementalForward:
         specs = [tf.TensorSpec((None, *plan.cached[t]), tf.float32) for t in boundary]
         self._suffix_fn = tf.function(suffix, input_signature=specs)
         self._out_ids = out_ids
+        # one graph per prefix layer for its box (shapes vary: traced with free spatial dims)
+        self._window_fns = [
+            tf.function(_box_fn(op), reduce_retracing=True) for op in ops
+        ]
 
     # -- running
     def forward(self, batch: ForwardBatch) -> np.ndarray:
@@ -526,7 +530,7 @@ class IncrementalForward:
 
     def _step(self, state: _ImageState, image: np.ndarray) -> None:
         """Update ``state`` in place from its x^(k-1) activations to those of ``image``."""
-        import keras
+        import tensorflow as tf
 
         plan = self._plan
         assert plan is not None
@@ -540,7 +544,7 @@ class IncrementalForward:
         box: Box = (int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1)
         x_old[box[0] : box[1], box[2] : box[3]] = image[box[0] : box[1], box[2] : box[3]]
         boxes: dict[int, Box | None] = {plan.input_id: box}
-        for op in plan.ops:
+        for i, op in enumerate(plan.ops):
             b = _union([boxes.get(t) for t in op.inputs])
             if b is None:
                 boxes[op.output] = None
@@ -553,11 +557,17 @@ class IncrementalForward:
             if op.kind == "window":
                 src = acts[op.inputs[0]]
                 crop = _padded_crop(src, op, ob)
-                val = _window_compute(op, keras.ops.convert_to_tensor(crop[None]))
+                val = self._window_fns[i](tf.constant(crop[None]))
             else:
-                crops = [keras.ops.convert_to_tensor(acts[t][None, y0:y1, x0:x1]) for t in op.inputs]
-                val = _call(op.layer, crops if op.kind == "merge" else crops[0])
+                crops = [tf.constant(acts[t][None, y0:y1, x0:x1]) for t in op.inputs]
+                val = self._window_fns[i](crops if op.kind == "merge" else crops[0])
             acts[op.output][y0:y1, x0:x1] = np.asarray(val)[0]
+
+
+def _box_fn(op: _Op) -> Any:
+    if op.kind == "window":
+        return lambda x: _window_compute(op, x)
+    return lambda x: _call(op.layer, x)
 
 
 def _padded_crop(src: np.ndarray, op: _Op, ob: Box) -> np.ndarray:

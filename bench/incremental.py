@@ -24,8 +24,8 @@ AveragePooling2D (valid), ZeroPadding2D, merges (Add, Subtract, Multiply,
 Average, Maximum, Minimum, Concatenate on channels) and element-wise layers
 (Activation, ReLU, BatchNormalization in inference, Rescaling, Normalization,
 Dropout, and any custom layer that passes an element-wise probe, such as the
-built-in models' preprocessing layers). A nested Keras model (a backbone not
-inlined) ends the prefix.
+built-in models' preprocessing layers). Nested single-input Keras models (a
+backbone not inlined) are walked through as if inlined.
 """
 
 from __future__ import annotations
@@ -100,6 +100,34 @@ class GraphPlan:
     suffix_cost: float = 0.0
     bytes_per_image: int = 0
     notes: list[str] = field(default_factory=list)
+    aliases: dict[int, list[int]] = field(default_factory=dict)  # canonical id -> nested-model ids
+    output_id: int = 0
+
+
+def _flatten_nodes(model: Any, canon: dict[int, int]) -> Any:
+    """The model's call nodes in execution order, nested single-input models inlined.
+
+    ``canon`` collects aliases: a nested model's input tensor -> the tensor fed to it,
+    the nested model's output (as seen outside) -> its inner output tensor.
+    """
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            op = node.operation
+            if op is None or node.is_input:
+                continue
+            ins = list(node.input_tensors)
+            if (
+                hasattr(op, "_nodes_by_depth")
+                and len(op.inputs) == 1
+                and len(op.outputs) == 1
+                and len(ins) == 1
+                and len(node.outputs) == 1
+            ):
+                canon[id(op.inputs[0])] = canon.get(id(ins[0]), id(ins[0]))
+                yield from _flatten_nodes(op, canon)
+                canon[id(node.outputs[0])] = canon.get(id(op.outputs[0]), id(op.outputs[0]))
+            else:
+                yield node
 
 
 # ---- graph walk -----------------------------------------------------------------------------
@@ -205,12 +233,12 @@ def analyse_model(keras_model: Any) -> GraphPlan:
         )
     x_in = keras_model.inputs[0]
     in_shape = _hw(x_in)
-    nodes = []
-    for depth in sorted(keras_model._nodes_by_depth, reverse=True):
-        for node in keras_model._nodes_by_depth[depth]:
-            if node.operation is None or node.is_input:
-                continue
-            nodes.append(node)
+    canon: dict[int, int] = {}
+    nodes = list(_flatten_nodes(keras_model, canon))
+
+    def cid(t: Any) -> int:
+        return canon.get(id(t), id(t))
+
     prefix: dict[int, tuple[int, ...]] = {id(x_in): in_shape}
     ops: list[_Op] = []
     suffix: list[Any] = []
@@ -221,7 +249,7 @@ def analyse_model(keras_model: Any) -> GraphPlan:
         cls = type(layer).__name__
         ins = list(node.input_tensors)
         outs = list(node.outputs)
-        local_inputs = ins and all(id(t) in prefix for t in ins)
+        local_inputs = ins and all(cid(t) in prefix for t in ins)
         op: _Op | str | None = None
         if not stopped and local_inputs and len(outs) == 1 and len(_hw(outs[0])) == 3:
             out_shape = _hw(outs[0])
@@ -247,10 +275,10 @@ def analyse_model(keras_model: Any) -> GraphPlan:
             else:
                 op = "not element-wise (a global or unknown operation)"
         if isinstance(op, _Op):
-            op.inputs = [id(t) for t in ins]
-            op.output = id(outs[0])
+            op.inputs = [cid(t) for t in ins]
+            op.output = cid(outs[0])
             ops.append(op)
-            prefix[id(outs[0])] = _hw(outs[0])
+            prefix[cid(outs[0])] = _hw(outs[0])
             continue
         if not stopped:
             stopped = True
@@ -269,11 +297,11 @@ def analyse_model(keras_model: Any) -> GraphPlan:
     boundary: list[int] = []
     for node in suffix:
         for t in node.input_tensors:
-            if id(t) in prefix and id(t) not in boundary:
-                boundary.append(id(t))
+            if cid(t) in prefix and cid(t) not in boundary:
+                boundary.append(cid(t))
     for t in keras_model.outputs:
-        if id(t) in prefix and id(t) not in boundary:
-            boundary.append(id(t))
+        if cid(t) in prefix and cid(t) not in boundary:
+            boundary.append(cid(t))
     # activations read later (all prefix tensors but the model input itself is cached too)
     cached = dict(prefix)
     plan = GraphPlan(
@@ -286,6 +314,9 @@ def analyse_model(keras_model: Any) -> GraphPlan:
         stop_layer=stop_layer,
         stop_reason=stop_reason,
     )
+    for raw, c in canon.items():
+        plan.aliases.setdefault(c, []).append(raw)
+    plan.output_id = cid(keras_model.outputs[0])
     plan.full_cost = sum(op.cost * op.out_hw[0] * op.out_hw[1] for op in ops)
     plan.suffix_cost = sum(_layer_cost(n.operation, n.outputs[0], list(n.input_tensors)) for n in suffix)
     plan.bytes_per_image = int(sum(4 * int(np.prod(s)) for s in cached.values()))
@@ -469,13 +500,8 @@ class IncrementalForward:
     def _build_fns(self, keras_model: Any, plan: GraphPlan) -> None:
         import tensorflow as tf
 
-        in_t = keras_model.inputs[0]
         ops = plan.ops
         out_ids = list(plan.cached)
-        tensor_by_id: dict[int, Any] = {id(in_t): in_t}
-        for node in plan.suffix_nodes:
-            for t in node.input_tensors:
-                tensor_by_id[id(t)] = t
 
         def prefix(x: Any) -> list[Any]:
             vals: dict[int, Any] = {plan.input_id: x}
@@ -485,10 +511,17 @@ class IncrementalForward:
             return [vals[t] for t in out_ids]
 
         boundary = list(plan.boundary)
-        outputs = keras_model.outputs
+        aliases = plan.aliases
+
+        def put(vals: dict[int, Any], key: int, v: Any) -> None:
+            vals[key] = v
+            for a in aliases.get(key, ()):
+                vals[a] = v
 
         def suffix(*xs: Any) -> Any:
-            vals: dict[int, Any] = dict(zip(boundary, xs, strict=True))
+            vals: dict[int, Any] = {}
+            for key, v in zip(boundary, xs, strict=True):
+                put(vals, key, v)
             for node in plan.suffix_nodes:
                 args, kwargs = node.arguments.fill_in(vals)
                 layer = node.operation
@@ -497,8 +530,8 @@ class IncrementalForward:
                 res = layer(*args, **kwargs)
                 flat = res if isinstance(res, list | tuple) else [res]
                 for t, v in zip(node.outputs, flat, strict=False):
-                    vals[id(t)] = v
-            return vals[id(outputs[0])]
+                    put(vals, id(t), v)
+            return vals[plan.output_id]
 
         h, w = plan.input_hw
         c = plan.cached[plan.input_id][-1]

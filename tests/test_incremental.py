@@ -95,6 +95,37 @@ def _hand_built(size: int = 37) -> object:
     return keras.Model(x_in, out)
 
 
+def _nested(size: int = 35, flatten_inside: bool = False) -> object:
+    """A backbone as a nested Keras model (not inlined), as keras.applications without input_tensor."""
+    L = keras.layers
+    inner_in = keras.Input((size, size, 3))
+    y = L.Conv2D(8, 3, padding="same", activation="relu")(inner_in)
+    y = L.MaxPooling2D(2)(y)
+    y = L.Conv2D(8, 3, strides=2, padding="same", activation="relu")(y)
+    if flatten_inside:
+        y = L.Dense(6)(L.Flatten()(y))
+    backbone = keras.Model(inner_in, y, name="backbone")
+    x_in = keras.Input((size, size, 3))
+    x = backbone(L.Rescaling(2.0, offset=-1.0)(x_in))
+    if not flatten_inside:
+        x = L.Flatten()(L.MaxPooling2D(2)(x))
+    out = L.Softmax()(L.Dense(4)(x))
+    return keras.Model(x_in, out)
+
+
+@pytest.mark.parametrize("flatten_inside", [False, True])
+def test_nested_backbone_is_walked_through(flatten_inside: bool) -> None:
+    km = _nested(35, flatten_inside)
+    reinit(km, seed=8)
+    images, heatmaps = _data(2, 35, hm=5)
+    calibrate(km, images)
+    plan = analyse_model(km)
+    assert [type(op.layer).__name__ for op in plan.ops][:4] == ["Rescaling", "Conv2D", "MaxPooling2D", "Conv2D"]
+    assert plan.stop_reason == "locality"
+    full, inc = _compare(km, images, heatmaps, grid=5, batch_size=7)
+    _assert_exact_and_moving(full, inc)
+
+
 def _data(n: int, size: int, hm: int = 9, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return (rng.uniform(0, 1, (n, size, size, 3)).astype("float32"),

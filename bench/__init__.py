@@ -46,6 +46,8 @@ _LAZY = {
     "ClassificationReport": ("bench.evaluation", "ClassificationReport"),
     "format_report": ("bench.evaluation", "format_report"),
     "compute_heatmaps": ("bench.explain", "compute_heatmaps"),
+    "IncrementalForward": ("bench.incremental", "IncrementalForward"),
+    "predicted_gain": ("bench.incremental", "predicted_gain"),
 }
 
 
@@ -82,6 +84,8 @@ __all__ = [
     "ClassificationReport",
     "format_report",
     "compute_heatmaps",
+    "IncrementalForward",
+    "predicted_gain",
     "ComponentSpec",
     "DatasetSpec",
     "ModelSpec",

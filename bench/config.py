@@ -60,7 +60,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "orders": ((list,), ["morf"]),
         "batch_size": ((int,), 64),
         "max_images": ((int,), 0),
-        "strategy": ((str,), "full"),
+        "strategy": ((str,), "auto"),
         "confidence": ((float,), 0.95),
         "bootstrap": ((int,), 10000),
         "baseline": ((str,), "random"),

@@ -460,6 +460,8 @@ class Stages:
             "forward_passes": int(getattr(result, "forward_passes", len(ids) * (grid[0] * grid[1] + 1))),
             "seconds": float(getattr(result, "seconds", 0.0)),
             "strategy": str(getattr(result, "strategy", acfg["strategy"])),
+            "strategy_info": dict(getattr(result, "strategy_info", {}) or {}),
+            "images_with_ties": int((np.asarray(getattr(result, "ties", [])) > 0).sum()),
         }
         arrays = {
             "curves": np.asarray(result.curves, dtype=np.float32),
@@ -609,6 +611,7 @@ def execute_cell(stages: Stages, task: CellTask, run_dir: Path, run_id: str) -> 
             record["params"]["perturbation"] = pparams
             record["results"][order] = {"aopc": summary["aopc"], "ci": summary["ci"], "n": summary["n"]}
             record["strategy"] = summary["strategy"]
+            record.setdefault("strategy_info", {})[order] = summary.get("strategy_info", {})
             evaluate_seconds += summary["seconds"]
             passes += summary["forward_passes"]
             arrays[f"{order}_curves"] = carrays["curves"]

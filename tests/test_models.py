@@ -186,3 +186,14 @@ def test_nested_backbone_named_as_a_whole_or_by_default(feature_layer):
     feats, logits = model.features_and_logits(x)
     assert tuple(feats.shape) == (2, 28, 28, 6)
     np.testing.assert_allclose(keras.ops.softmax(logits).numpy(), model.predict_proba(x), atol=1e-5)
+
+
+def test_random_backbone_is_the_same_in_every_build():
+    """weights='none' must not depend on the global random state (runs are reproducible)."""
+    def backbone_weights():
+        keras.utils.set_random_seed(np.random.SeedSequence().entropy % 2**31)  # disturb global state
+        m = bench.create("model", "vgg16", weights="none", input_shape=(32, 32, 3), num_classes=4, pool_size=1)
+        return [np.asarray(w) for w in m.keras.get_layer("block1_conv1").get_weights()]
+
+    a, b = backbone_weights(), backbone_weights()
+    np.testing.assert_array_equal(a[0], b[0])

@@ -64,6 +64,10 @@ class TorchPreprocess(keras.layers.Layer):
         return input_shape
 
 
+#: Seed of the backbone's initialisation when weights="none" (runs are reproducible).
+RANDOM_BACKBONE_SEED = 0
+
+
 def _parse_weights(weights: Any) -> str | Path | None:
     """"imagenet" | None (no weights) | a Path; raises ConfigError otherwise."""
     if weights is None:
@@ -171,6 +175,10 @@ class TransferModel(KerasModel):
             _check_file(weights, self.backbone_name)
         inputs = keras.Input(shape=self._input_shape, name="image", dtype="float32")
         x = self._preprocess_layer()(inputs)
+        if weights is None:
+            # a random backbone must be the same random backbone in every run: without a
+            # seed, Keras draws it from whatever state the global generator is in
+            keras.utils.set_random_seed(RANDOM_BACKBONE_SEED)
         backbone = self._backbone(x)
         backbone.trainable = False
         features = backbone.outputs[0]

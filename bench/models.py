@@ -119,11 +119,18 @@ class KerasModel:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """Declared by a lazily built subclass (``self._input_shape``) or read off the graph."""
+        declared = getattr(self, "_input_shape", None)
+        if declared is not None:
+            return tuple(declared)  # type: ignore[return-value]
         shape = self.keras.inputs[0].shape
         return tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
 
     @property
     def num_classes(self) -> int:
+        declared = getattr(self, "_num_classes", None)
+        if declared is not None:
+            return int(declared)
         return int(self.keras.outputs[0].shape[-1])
 
     @property

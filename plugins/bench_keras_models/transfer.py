@@ -122,14 +122,6 @@ class TransferModel(KerasModel):
         self._weights_info: dict[str, Any] | None = None
 
     # ---- parameters ------------------------------------------------------------------
-    @property
-    def input_shape(self) -> tuple[int, int, int]:  # type: ignore[override]
-        return self._input_shape  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:  # type: ignore[override]
-        return self._num_classes
-
     def get_params(self) -> dict[str, Any]:
         w = self.weights
         return {

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sysconfig
 import venv
+from pathlib import Path
 
 import pytest
 
@@ -44,17 +46,36 @@ def test_new_plugin_cli_refuses_existing_folder_and_bad_names(tmp_path, capsys):
         render_plugin("Bad Name", kind="explainer", directory=tmp_path)
 
 
-def test_rendered_plugin_installs_and_is_discovered(tmp_path):
-    """pip-install the rendered package into a venv that sees this environment; run its tests there."""
-    root = render_plugin("center", kind="explainer", directory=tmp_path)
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=True)
+def nested_venv(env_dir):
+    """A brand-new venv (no system site packages, no pip of its own) that sees this environment.
+
+    A ``.pth`` file calls ``site.addsitedir`` on this interpreter's site-packages, so the
+    outer environment's own ``.pth`` hooks (bench's editable install) run as well, and the
+    nested venv uses the outer pip, setuptools, bench and TensorFlow: nothing is downloaded,
+    and whatever the outer venv was built from (a fresh ``python -m venv`` included) works.
+    """
+    venv.create(env_dir, system_site_packages=False, with_pip=False)
     py = env_dir / "bin" / "python"
+    inner = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    outer = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    lines = [f"import site; site.addsitedir({path!r})" for path in outer]
+    (Path(inner) / "zz_outer_environment.pth").write_text("\n".join(lines) + "\n")
+    return py
+
+
+def test_rendered_plugin_installs_and_is_discovered(tmp_path):
+    """pip-install the rendered package into a fresh venv that sees this environment; run its tests there."""
+    root = render_plugin("center", kind="explainer", directory=tmp_path)
+    py = nested_venv(tmp_path / "venv")
     install = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(root)],
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+         "-e", str(root)],
         capture_output=True, text=True,
     )
-    assert install.returncode == 0, install.stderr
+    assert install.returncode == 0, install.stdout + install.stderr
     listing = subprocess.run(
         [str(py), "-m", "bench", "plugins", "--json"], capture_output=True, text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},

@@ -13,9 +13,11 @@ from .errors import (
     ComponentOutputError,
     ConfigError,
     DataError,
+    InvalidNameError,
     PluginConflictError,
     PluginError,
     UnknownComponentError,
+    UnsafePathError,
     WeightsError,
 )
 from .hookspecs import hookimpl, hookspec
@@ -33,6 +35,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "KerasModel": ("bench.models", "KerasModel"),
+    "CorruptFileError": ("bench.store", "CorruptFileError"),
     "evaluate_aopc": ("bench.aopc", "evaluate_aopc"),
     "AOPCResult": ("bench.aopc", "AOPCResult"),
     "run": ("bench.runner", "run"),
@@ -100,4 +103,7 @@ __all__ = [
     "UnknownComponentError",
     "WeightsError",
     "ComponentOutputError",
+    "InvalidNameError",
+    "UnsafePathError",
+    "CorruptFileError",
 ]

@@ -9,7 +9,7 @@
     bench new-plugin NAME --kind explainer|perturbation|model|dataset [--dir DIR]
     bench data describe [--dataset NAME] [--data PATH] [--json]
     bench data show NAME [--data PATH] --out FILE.png
-    bench config [--preset NAME] [--config FILE]      (print the resolved config)
+    bench config [--preset NAME] [--config FILE] [--set section.key=value ...]  (print the resolved config)
 
 Exit status: 0 all good, 1 some cells failed, 2 bad input (config, plugin, data), 130 interrupted.
 """
@@ -21,12 +21,15 @@ import json
 import os
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BenchError
 from .specs import KINDS
+
+if TYPE_CHECKING:
+    from .plugins import Registry
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -43,20 +46,36 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     reg = registry()
     infos = [p.to_dict() for p in reg.plugins]
+    conflicts = [c.to_dict() for c in reg.conflicts]
     if args.json:
-        print(json.dumps({"plugins": infos}, indent=2))
+        print(json.dumps({"plugins": infos, "conflicts": conflicts}, indent=2))
         return EXIT_OK
     from tabulate import tabulate
 
+    clashing = {(c["kind"], c["name"]) for c in conflicts}
     rows = []
     for p in infos:
-        comps = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["components"].items()) or "-"
+        comps = "; ".join(
+            f"{k}: " + ", ".join(f"{n} (CONFLICT)" if (k, n) in clashing else n for n in v)
+            for k, v in p["components"].items()
+        ) or "-"
         status = p["status"] if p["status"] == "ok" else f"{p['status']}: {p['error']}"
         rows.append([p["name"], p["distribution"] or "-", p["version"] or "-", comps, status, p["file"] or "-"])
     print(tabulate(rows, headers=["plugin", "distribution", "version", "components", "status", "file"]))
+    if conflicts:
+        print("\nconflicts: each name below is registered more than once and is unavailable "
+              "(neither is used; `all` skips it) until one registration is uninstalled or blocked:")
+        crows = [
+            [c["kind"], c["name"], r["plugin"], r["distribution"] or "-", r["version"] or "-", r["disable"]]
+            for c in conflicts
+            for r in c["registrations"]
+        ]
+        print(tabulate(crows, headers=["kind", "name", "plugin", "distribution", "version", "to block it"]))
     failed = reg.failed_plugins
     if failed:
         print(f"\n{len(failed)} plugin(s) failed to load; the others work.", file=sys.stderr)
+    if conflicts:
+        print(f"{len(conflicts)} name conflict(s); the other components work.", file=sys.stderr)
     return EXIT_OK
 
 
@@ -135,14 +154,42 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return merge(o, _parse_set(args.set or []))
 
 
+def warn_plugin_problems(reg: Registry) -> None:
+    """One stderr line per failed plugin and per name conflict (``bench run`` starts with these)."""
+    for p in reg.failed_plugins:
+        print(f"bench: warning: {p.label} failed and is not used: {p.error} "
+              f"(to silence this, uninstall it or set {p.disable})", file=sys.stderr)
+    for c in reg.conflicts:
+        print(f"bench: warning: {c.message()}", file=sys.stderr)
+
+
+def refuse_conflicting_names(cfg: Mapping[str, Any], reg: Registry) -> None:
+    """A config that names a conflicting component fails here (exit 2), naming its key."""
+    from .config import SECTION_KIND
+    from .errors import PluginConflictError
+
+    selected = [("dataset.name", "dataset", cfg["dataset"]["name"])]
+    for section, kind in SECTION_KIND.items():
+        selected += [(f"{section}.names[{i}]", kind, n) for i, n in enumerate(cfg[section]["names"])]
+        selected += [(f"{section}.params.{n}", kind, n) for n in cfg[section].get("params", {})]
+    for key, kind, name in selected:
+        conflict = reg.conflict(kind, name) if isinstance(name, str) else None
+        if conflict is not None:
+            raise PluginConflictError(f"{key}: {conflict.message()}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .plugins import registry
     from .runner import make_plan, plan_summary, run
 
+    reg = registry()
+    warn_plugin_problems(reg)
     cfg = load_config(args.config, preset=args.preset, overrides=run_overrides(args))
+    refuse_conflicting_names(cfg, reg)
     if args.dry_run:
-        plan = make_plan(cfg)
-        print(json.dumps({"config": cfg, "plan": plan_summary(plan)}, indent=2, default=str))
+        plan = make_plan(cfg)  # every config error surfaces here (exit 2), see make_plan
+        print(json.dumps({"config": plan.config, "plan": plan_summary(plan)}, indent=2, default=str))
         return EXIT_OK
     result = run(cfg, quiet=args.quiet)
     out = sys.stdout
@@ -202,14 +249,19 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 # data
 # ---------------------------------------------------------------------------------------
 def _dataset_component(name: str, data: str | None, params: Sequence[str]) -> Any:
-    from .plugins import create
+    """The dataset, constructed and validated as the plan does (bad input: ConfigError, exit 2)."""
+    from .plugins import accepted_params, registry
+    from .runner import validated_component
 
     kwargs: dict[str, Any] = {}
     for key, value in _parse_set([f"p.{item}" for item in params]).get("p", {}).items():
         kwargs[key] = value
     if data:
+        names, var_kw = accepted_params(registry().get("dataset", name).load_factory())
+        if "root" not in names and not var_kw:
+            raise BenchError(f"dataset {name!r} reads no folder: --data is not accepted")
         kwargs["root"] = str(Path(data).expanduser())
-    return create("dataset", name, **kwargs)
+    return validated_component("dataset", name, kwargs, key="dataset.params", names=list(kwargs))
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -241,7 +293,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     from .config import load_config
 
-    cfg = load_config(args.config, preset=args.preset)
+    cfg = load_config(args.config, preset=args.preset, overrides=_parse_set(args.set or []))
     print(json.dumps(cfg, indent=2))
     return EXIT_OK
 
@@ -319,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config")
     p.add_argument("--preset")
     p.add_argument("--config", metavar="FILE")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override any config key (as bench run --set)")
     p.set_defaults(func=cmd_config)
     return parser
 

@@ -9,6 +9,7 @@ The resolved config (every default filled in) is written into each run's manifes
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
@@ -19,6 +20,8 @@ from .errors import ConfigError, did_you_mean
 
 ALL = "all"
 ORDERS = ("morf", "lerf", "random")
+#: The largest ``run.seed``: the trainer seeds NumPy's legacy generator (32 bits).
+MAX_SEED = 2**32 - 1
 
 #: section -> key -> (accepted types, default). ``dict`` keys hold free-form plugin params.
 SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
@@ -205,6 +208,14 @@ def validate_values(cfg: Mapping[str, Any]) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{path} must be >= 1, got {value!r}")
+    seed = cfg["run"]["seed"]
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"run.seed must be an integer in [0, {MAX_SEED}] (--seed), got {seed!r}")
+    if cfg["run"]["ray_gpus"] < 0:
+        raise ConfigError(f"run.ray_gpus must be >= 0, got {cfg['run']['ray_gpus']!r}")
+    if not math.isfinite(cfg["aopc"]["confidence"]):
+        raise ConfigError(f"aopc.confidence must be in (0, 1), got {cfg['aopc']['confidence']!r}")
+    _validate_training(cfg["training"])
     if cfg["aopc"]["max_images"] < 0:
         raise ConfigError(f"aopc.max_images must be >= 0 (0 = all), got {cfg['aopc']['max_images']!r}")
     if cfg["run"]["executor"] not in ("local", "ray"):
@@ -221,6 +232,27 @@ def validate_values(cfg: Mapping[str, Any]) -> None:
             )
 
 
+def _validate_training(tcfg: Mapping[str, Any]) -> None:
+    """The training recipe is checked by the class that owns it (:class:`bench.training.TrainingConfig`)."""
+    from .training import TrainingConfig
+
+    lr = tcfg["learning_rate"]
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"training.learning_rate must be a finite number > 0, got {lr!r}")
+    TrainingConfig(
+        epochs=tcfg["epochs"],
+        batch_size=tcfg["batch_size"],
+        learning_rate=float(lr),
+        selection=tcfg["selection"],
+    )
+
+
+def _dataset_name(layer: Mapping[str, Any] | None) -> str | None:
+    table = (layer or {}).get("dataset")
+    name = table.get("name") if isinstance(table, Mapping) else None
+    return name or None
+
+
 def load_config(
     config: str | Path | Mapping[str, Any] | None = None,
     *,
@@ -233,6 +265,9 @@ def load_config(
     when neither a file nor a mapping is given the ``demo`` preset is used.
     ``overrides``: ``{"section": {"key": value}}`` applied last (CLI flags).
     A config may name its base preset with a top-level ``preset = "name"``.
+    ``dataset.params`` belong to the dataset named in their layer (or the layer below):
+    when a later layer names another dataset (``--dataset covid-radiography`` over the
+    demo preset), the params written for the other dataset are left out.
     An already resolved config (every section present) is re-validated and returned.
     """
     if isinstance(config, Mapping) and all(sec in config for sec in SCHEMA) and preset is None:
@@ -257,15 +292,27 @@ def load_config(
             layer.pop("preset", None)
     elif preset is None:
         preset = "demo"
+    if overrides:
+        validate_structure(overrides, "command line")
+    layers: list[Mapping[str, Any]] = []
     if preset is not None:
         base = read_preset(preset)
         validate_structure(base, f"preset {preset!r}")
-        cfg = merge(cfg, base)
+        layers.append(base)
     if layer is not None:
-        cfg = merge(cfg, layer)
+        layers.append(layer)
     if overrides:
-        validate_structure(overrides, "command line")
-        cfg = merge(cfg, overrides)
+        layers.append(overrides)
+    # dataset params belong to the dataset named in their layer (or the layer below)
+    current = cfg["dataset"]["name"]
+    params_of: dict[str, dict[str, Any]] = {current: cfg["dataset"]["params"]}
+    for item in layers:
+        current = _dataset_name(item) or current
+        given = (item.get("dataset") or {}).get("params")
+        if isinstance(given, Mapping):
+            params_of[current] = merge(params_of.get(current, {}), given)
+        cfg = merge(cfg, item)
+    cfg["dataset"]["params"] = copy.deepcopy(params_of.get(current, {}))
     validate_values(cfg)
     cfg["preset"] = preset
     return cfg
@@ -280,6 +327,9 @@ def resolve_names(cfg: Mapping[str, Any], section: str, registry: Any) -> list[s
         if name == ALL:
             names.extend(n for n in known if n not in names)
             continue
+        conflict = registry.conflict(kind, name) if hasattr(registry, "conflict") else None
+        if conflict is not None:
+            raise ConfigError(f"{section}.names[{i}]: {conflict.message()}")
         if name not in known:
             raise ConfigError(
                 f"{section}.names[{i}]: unknown {kind} {name!r}{did_you_mean(name, known)}; "

@@ -157,25 +157,39 @@ class DatasetSplits:
 
     @classmethod
     def load_file(cls, path: str | Path) -> DatasetSplits:
-        with np.load(Path(path), allow_pickle=False) as z:
-            meta = json.loads(bytes(z["meta.json"]).decode())
-            splits = {}
-            for split_name in SPLIT_NAMES:
-                images = z[f"{split_name}/images"]
-                width = images.shape[2]
+        """Read a file written by :meth:`save`, whole (every member's CRC-32 checked).
 
-                def mask(key: str, _w: int = width) -> np.ndarray | None:
-                    if key not in z.files:
-                        return None
-                    return np.unpackbits(z[key], axis=-1, count=_w).astype(bool)
+        A truncated, bit-flipped or incomplete file raises
+        :class:`~bench.store.CorruptFileError` naming it.
+        """
+        from .store import CorruptFileError, read_npz
 
-                splits[split_name] = Split(
-                    images=images,
-                    labels=z[f"{split_name}/labels"],
-                    ids=z[f"{split_name}/ids"],
-                    lung_masks=mask(f"{split_name}/lung_masks"),
-                    lesion_masks=mask(f"{split_name}/lesion_masks"),
-                )
+        path = Path(path)
+        arrays = read_npz(path)
+        try:
+            return cls._from_arrays(arrays)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CorruptFileError(path, f"not a complete dataset file ({type(exc).__name__}: {exc})") from exc
+
+    @classmethod
+    def _from_arrays(cls, arrays: dict[str, np.ndarray]) -> DatasetSplits:
+        meta = json.loads(bytes(arrays["meta.json"]).decode())
+        splits = {}
+        for split_name in SPLIT_NAMES:
+            images = arrays[f"{split_name}/images"]
+
+            def mask(key: str, width: int = images.shape[2]) -> np.ndarray | None:
+                if key not in arrays:
+                    return None
+                return np.unpackbits(arrays[key], axis=-1, count=width).astype(bool)
+
+            splits[split_name] = Split(
+                images=images,
+                labels=arrays[f"{split_name}/labels"],
+                ids=arrays[f"{split_name}/ids"],
+                lung_masks=mask(f"{split_name}/lung_masks"),
+                lesion_masks=mask(f"{split_name}/lesion_masks"),
+            )
         return cls(
             name=meta["name"],
             class_names=tuple(meta["class_names"]),

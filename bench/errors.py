@@ -19,7 +19,15 @@ class PluginError(BenchError):
 
 
 class PluginConflictError(PluginError):
-    """Two plugins registered the same component name."""
+    """Two plugins registered the same component name: the name is unavailable until one goes."""
+
+
+class InvalidNameError(BenchError, ValueError):
+    """A component name that could become a path or markup (see :mod:`bench.paths`)."""
+
+
+class UnsafePathError(BenchError, ValueError):
+    """A file name built from component names would leave its folder."""
 
 
 class UnknownComponentError(BenchError, KeyError):

@@ -2,7 +2,12 @@
 
 ``collect(results_dir)`` reads ``results/runs/*/cells/*.json`` (written by the
 runner) into a :class:`pandas.DataFrame`, one row per (dataset, model, weights,
-explainer, perturbation): the latest *ok* cell across all runs wins.
+explainer, perturbation, settings fingerprint, explainer-params fingerprint): the
+latest *ok* cell across all runs wins. The settings fingerprint stands for every
+shared input that can change a number (grid, orders, perturbation, dataset, model
+and training parameters, weights content, ``max_images``, seed, bootstrap,
+confidence); rows are paired and compared only within one fingerprint, and the
+notes carry a legend of what each fingerprint stands for.
 ``render(df, fmt)`` turns it into Markdown (tabulate, GitHub style), CSV, JSON
 (schema-versioned), self-contained HTML or LaTeX (booktabs), and
 ``build_leaderboard()`` writes ``results/leaderboard.{md,csv,json,html,tex}``
@@ -30,13 +35,23 @@ import numpy as np
 import pandas as pd
 
 from .errors import BenchError, DataError
+from .runs import load_manifests, runs_dir
+from .settings import cell_settings, explainer_params_key, settings_key, weights_hash
 from .store import atomic_write_text, read_json
 
 SCHEMA = "bench.leaderboard/1"
 FORMATS: tuple[str, ...] = ("md", "csv", "json", "html", "tex")
 #: Aliases accepted by :func:`render` and :func:`build_leaderboard` (``bench leaderboard --format latex``).
 FORMAT_ALIASES: dict[str, str] = {"markdown": "md", "latex": "tex", "htm": "html"}
-KEY_COLUMNS: tuple[str, ...] = ("dataset", "model", "weights", "explainer", "perturbation")
+#: The components of a row (what a failed attempt is matched on).
+COMPONENT_COLUMNS: tuple[str, ...] = ("dataset", "model", "weights", "explainer", "perturbation")
+#: One row per value of these: the components, the settings fingerprint and the explainer's own
+#: parameters' fingerprint (both short hex prefixes, unique within a leaderboard).
+KEY_COLUMNS: tuple[str, ...] = (*COMPONENT_COLUMNS, "settings", "explainer_params")
+#: Rows are paired (gains, paired comparisons, per-class tables) only within one value of these.
+PAIR_COLUMNS: tuple[str, ...] = ("dataset", "model", "weights", "perturbation", "settings")
+#: Shortest shown length of a fingerprint (longer where two would share a prefix).
+SHORT_KEY = 6
 
 #: Machine-readable columns of :func:`collect` (CSV and JSON use these names).
 COLUMNS: tuple[str, ...] = (
@@ -59,6 +74,7 @@ COLUMNS: tuple[str, ...] = (
     "abpc_ci_low",
     "abpc_ci_high",
     "n_images",
+    "constant_heatmaps",
     "evaluate_seconds",
     "explain_seconds",
     "forward_passes",
@@ -73,7 +89,7 @@ COLUMNS: tuple[str, ...] = (
 )
 
 FAILED_COLUMNS: tuple[str, ...] = (
-    *KEY_COLUMNS, "run_id", "cell_id", "stage", "error", "finished", "shown_instead",
+    *COMPONENT_COLUMNS, "run_id", "cell_id", "stage", "error", "finished", "shown_instead",
 )
 
 _NUMERIC = (
@@ -97,29 +113,6 @@ def _parse_time(value: Any) -> datetime:
         return t if t.tzinfo else t.replace(tzinfo=UTC)
     return datetime.fromtimestamp(0, UTC)
 
-
-def runs_dir(results_dir: str | Path) -> Path:
-    return Path(results_dir) / "runs"
-
-
-def load_manifests(results_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """``{run_id: manifest}`` for every run folder that has a readable ``manifest.json``."""
-    out: dict[str, dict[str, Any]] = {}
-    root = runs_dir(results_dir)
-    if not root.is_dir():
-        return out
-    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        path = run_dir / "manifest.json"
-        if not path.exists():
-            continue
-        try:
-            manifest = read_json(path)
-        except (OSError, ValueError) as exc:
-            warnings.warn(f"skipping unreadable run manifest {path}: {exc}", stacklevel=2)
-            continue
-        manifest["_dir"] = str(run_dir)
-        out[run_dir.name] = manifest
-    return out
 
 
 def _iter_cells(results_dir: str | Path) -> Iterable[tuple[Path, dict[str, Any]]]:
@@ -164,6 +157,43 @@ def _grid_text(grid: Any) -> str:
     return f"{grid}x{grid}"
 
 
+def _legacy_weights_hash(path: Path, cell: Mapping[str, Any]) -> dict[str, Any]:
+    """The weights hash of an old cell record, from its run's model report (``models/<id>.json``)."""
+    model_json = path.parent.parent / "models" / f"{cell.get('dataset')}__{cell.get('model')}.json"
+    try:
+        rec = read_json(model_json) if model_json.exists() else {}
+    except (OSError, ValueError):
+        return {}
+    return weights_hash(rec) if isinstance(rec, Mapping) else {}
+
+
+def cell_settings_of(
+    path: Path, cell: Mapping[str, Any], manifest: Mapping[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """(settings block, full settings fingerprint) of a cell record.
+
+    Records written before the ``settings`` block existed get one rebuilt from their
+    ``params`` and their run's manifest (training recipe, bootstrap, dataset
+    fingerprint) and model report (weights hash), with the same function the runner uses.
+    """
+    block = cell.get("settings")
+    if isinstance(block, Mapping):
+        key = cell.get("settings_key")
+        return dict(block), str(key) if isinstance(key, str) and key else settings_key(block)
+    params = cell.get("params") if isinstance(cell.get("params"), Mapping) else {}
+    cfg = manifest.get("config") if isinstance(manifest.get("config"), Mapping) else {}
+    ds = manifest.get("dataset") if isinstance(manifest.get("dataset"), Mapping) else {}
+    aopc_cfg = cfg.get("aopc") if isinstance(cfg.get("aopc"), Mapping) else {}
+    block = cell_settings(
+        params,
+        dataset_fingerprint=ds.get("fingerprint") if ds.get("name") == cell.get("dataset") else None,
+        weights_hash=_legacy_weights_hash(path, cell),
+        training=cfg.get("training") if isinstance(cfg.get("training"), Mapping) else None,
+        bootstrap=aopc_cfg.get("bootstrap"),
+    )
+    return block, settings_key(block)
+
+
 def _cell_row(path: Path, cell: Mapping[str, Any], manifests: Mapping[str, Any]) -> dict[str, Any]:
     run_id = str(cell.get("run_id") or path.parent.parent.name)
     manifest = manifests.get(path.parent.parent.name, {})
@@ -181,12 +211,20 @@ def _cell_row(path: Path, cell: Mapping[str, Any], manifests: Mapping[str, Any])
     abpc_lo, abpc_hi = _ci(abpc)
     n = morf.get("n", cell.get("n_images"))
     finished = cell.get("finished") or manifest.get("finished") or manifest.get("created") or ""
+    settings, skey = cell_settings_of(path, cell, manifest)
+    explainer_params = dict(params.get("explainer") or {})
+    ekey = cell.get("explainer_params_key")
+    if not isinstance(ekey, str) or not ekey:
+        ekey = explainer_params_key(explainer_params)
+    constant = cell.get("constant_heatmaps")
     return {
         "dataset": str(cell.get("dataset", "")),
         "model": str(cell.get("model", "")),
         "weights": "" if cell.get("weights") is None else str(cell.get("weights")),
         "explainer": str(cell.get("explainer", "")),
         "perturbation": str(cell.get("perturbation", "")),
+        "settings": skey,  # shortened to a unique prefix by collect()
+        "explainer_params": ekey,
         "recall_macro": _num(classification.get("recall_macro")),
         "f1_macro": _num(classification.get("f1_macro")),
         "precision_macro": _num(classification.get("precision_macro")),
@@ -205,6 +243,8 @@ def _cell_row(path: Path, cell: Mapping[str, Any], manifests: Mapping[str, Any])
         "abpc_ci_low": abpc_lo,
         "abpc_ci_high": abpc_hi,
         "n_images": int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None,
+        "constant_heatmaps": (int(constant) if isinstance(constant, (int, float))
+                              and not isinstance(constant, bool) else None),
         "evaluate_seconds": _num(timings.get("evaluate_seconds")),
         "explain_seconds": _num(timings.get("explain_seconds")),
         "forward_passes": int(timings.get("forward_passes") or 0),
@@ -226,7 +266,19 @@ def _cell_row(path: Path, cell: Mapping[str, Any], manifests: Mapping[str, Any])
         "_pert_params": dict(pert_params),
         "_curves_file": cell.get("curves_file"),
         "_heatmaps_file": cell.get("heatmaps_file"),
+        "_settings": settings,
+        "_explainer_params": explainer_params,
+        "_model_key": str((cell.get("keys") or {}).get("model") or ""),
     }
+
+
+def short_keys(keys: Iterable[str], length: int = SHORT_KEY) -> dict[str, str]:
+    """``{full key: shortest prefix (at least ``length``) that no other key shares}``."""
+    unique = sorted({str(k) for k in keys})
+    n = length
+    while n < max((len(k) for k in unique), default=0) and len({k[:n] for k in unique}) < len(unique):
+        n += 1
+    return {k: k[:n] for k in unique}
 
 
 def _empty(columns: Sequence[str]) -> pd.DataFrame:
@@ -234,30 +286,39 @@ def _empty(columns: Sequence[str]) -> pd.DataFrame:
 
 
 def collect(results_dir: str | Path = "results", *, baseline: str | None = "random") -> pd.DataFrame:
-    """One row per (dataset, model, weights, explainer, perturbation); the latest ok cell wins.
+    """One row per :data:`KEY_COLUMNS` value; the latest ok cell wins.
 
+    The key is (dataset, model, weights, explainer, perturbation, settings,
+    explainer_params): ``settings`` is the fingerprint of every shared input that can
+    change a number (the cell record's ``settings`` block, rebuilt from ``params`` for
+    older records), ``explainer_params`` that of the explainer's own parameters; both
+    are shown as the shortest unique hex prefix (at least :data:`SHORT_KEY` characters).
     "Latest" is the cell's ``finished`` time (then its run's), ties broken by run id.
     Columns are :data:`COLUMNS`, plus hidden ``_``-prefixed bookkeeping columns (the
-    cell file, the curves/heatmaps files) that the renderers drop. Rows are sorted by
-    dataset, then AOPC descending. ``gain_over_baseline`` is AOPC minus the AOPC of the
-    ``baseline`` explainer on the same dataset, model, weights and perturbation (NaN
-    when that row is absent). ``df.attrs`` holds ``results_dir``, ``baseline``,
-    ``failed`` (a DataFrame of :data:`FAILED_COLUMNS`: cells whose latest attempt
-    failed) and ``manifests``.
+    cell file, the curves/heatmaps files, the settings block) that the renderers drop.
+    Rows are sorted by dataset, then AOPC descending. ``gain_over_baseline`` is AOPC
+    minus the AOPC of the ``baseline`` explainer with the same :data:`PAIR_COLUMNS`
+    (same settings fingerprint; NaN when that row is absent). ``df.attrs`` holds
+    ``results_dir``, ``baseline``, ``failed`` (a DataFrame of :data:`FAILED_COLUMNS`:
+    cells whose latest attempt failed) and ``manifests``.
     """
     manifests = load_manifests(results_dir)
     rows = [_cell_row(path, cell, manifests) for path, cell in _iter_cells(results_dir)]
     all_rows = pd.DataFrame(rows) if rows else _empty([*COLUMNS, "_time", "_status"])
     key = list(KEY_COLUMNS)
     if rows:
+        for col in ("settings", "explainer_params"):
+            all_rows[col] = all_rows[col].map(short_keys(all_rows[col]))
         all_rows = all_rows.sort_values(["_time", "run_id", "cell_id"], kind="stable")
         ok = all_rows[all_rows["_status"] == "ok"]
         latest_ok = ok.drop_duplicates(key, keep="last")
     else:
         ok = latest_ok = all_rows
     df = latest_ok.copy()
-    if "n_images" in df.columns:
-        df["n_images"] = pd.array(df["n_images"].tolist(), dtype="Int64")
+    for col in ("n_images", "constant_heatmaps"):
+        if col in df.columns:
+            df[col] = pd.array([None if v is None or pd.isna(v) else int(v) for v in df[col].tolist()],
+                               dtype="Int64")
     df = add_gain(df, baseline)
     df = sort_rows(df)
     df.attrs["results_dir"] = str(results_dir)
@@ -268,34 +329,61 @@ def collect(results_dir: str | Path = "results", *, baseline: str | None = "rand
 
 
 def _failed(all_rows: pd.DataFrame, latest_ok: pd.DataFrame) -> pd.DataFrame:
-    """Cells whose most recent attempt failed (newer than any ok cell of the same key)."""
+    """Cells whose most recent attempt failed (newer than any ok cell of the same components).
+
+    Matched on :data:`COMPONENT_COLUMNS` only: a cell that fails before its perturbation
+    ran cannot know its full settings. ``shown_instead`` lists the runs of the ok rows
+    of the same components (each under its own settings fingerprint).
+    """
     if all_rows.empty:
         return _empty(FAILED_COLUMNS)
-    key = list(KEY_COLUMNS)
+    key = list(COMPONENT_COLUMNS)
     latest = all_rows.drop_duplicates(key, keep="last")
     failed = latest[latest["_status"] != "ok"].copy()
-    ok_runs = {tuple(r[k] for k in key): r["run_id"] for _, r in latest_ok.iterrows()}
-    failed["shown_instead"] = [ok_runs.get(tuple(r[k] for k in key), "") for _, r in failed.iterrows()]
+    ok_runs: dict[tuple[Any, ...], list[str]] = {}
+    for _, r in latest_ok.iterrows():
+        runs = ok_runs.setdefault(tuple(r[k] for k in key), [])
+        if r["run_id"] not in runs:
+            runs.append(str(r["run_id"]))
+    failed["shown_instead"] = [", ".join(ok_runs.get(tuple(r[k] for k in key), []))
+                               for _, r in failed.iterrows()]
     failed["stage"] = [("" if s is None else str(s)) for s in failed["_stage"]]
     failed["error"] = [("" if e is None else str(e)) for e in failed["_error"]]
     return failed[list(FAILED_COLUMNS)].reset_index(drop=True)
 
 
+def pair_columns(df: pd.DataFrame) -> list[str]:
+    """The :data:`PAIR_COLUMNS` that ``df`` has (a hand-built frame may lack ``settings``)."""
+    return [c for c in PAIR_COLUMNS if c in df.columns]
+
+
 def add_gain(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
-    """Fill ``gain_over_baseline`` = AOPC - AOPC(baseline explainer), same dataset/model/weights/perturbation."""
+    """Fill ``gain_over_baseline`` = AOPC - AOPC(baseline explainer) with the same :data:`PAIR_COLUMNS`.
+
+    Only rows of one settings fingerprint are compared. Where the baseline explainer ran
+    with several parameter sets under one fingerprint, the most recent row is the
+    reference; its ``explainer_params`` goes into the hidden ``_baseline_params`` column
+    (used by :func:`bench.report.attach_gain_ci` to pick the matching paired comparison).
+    """
     df = df.copy()
     if df.empty:
         return df
     df["baseline"] = baseline or ""
     df["gain_over_baseline"] = math.nan
+    df["_baseline_params"] = ""
     if not baseline:
         return df
-    group = ["dataset", "model", "weights", "perturbation"]
-    base = df[df["explainer"] == baseline].set_index(group)["aopc"]
-    base = base[~base.index.duplicated(keep="last")]
+    group = pair_columns(df)
+    base_rows = df[df["explainer"] == baseline]
+    if "_time" in base_rows.columns:
+        base_rows = base_rows.sort_values("_time", kind="stable")
+    base_rows = base_rows.drop_duplicates(group, keep="last").set_index(group)
     keys = pd.MultiIndex.from_frame(df[group])
-    ref = base.reindex(keys).to_numpy(dtype=float)
+    ref = base_rows["aopc"].reindex(keys).to_numpy(dtype=float)
     df["gain_over_baseline"] = df["aopc"].to_numpy(dtype=float) - ref
+    if "explainer_params" in base_rows.columns:
+        params = base_rows["explainer_params"].reindex(keys)
+        df["_baseline_params"] = ["" if p is None or p != p else str(p) for p in params]
     return df
 
 
@@ -303,8 +391,9 @@ def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Datasets in name order; within a dataset AOPC descending (missing last), then names."""
     if df.empty:
         return df.reset_index(drop=True)
+    tie = [c for c in ("settings", "explainer_params") if c in df.columns]
     order = df.assign(_neg=-df["aopc"].astype(float)).sort_values(
-        ["dataset", "_neg", "model", "weights", "explainer", "perturbation"],
+        ["dataset", "_neg", "model", "weights", "explainer", "perturbation", *tie],
         kind="stable",
         na_position="last",
     )
@@ -375,7 +464,133 @@ def provenance(df: pd.DataFrame, manifests: Mapping[str, Mapping[str, Any]] | No
         "seeds": uniq("seed"),
         "sigmas": uniq("sigma"),
         "perturbation_params": perturbations,
+        "settings": settings_legend(df),
+        "settings_blocks": settings_blocks(df),
+        "explainer_params": explainer_params_legend(df),
+        "explainer_params_shown": sorted(ambiguous_explainers(df)),
+        "constant_heatmap_rows": int(sum(1 for v in _constant_counts(df) if v)),
     }
+
+
+def _constant_counts(df: pd.DataFrame) -> list[int]:
+    if "constant_heatmaps" not in df.columns or df.empty:
+        return []
+    return [0 if v is None or pd.isna(v) else int(v) for v in df["constant_heatmaps"]]
+
+
+_HASH_FIELDS = ("fingerprint", "md5", "sha256")
+
+
+def _setting_text(label: str, value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ("x" if label == "grid" else ",").join(_setting_text("", v) for v in value)
+    if isinstance(value, Mapping):
+        return json.dumps(value, sort_keys=True, default=str)
+    text = str(value)
+    if label.rsplit(".", 1)[-1] in _HASH_FIELDS and len(text) > 10:
+        return text[:10]
+    return text
+
+
+def settings_summary(settings: Mapping[str, Any]) -> dict[str, str]:
+    """A settings block as ``{label: text}`` for the legend: the AOPC settings and the seed
+    first, then the perturbation, dataset, model and training parameters (dotted labels),
+    hashes shortened to 10 characters, unset values left out."""
+    out: dict[str, str] = {}
+
+    def walk(label: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for k in sorted(value, key=str):
+                walk(f"{label}.{k}" if label else str(k), value[k])
+        elif value is not None and not (isinstance(value, Mapping) and not value):
+            out[label] = _setting_text(label, value)
+
+    aopc = settings.get("aopc") if isinstance(settings.get("aopc"), Mapping) else {}
+    for k in ("grid", "orders", "max_images", "seed", "bootstrap", "confidence"):
+        value = settings.get("seed") if k == "seed" else aopc.get(k)
+        if value is not None:
+            out[k] = _setting_text(k, value)
+    for k, v in aopc.items():
+        if k not in out and v is not None:
+            out[str(k)] = _setting_text(str(k), v)
+    for section in ("perturbation", "dataset", "model", "training"):
+        block = settings.get(section)
+        if isinstance(block, Mapping):
+            # {"params": {...}} nests one level deeper than the reader needs
+            flat = {**{k: v for k, v in block.items() if k != "params"}, **dict(block.get("params") or {})}
+            walk(section, flat)
+    for k, v in settings.items():
+        if k not in ("version", "aopc", "seed", "perturbation", "dataset", "model", "training"):
+            walk(str(k), v)
+    return out
+
+
+def settings_blocks(df: pd.DataFrame) -> dict[str, Any]:
+    """``{settings fingerprint (as shown): settings block}`` of the rows of ``df``."""
+    if "_settings" not in df.columns or df.empty:
+        return {}
+    out: dict[str, Any] = {}
+    for key, block in zip(df["settings"], df["_settings"], strict=True):
+        out.setdefault(str(key), block)
+    return dict(sorted(out.items()))
+
+
+def settings_legend(df: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """``{settings fingerprint: settings_summary(block)}`` of the rows of ``df``."""
+    return {k: settings_summary(v) for k, v in settings_blocks(df).items() if isinstance(v, Mapping)}
+
+
+def ambiguous_explainers(df: pd.DataFrame) -> set[str]:
+    """Explainers that appear with more than one parameter set: their rows show the params fingerprint."""
+    if "explainer_params" not in df.columns or df.empty:
+        return set()
+    counts = df.groupby("explainer")["explainer_params"].nunique()
+    return {str(e) for e, n in counts.items() if n > 1}
+
+
+def explainer_params_legend(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """``{explainer params fingerprint: {"explainers": [...], "params": {...}}}`` of the rows of ``df``."""
+    if "explainer_params" not in df.columns or df.empty:
+        return {}
+    params_col = df["_explainer_params"] if "_explainer_params" in df.columns else [{}] * len(df)
+    out: dict[str, dict[str, Any]] = {}
+    for key, name, params in zip(df["explainer_params"], df["explainer"], params_col, strict=True):
+        entry = out.setdefault(str(key), {"explainers": [], "params": dict(params or {})})
+        if str(name) not in entry["explainers"]:
+            entry["explainers"].append(str(name))
+    return dict(sorted(out.items()))
+
+
+def settings_legend_lines(prov: Mapping[str, Any]) -> list[str]:
+    """The legend of the settings fingerprints: what every row shares, then what each stands for."""
+    legend: Mapping[str, Mapping[str, str]] = prov.get("settings") or {}
+    if not legend:
+        return []
+
+    def text(fields: Mapping[str, str]) -> str:
+        return "; ".join(f"{k}={v}" for k, v in fields.items()) or "(no settings recorded)"
+
+    lines = ["Settings: a row's settings fingerprint stands for every shared input that can change "
+             "its numbers; rows are paired, and gains computed, only within one fingerprint."]
+    if len(legend) == 1:
+        (key, fields), = legend.items()
+        return [*lines, f"Settings {key} (every row): {text(fields)}"]
+    labels: list[str] = []
+    for fields in legend.values():
+        labels += [k for k in fields if k not in labels]
+    first = next(iter(legend.values()))
+    common = {k: first[k] for k in labels
+              if k in first and all(f.get(k) == first[k] for f in legend.values())}
+    if common:
+        lines.append(f"Settings shared by every fingerprint: {text(common)}")
+    for key, fields in legend.items():
+        diff = {k: fields.get(k, "-") for k in labels if k not in common}
+        lines.append(f"Settings {key}: {text(diff)}")
+    return lines
 
 
 def provenance_lines(prov: Mapping[str, Any]) -> list[str]:
@@ -384,8 +599,20 @@ def provenance_lines(prov: Mapping[str, Any]) -> list[str]:
     base = prov.get("baseline")
     if base:
         lines.append(f"Gain over {base} = AOPC - AOPC of the '{base}' explainer, same dataset, "
-                     "model, weights and perturbation; with a CI it is the paired mean difference on "
-                     "the images both cells scored (bootstrap CI).")
+                     "model, weights, perturbation and settings fingerprint; with a CI it is the paired "
+                     "mean difference on the images both cells scored (bootstrap CI).")
+    lines += settings_legend_lines(prov)
+    shown = set(prov.get("explainer_params_shown") or [])
+    for key, entry in (prov.get("explainer_params") or {}).items():
+        names = [n for n in entry.get("explainers", []) if n in shown]
+        if names:
+            lines.append(f"Explainer params {key} ({', '.join(names)}): "
+                         + (json.dumps(entry["params"], sort_keys=True, default=str) if entry.get("params")
+                            else "defaults"))
+    if prov.get("constant_heatmap_rows"):
+        lines.append(f"Flag 'n/N constant heatmaps' ({prov['constant_heatmap_rows']} row(s)): n of the row's "
+                     "N explained images got an all-equal heatmap, so their region order is arbitrary (the "
+                     "seeded tie-break permutation) and their AOPC measures that order, not the explainer.")
     lines.append("AOPC = mean over correctly classified test images of "
                  f"sum_k (f(x0) - f(xk)) / (L+1), MoRF order; {prov.get('ci_label', '95%')} bootstrap CI.")
     lines.append(
@@ -447,19 +674,37 @@ def ci_label(df: pd.DataFrame) -> str:
     return "/".join(f"{100 * c:g}%" for c in levels)
 
 
+def constant_flag(constant: Any, n: Any) -> str:
+    """The flag text of a row with constant heatmaps (empty when none or unknown)."""
+    if constant is None or pd.isna(constant) or int(constant) <= 0:
+        return ""
+    total = "" if n is None or pd.isna(n) else f"/{int(n)}"
+    return f"{int(constant)}{total} constant heatmaps: order is arbitrary"
+
+
 def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[list[str], list[list[str]], list[str]]:
     """(headers, rows of strings, alignment 'l'/'r' per column) for the human formats.
 
-    LeRF AOPC and ABPC columns appear only when some row has them.
+    The ``Settings`` column (the settings fingerprint; the notes' legend says what each
+    stands for) is always there. LeRF AOPC and ABPC columns appear only when some row
+    has them; ``Explainer params`` only when an explainer ran with more than one
+    parameter set; ``Flags`` only when some row has constant heatmaps.
     """
     baseline = baseline if baseline is not None else df.attrs.get("baseline", "random")
     ci = f"{ci_label(df)} CI"
     gain_name = f"Gain over {baseline}" if baseline else "Gain over baseline"
     has_lerf = "lerf_aopc" in df.columns and df["lerf_aopc"].notna().any()
     has_abpc = "abpc" in df.columns and df["abpc"].notna().any()
-    headers = ["Dataset", "Model", "Weights", "Explainer", "Perturbation",
-               "Test recall (macro)", "F1 (macro)", "Accuracy", "AOPC", ci]
-    align = ["l"] * 5 + ["r"] * 4 + ["l"]
+    ambiguous = ambiguous_explainers(df)
+    has_eparams = bool(ambiguous)
+    has_flags = any(_constant_counts(df))
+    headers = ["Dataset", "Model", "Weights", "Explainer"]
+    align = ["l"] * 4
+    if has_eparams:
+        headers += ["Explainer params"]
+        align += ["l"]
+    headers += ["Perturbation", "Settings", "Test recall (macro)", "F1 (macro)", "Accuracy", "AOPC", ci]
+    align += ["l", "l"] + ["r"] * 4 + ["l"]
     if has_lerf:
         headers += ["LeRF AOPC", f"LeRF {ci}"]
         align += ["r", "l"]
@@ -468,11 +713,16 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[lis
         align += ["r", "l"]
     headers += [gain_name, "n images", "Eval time (s)"]
     align += ["r", "r", "r"]
+    if has_flags:
+        headers += ["Flags"]
+        align += ["l"]
     rows: list[list[str]] = []
     for _, r in df.iterrows():
-        row = [str(r["dataset"]), str(r["model"]), str(r["weights"]), str(r["explainer"]),
-               str(r["perturbation"]), _f(r["recall_macro"]), _f(r["f1_macro"]), _f(r["accuracy"]),
-               _f(r["aopc"], 4), _ci_text(r["aopc_ci_low"], r["aopc_ci_high"])]
+        row = [str(r["dataset"]), str(r["model"]), str(r["weights"]), str(r["explainer"])]
+        if has_eparams:
+            row += [str(r.get("explainer_params", "")) if str(r["explainer"]) in ambiguous else ""]
+        row += [str(r["perturbation"]), str(r.get("settings", "")), _f(r["recall_macro"]), _f(r["f1_macro"]),
+                _f(r["accuracy"]), _f(r["aopc"], 4), _ci_text(r["aopc_ci_low"], r["aopc_ci_high"])]
         if has_lerf:
             row += [_f(r["lerf_aopc"], 4), _ci_text(r["lerf_ci_low"], r["lerf_ci_high"])]
         if has_abpc:
@@ -482,6 +732,8 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[lis
         gain_ci = _ci_text(r.get("gain_ci_low"), r.get("gain_ci_high"))
         row += [f"{gain} {gain_ci}" if gain and gain_ci else gain,
                 "" if n is None or pd.isna(n) else str(int(n)), _f(r["evaluate_seconds"], 1)]
+        if has_flags:
+            row += [constant_flag(r.get("constant_heatmaps"), n)]
         rows.append(row)
     return headers, rows, align
 
@@ -490,6 +742,12 @@ def _md_cell(text: Any) -> str:
     """A Markdown table cell: no raw HTML, no column breaks, one line."""
     s = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+#: Public names of the cell formatters (:mod:`bench.report` uses them).
+format_number = _f
+format_ci = _ci_text
+md_cell = _md_cell
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
@@ -721,9 +979,11 @@ def _render_html(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame
     headers, rows, align = display_table(df)
     body = [f"<h1>{html_escape(title)}</h1>"]
     body.append(
-        '<p class="note">One row per dataset, model, weights, explainer and perturbation (the latest '
-        "finished cell wins), sorted by AOPC within each dataset. Higher AOPC = the heatmap's most "
-        "relevant regions hurt the prediction most when perturbed (more faithful).</p>"
+        '<p class="note">One row per dataset, model, weights, explainer, perturbation and settings '
+        "fingerprint (the latest finished cell wins), sorted by AOPC within each dataset; rows are "
+        "paired and compared only within one settings fingerprint (legend under Provenance). Higher "
+        "AOPC = the heatmap's most relevant regions hurt the prediction most when perturbed (more "
+        "faithful).</p>"
     )
     body.append(html_table(headers, rows, align, group_col=0) if rows else "<p><em>No finished cells yet.</em></p>")
     if comparisons is not None and not comparisons.empty:
@@ -743,8 +1003,9 @@ def _render_html(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame
                 extra.insert(0, f"accuracy {float(t['accuracy']):.3f}")
             if t["best_epoch"] is not None:
                 extra.insert(1, f"best epoch {t['best_epoch']}")
+            which = f"weights {t['weights']}" + (f", settings {', '.join(t['settings'])}" if t.get("settings") else "")
             body.append(f"<h3>{html_escape(t['dataset'])} / {html_escape(t['model'])} "
-                        f"(weights {html_escape(t['weights'])})</h3>")
+                        f"({html_escape(which)})</h3>")
             body.append(f'<p class="note">{html_escape(", ".join(extra))}</p>')
             body.append(html_table(t["headers"], t["rows"], ["l", "r", "r", "r", "r"]))
     for section, paths in figures.items():
@@ -800,8 +1061,11 @@ def _render_tex(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame)
     sigmas = ", ".join(f"{s:g}" for s in prov.get("sigmas", [])) or "n/a"
     seeds = ", ".join(str(s) for s in prov.get("seeds", [])) or "n/a"
     runs = ", ".join(prov.get("run_ids", [])) or "n/a"
+    settings = ", ".join(prov.get("settings") or {}) or "n/a"
     caption = (
-        f"AOPC (MoRF) with {prov.get('ci_label', '95%')} bootstrap CIs; grid {grids}, sigma {sigmas}, seeds {seeds}; runs {runs}."
+        f"AOPC (MoRF) with {prov.get('ci_label', '95%')} bootstrap CIs; grid {grids}, sigma {sigmas}, seeds {seeds}; "
+        f"settings fingerprints {settings} (rows compared only within one; legend in the comments above); "
+        f"runs {runs}."
     )
     if not failed.empty:
         caption += f" {len(failed)} failed cell(s) not shown."

@@ -9,6 +9,12 @@ Loading uses our own loop rather than pluggy's ``load_setuptools_entrypoints``
 (which stops at the first import error and silently skips duplicate names): a
 plugin that fails to import or to register is recorded as failed with its
 error, and everything else keeps working.
+
+Two registrations of one name are a conflict: both are recorded and listed
+(:attr:`Registry.conflicts`), neither wins, and the name is unavailable
+(``registry().get`` raises :class:`PluginConflictError` naming both and the
+entry point to block for each) while everything else keeps working. Component
+names are checked at registration (:func:`bench.paths.check_name`).
 """
 
 from __future__ import annotations
@@ -25,11 +31,19 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginConflictError, PluginError, UnknownComponentError, did_you_mean
+from .errors import (
+    InvalidNameError,
+    PluginConflictError,
+    PluginError,
+    UnknownComponentError,
+    did_you_mean,
+)
+from .paths import check_name
 from .specs import KINDS, SPEC_CLASSES, ComponentSpec
 
 ENTRY_POINT_GROUP = "bench"
-#: Comma-separated plugin (entry-point) names that must not be loaded.
+#: Comma-separated plugin (entry-point) names that must not be loaded; where two
+#: distributions use one entry-point name, ``<distribution>:<entry-point>`` picks one.
 BLOCK_ENV = "BENCH_DISABLE_PLUGINS"
 
 
@@ -45,6 +59,12 @@ class PluginInfo:
     status: str = "ok"  # ok | failed | blocked
     error: str | None = None
     components: dict[str, list[str]] = field(default_factory=dict)
+    #: ``BENCH_DISABLE_PLUGINS=...`` that blocks exactly this plugin.
+    disable: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.disable:
+            self.disable = f"{BLOCK_ENV}={self.name}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +76,7 @@ class PluginInfo:
             "status": self.status,
             "error": self.error,
             "components": {k: list(v) for k, v in self.components.items()},
+            "disable": self.disable,
         }
 
     @property
@@ -105,12 +126,62 @@ class Registered:
         }
 
 
-class Registry(Mapping[str, dict[str, Registered]]):
-    """Discovered components by kind: ``registry["model"]["vgg16"]``."""
+@dataclass(frozen=True)
+class Conflict:
+    """One component name registered more than once: unavailable until all but one go."""
 
-    def __init__(self, components: dict[str, dict[str, Registered]], plugins: list[PluginInfo]):
+    kind: str
+    name: str
+    registrations: tuple[Registered, ...]
+
+    def message(self) -> str:
+        n = len(self.registrations)
+        times = "twice" if n == 2 else f"{n} times"
+        who = " and by ".join(r.plugin.label for r in self.registrations)
+        blocks = " or ".join(
+            dict.fromkeys(f"{r.plugin.disable} (blocks {r.plugin.label})" for r in self.registrations)
+        )
+        return (
+            f"{self.kind} {self.name!r} is registered {times}: by {who}; none is used, so "
+            f"{self.kind} {self.name!r} is unavailable (`all` skips it). Uninstall one, or block "
+            f"one: {blocks}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "registrations": [
+                {
+                    "plugin": r.plugin.name,
+                    "distribution": r.plugin.distribution,
+                    "version": r.plugin.version,
+                    "component_version": r.version,
+                    "factory": r.spec.factory_reference,
+                    "disable": r.plugin.disable,
+                }
+                for r in self.registrations
+            ],
+            "message": self.message(),
+        }
+
+
+class Registry(Mapping[str, dict[str, Registered]]):
+    """Discovered components by kind: ``registry["model"]["vgg16"]``.
+
+    A name registered twice is in neither table nor :meth:`names`; it is in
+    :attr:`conflicts`, and :meth:`get` on it raises :class:`PluginConflictError`.
+    """
+
+    def __init__(
+        self,
+        components: dict[str, dict[str, Registered]],
+        plugins: list[PluginInfo],
+        conflicts: Iterable[Conflict] = (),
+    ):
         self._components = components
         self.plugins = plugins
+        self.conflicts: list[Conflict] = list(conflicts)
 
     def __getitem__(self, kind: str) -> dict[str, Registered]:
         kind = normalise_kind(kind)
@@ -125,9 +196,20 @@ class Registry(Mapping[str, dict[str, Registered]]):
     def names(self, kind: str) -> list[str]:
         return sorted(self[kind])
 
+    def conflict(self, kind: str, name: str) -> Conflict | None:
+        """The conflict that makes ``kind`` ``name`` unavailable, if any."""
+        kind = normalise_kind(kind)
+        for c in self.conflicts:
+            if c.kind == kind and c.name == name:
+                return c
+        return None
+
     def get(self, kind: str, name: str) -> Registered:  # type: ignore[override]
         kind = normalise_kind(kind)
         table = self._components[kind]
+        conflict = self.conflict(kind, name)
+        if conflict is not None:
+            raise PluginConflictError(conflict.message())
         if name not in table:
             known = ", ".join(sorted(table)) or "(none registered)"
             raise UnknownComponentError(
@@ -160,6 +242,10 @@ def _blocked_names() -> set[str]:
     return {part.strip() for part in raw.split(",") if part.strip()}
 
 
+def _is_blocked(info: PluginInfo, blocked: set[str]) -> bool:
+    return info.name in blocked or f"{info.distribution}:{info.name}" in blocked
+
+
 def _format_error(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
@@ -167,8 +253,12 @@ def _format_error(exc: BaseException) -> str:
 def _module_file(obj: Any) -> str | None:
     try:
         return inspect.getfile(obj) if inspect.ismodule(obj) else inspect.getfile(type(obj))
-    except TypeError:
+    except (TypeError, OSError):  # a builtin, or a class defined in `python -c` / a notebook
         return None
+
+
+def _dist_name(dist: Any) -> str | None:
+    return dist.metadata["Name"] if dist is not None else None
 
 
 def _iter_entry_points() -> Iterable[importlib_metadata.EntryPoint]:
@@ -182,23 +272,33 @@ class _Loader:
         self.pm = new_plugin_manager()
         self.infos: list[PluginInfo] = []
         self.extra = extra
+        #: pluggy's (unique) plugin name -> info; two distributions may share an entry-point name
+        self.by_key: dict[str, PluginInfo] = {}
 
     def load(self) -> Registry:
         blocked = _blocked_names()
-        seen: set[str] = set()
-        for ep in _iter_entry_points():
-            dist = getattr(ep, "dist", None)
+        seen: set[tuple[str | None, str]] = set()
+        eps = [(ep, getattr(ep, "dist", None)) for ep in _iter_entry_points()]
+        # one entry-point name used by two distributions: block by <distribution>:<name>
+        owners: dict[str, set[str | None]] = {}
+        for ep, dist in eps:
+            owners.setdefault(ep.name, set()).add(_dist_name(dist))
+        for name, _ in self.extra:
+            owners.setdefault(name, set()).add(None)
+        for ep, dist in eps:
             info = PluginInfo(
                 name=ep.name,
-                distribution=dist.metadata["Name"] if dist is not None else None,
+                distribution=_dist_name(dist),
                 version=dist.version if dist is not None else None,
                 module=ep.value,
             )
-            if ep.name in seen:
-                # same entry point visible twice (e.g. two installs on sys.path)
+            if len(owners[ep.name]) > 1 and info.distribution:
+                info.disable = f"{BLOCK_ENV}={info.distribution}:{ep.name}"
+            if (info.distribution, ep.name) in seen:
+                # the same distribution's entry point visible twice (e.g. two installs on sys.path)
                 continue
-            seen.add(ep.name)
-            if ep.name in blocked:
+            seen.add((info.distribution, ep.name))
+            if _is_blocked(info, blocked):
                 info.status = "blocked"
                 info.error = f"blocked by {BLOCK_ENV}"
                 self.infos.append(info)
@@ -217,7 +317,7 @@ class _Loader:
         for name, obj in self.extra:
             info = PluginInfo(name=name, module=getattr(obj, "__name__", type(obj).__name__))
             info.file = _module_file(obj)
-            if name in blocked:
+            if _is_blocked(info, blocked):
                 info.status, info.error = "blocked", f"blocked by {BLOCK_ENV}"
                 self.infos.append(info)
                 continue
@@ -226,8 +326,14 @@ class _Loader:
 
     def _register(self, obj: Any, info: PluginInfo) -> None:
         self.infos.append(info)
+        key = info.name
+        if key in self.by_key:
+            key = f"{info.distribution or 'in-process'}:{info.name}"
+        while key in self.by_key:
+            key += "'"
+        self.by_key[key] = info
         try:
-            self.pm.register(obj, name=info.name)
+            self.pm.register(obj, name=key)
             # a misspelt hook (bench_register_modles) fails loudly, for this plugin
             self.pm.check_pending()
         except BaseException as exc:  # noqa: BLE001
@@ -239,12 +345,11 @@ class _Loader:
             info.error = f"registration failed: {_format_error(exc)}"
 
     def _collect(self) -> Registry:
-        components: dict[str, dict[str, Registered]] = {k: {} for k in KINDS}
-        by_name = {info.name: info for info in self.infos}
+        candidates: dict[tuple[str, str], list[Registered]] = {}
         for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
             caller = getattr(self.pm.hook, hook_name)
             for impl in caller.get_hookimpls():
-                info = by_name[impl.plugin_name]
+                info = self.by_key[impl.plugin_name]
                 if info.status != "ok":
                     continue
                 try:
@@ -256,6 +361,13 @@ class _Loader:
                                 f"{hook_name} returned {type(spec).__name__}, "
                                 f"expected {expected.__name__}"
                             )
+                        # again here: a spec's name may have been changed after it was made
+                        check_name(spec.name, what=kind)
+                except InvalidNameError as exc:
+                    # a spec with a bad name fails its plugin, as any broken hook does
+                    info.status = "failed"
+                    info.error = f"{hook_name} failed: {exc}; refused at registration of {info.label}"
+                    continue
                 except BaseException as exc:  # noqa: BLE001
                     if isinstance(exc, KeyboardInterrupt):
                         raise
@@ -263,21 +375,21 @@ class _Loader:
                     info.error = f"{hook_name} failed: {_format_error(exc)}"
                     continue
                 for spec in specs:
-                    table = components[kind]
-                    if spec.name in table:
-                        other = table[spec.name].plugin
-                        raise PluginConflictError(
-                            f"{kind} {spec.name!r} is registered twice: by {other.label} "
-                            f"and by {info.label}. Uninstall one, or block one with "
-                            f"{BLOCK_ENV}={info.name}"
-                        )
-                    table[spec.name] = Registered(spec=spec, plugin=info)
+                    candidates.setdefault((kind, spec.name), []).append(Registered(spec=spec, plugin=info))
                     info.components.setdefault(kind, []).append(spec.name)
-        # a plugin that failed in a later hook must not keep earlier components
-        for table in components.values():
-            for name in [n for n, r in table.items() if r.plugin.status != "ok"]:
-                del table[name]
-        return Registry(components, self.infos)
+        components: dict[str, dict[str, Registered]] = {k: {} for k in KINDS}
+        conflicts: list[Conflict] = []
+        for (kind, name), found in candidates.items():
+            # a plugin that failed in a later hook must not keep earlier components
+            alive = tuple(r for r in found if r.plugin.status == "ok")
+            if len(alive) == 1:
+                components[kind][name] = alive[0]
+            elif alive:
+                conflicts.append(Conflict(kind=kind, name=name, registrations=alive))
+        for info in self.infos:
+            if info.status != "ok":
+                info.components.clear()
+        return Registry(components, self.infos, conflicts)
 
 
 _lock = threading.Lock()
@@ -307,6 +419,11 @@ def register_plugin(obj: Any, name: str | None = None) -> None:
 def unregister_plugin(name: str) -> None:
     _extra_plugins[:] = [(n, o) for n, o in _extra_plugins if n != name]
     registry(reload=True)
+
+
+def in_process_plugin_names() -> set[str]:
+    """Names of the plugins added with :func:`register_plugin` (no entry point)."""
+    return {name for name, _ in _extra_plugins}
 
 
 def create(kind: str, name: str, **params: Any) -> Any:

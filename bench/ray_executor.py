@@ -46,6 +46,7 @@ import ray
 
 from . import runner
 from .errors import BenchError, ConfigError, UnknownComponentError
+from .paths import safe_child
 from .store import Cache, content_key, write_json
 
 #: Environment variable: GPUs declared per model task (when the config has no ``[run] ray_gpus``).
@@ -401,7 +402,7 @@ def _in_process_components(task: runner.CellTask) -> list[str]:
     """Components of ``task`` registered with bench.register_plugin (invisible to workers)."""
     from . import plugins as plugins_mod
 
-    extra = {name for name, _ in plugins_mod._extra_plugins}
+    extra = plugins_mod.in_process_plugin_names()
     if not extra:
         return []
     reg = plugins_mod.registry()
@@ -551,7 +552,7 @@ class RayExecutor:
             record = runner.execute_cell(driver, task, run_dir, run_id)
             if failure is not None and record["status"] == "failed" and failure.get("traceback"):
                 record["traceback"] = f"[on Ray worker {failure.get('host', '?')}]\n{failure['traceback']}"
-                write_json(run_dir / "cells" / f"{task.cell_id}.json", record)
+                write_json(safe_child(run_dir, "cells", f"{task.cell_id}.json"), record)
             return record
 
         started = False

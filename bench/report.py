@@ -1,9 +1,10 @@
 """The statistics report: paired comparisons, per-class tables and figures from run folders.
 
-- :func:`paired_comparisons`: for each (dataset, model, weights, perturbation), every
-  pair of explainers compared on the SAME images (per-image MoRF AOPC aligned by the
-  image ids of the curves files, intersection of ids): mean difference with a
-  bootstrap CI, Wilcoxon signed-rank p, Holm correction across the family.
+- :func:`paired_comparisons`: for each (dataset, model, weights, perturbation, settings
+  fingerprint), every pair of explainers compared on the SAME images (per-image MoRF
+  AOPC aligned by the image ids of the curves files, intersection of ids): mean
+  difference with a bootstrap CI, Wilcoxon signed-rank p, Holm correction across the
+  family. Rows of different settings fingerprints are never paired.
 - :func:`per_class_aopc`: AOPC per true class with a CI, per cell.
 - :func:`classification_tables`: the study's per-class precision/recall/F1/support.
 - :func:`make_figures`: curves, overlays and per-class PNGs into ``results/figures/``.
@@ -27,14 +28,16 @@ import numpy as np
 import pandas as pd
 
 from . import statistics as st
+from .leaderboard import PAIR_COLUMNS, pair_columns
 from .store import atomic_write_text, read_json, read_npz
 
 COMPARISON_COLUMNS: tuple[str, ...] = (
-    "dataset", "model", "weights", "perturbation", "order", "explainer_a", "explainer_b", "n",
-    "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
-    "family_size", "run_a", "run_b",
+    "dataset", "model", "weights", "perturbation", "settings", "order", "explainer_a", "explainer_b",
+    "params_a", "params_b", "n", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value", "p_holm",
+    "significant", "family_size", "run_a", "run_b",
 )
-FAMILY: tuple[str, ...] = ("dataset", "model", "weights", "perturbation")
+#: A family of comparisons: rows that share these (the leaderboard's pairing key).
+FAMILY: tuple[str, ...] = PAIR_COLUMNS
 ALPHA = 0.05
 
 
@@ -117,6 +120,16 @@ def compare_explainers(
     return out
 
 
+def _labels(group: pd.DataFrame) -> list[str]:
+    """One label per row of a family: the explainer, plus ``[params fingerprint]`` where the
+    same explainer ran with more than one parameter set."""
+    names = [str(e) for e in group["explainer"]]
+    params = ([str(p) for p in group["explainer_params"]] if "explainer_params" in group.columns
+              else [""] * len(group))
+    dup = {n for n in names if len({p for m, p in zip(names, params, strict=True) if m == n}) > 1}
+    return [f"{n} [{p}]" if n in dup else n for n, p in zip(names, params, strict=True)]
+
+
 def paired_comparisons(
     df: pd.DataFrame,
     *,
@@ -125,59 +138,91 @@ def paired_comparisons(
     seed: int = 0,
     n_resamples: int = 10_000,
 ) -> pd.DataFrame:
-    """Paired comparisons of explainers for each (dataset, model, weights, perturbation) of ``df``.
+    """Paired comparisons of explainers within each :data:`FAMILY` of ``df``.
 
-    ``df`` is :func:`bench.leaderboard.collect`'s frame. Explainers are taken in the
-    frame's order (AOPC descending), so ``explainer_a`` is the one with the higher
-    AOPC. Columns: :data:`COMPARISON_COLUMNS`. Families with fewer than two
-    explainers (or without curves files) give no rows.
+    ``df`` is :func:`bench.leaderboard.collect`'s frame. A family is one (dataset, model,
+    weights, perturbation, settings fingerprint): rows computed under different settings
+    are never paired. An explainer's own parameters are not part of the family, so
+    Grad-CAM and a random control pair whatever their parameters; the same explainer with
+    two parameter sets appears twice (``params_a``/``params_b`` tell them apart).
+    Explainers are taken in the frame's order (AOPC descending), so ``explainer_a`` is the
+    one with the higher AOPC. Columns: :data:`COMPARISON_COLUMNS`. Families with fewer
+    than two explainers (or without curves files) give no rows.
     """
     frames = []
     if df.empty or "_curves_file" not in df.columns:
         return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
-    for key, group in df.groupby(list(FAMILY), sort=False, dropna=False):
+    family = pair_columns(df)
+    for key, group in df.groupby(family, sort=False, dropna=False):
         if len(group) < 2:
             continue
         values: dict[str, pd.Series] = {}
-        runs: dict[str, str] = {}
-        for _, row in group.iterrows():
+        meta: dict[str, tuple[str, str, str]] = {}  # label -> (explainer, params, run)
+        for label, (_, row) in zip(_labels(group), group.iterrows(), strict=True):
             s = per_image_values(row, order)
             if s is not None and len(s):
-                values[str(row["explainer"])] = s
-                runs[str(row["explainer"])] = str(row["run_id"])
+                values[label] = s
+                meta[label] = (str(row["explainer"]), str(row.get("explainer_params", "")), str(row["run_id"]))
         if len(values) < 2:
             continue
         comp = compare_explainers(values, confidence=confidence, seed=seed, n_resamples=n_resamples)
-        for col, val in zip(FAMILY, key, strict=True):
+        for col, val in zip(family, key, strict=True):
             comp[col] = val
         comp["order"] = order
-        comp["run_a"] = [runs[a] for a in comp["explainer_a"]]
-        comp["run_b"] = [runs[b] for b in comp["explainer_b"]]
+        labels_a, labels_b = list(comp["explainer_a"]), list(comp["explainer_b"])
+        comp["explainer_a"] = [meta[a][0] for a in labels_a]
+        comp["explainer_b"] = [meta[b][0] for b in labels_b]
+        comp["params_a"] = [meta[a][1] for a in labels_a]
+        comp["params_b"] = [meta[b][1] for b in labels_b]
+        comp["run_a"] = [meta[a][2] for a in labels_a]
+        comp["run_b"] = [meta[b][2] for b in labels_b]
         frames.append(comp)
     if not frames:
         return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
-    return pd.concat(frames, ignore_index=True)[list(COMPARISON_COLUMNS)]
+    out = pd.concat(frames, ignore_index=True)
+    for col in COMPARISON_COLUMNS:
+        if col not in out.columns:
+            out[col] = ""
+    return out[list(COMPARISON_COLUMNS)]
 
 
 def attach_gain_ci(df: pd.DataFrame, comparisons: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     """Put the paired (same-images) difference to ``baseline`` and its CI into the gain columns.
 
-    Where a paired comparison with the baseline exists, ``gain_over_baseline`` becomes
-    the mean per-image difference on the shared images (equal to the AOPC difference
-    when both cells scored the same images) and ``gain_ci_low/high`` its bootstrap CI.
+    Where a paired comparison with the baseline exists in the row's own family (same
+    settings fingerprint), ``gain_over_baseline`` becomes the mean per-image difference
+    on the shared images (equal to the AOPC difference when both cells scored the same
+    images) and ``gain_ci_low/high`` its bootstrap CI. Where the baseline ran with more
+    than one parameter set, the one :func:`bench.leaderboard.add_gain` chose
+    (``_baseline_params``) is used.
     """
     df = df.copy()
     if df.empty or not baseline or comparisons.empty:
         return df
+    family = [k for k in pair_columns(df) if k in comparisons.columns]
+    by_params = {"params_a", "params_b"} <= set(comparisons.columns) and "explainer_params" in df.columns
+
+    def params(c: Any, side: str) -> str | None:
+        return str(c[f"params_{side}"]) if by_params else None
+
     lookup: dict[tuple[Any, ...], tuple[float, float, float]] = {}
     for _, c in comparisons.iterrows():
-        fam = tuple(c[k] for k in FAMILY)
+        fam = tuple(c[k] for k in family)
         if c["explainer_b"] == baseline:
-            lookup[(*fam, c["explainer_a"])] = (c["diff"], c["ci_low"], c["ci_high"])
-        elif c["explainer_a"] == baseline:
-            lookup[(*fam, c["explainer_b"])] = (-c["diff"], -c["ci_high"], -c["ci_low"])
+            lookup[(*fam, c["explainer_a"], params(c, "a"), params(c, "b"))] = (c["diff"], c["ci_low"], c["ci_high"])
+        if c["explainer_a"] == baseline:
+            lookup[(*fam, c["explainer_b"], params(c, "b"), params(c, "a"))] = (
+                -c["diff"], -c["ci_high"], -c["ci_low"])
+    has_base = by_params and "_baseline_params" in df.columns
     for i, r in df.iterrows():
-        hit = lookup.get((*(r[k] for k in FAMILY), r["explainer"]))
+        mine = str(r["explainer_params"]) if by_params else None
+        base = str(r["_baseline_params"]) if has_base else None
+        if by_params and not has_base:
+            hits = [v for k, v in lookup.items()
+                    if k[:len(family) + 2] == (*(r[k2] for k2 in family), r["explainer"], mine)]
+            hit = hits[0] if len(hits) == 1 else None
+        else:
+            hit = lookup.get((*(r[k] for k in family), r["explainer"], mine, base))
         if hit is not None and not math.isnan(hit[0]):
             df.loc[i, ["gain_over_baseline", "gain_ci_low", "gain_ci_high"]] = list(hit)
     return df
@@ -190,19 +235,32 @@ def _p_text(p: float) -> str:
 
 
 def comparison_rows(comparisons: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
-    from .leaderboard import _ci_text, _f
+    """(headers, rows, align) of the comparisons table; an explainer that ran with more than
+    one parameter set is shown as ``name [params fingerprint]``."""
+    from .leaderboard import format_ci, format_number
 
-    headers = ["Dataset", "Model", "Weights", "Perturbation", "A", "B", "n", "AOPC A", "AOPC B",
-               "A - B", "CI of A - B", "Wilcoxon p", "Holm p", "Significant (Holm, 0.05)"]
-    align = ["l"] * 6 + ["r"] * 4 + ["l", "r", "r", "l"]
+    headers = ["Dataset", "Model", "Weights", "Perturbation", "Settings", "A", "B", "n", "AOPC A",
+               "AOPC B", "A - B", "CI of A - B", "Wilcoxon p", "Holm p", "Significant (Holm, 0.05)"]
+    align = ["l"] * 7 + ["r"] * 4 + ["l", "r", "r", "l"]
+    has_params = {"params_a", "params_b"} <= set(comparisons.columns)
+    seen: dict[str, set[str]] = {}
+    if has_params:
+        for _, c in comparisons.iterrows():
+            seen.setdefault(str(c["explainer_a"]), set()).add(str(c["params_a"]))
+            seen.setdefault(str(c["explainer_b"]), set()).add(str(c["params_b"]))
+
+    def label(c: Any, side: str) -> str:
+        name = str(c[f"explainer_{side}"])
+        return f"{name} [{c[f'params_{side}']}]" if len(seen.get(name, ())) > 1 else name
+
     rows = []
     for _, c in comparisons.iterrows():
-        ci = _ci_text(c["ci_low"], c["ci_high"])
+        ci = format_ci(c["ci_low"], c["ci_high"])
         rows.append([
             str(c["dataset"]), str(c["model"]), str(c["weights"]), str(c["perturbation"]),
-            str(c["explainer_a"]), str(c["explainer_b"]), str(int(c["n"])),
-            _f(c["mean_a"], 4), _f(c["mean_b"], 4), _f(c["diff"], 4, signed=True),
-            ci, _p_text(c["p_value"]), _p_text(c["p_holm"]),
+            str(c.get("settings", "")), label(c, "a"), label(c, "b"), str(int(c["n"])),
+            format_number(c["mean_a"], 4), format_number(c["mean_b"], 4),
+            format_number(c["diff"], 4, signed=True), ci, _p_text(c["p_value"]), _p_text(c["p_holm"]),
             ("yes" if bool(c["significant"]) else "no") if c["n"] else "no shared images",
         ])
     return headers, rows, align
@@ -213,7 +271,8 @@ def comparisons_markdown(comparisons: pd.DataFrame) -> str:
 
     headers, rows, align = comparison_rows(comparisons)
     note = ("A - B: mean over the shared images of the per-image AOPC difference; 95% bootstrap CI; "
-            "two-sided Wilcoxon signed-rank p; Holm-corrected within each dataset/model/weights/perturbation.")
+            "two-sided Wilcoxon signed-rank p; Holm-corrected within each "
+            "dataset/model/weights/perturbation/settings family (rows of different settings are never paired).")
     return markdown_table(headers, rows, align) + "\n\n" + note
 
 
@@ -224,7 +283,8 @@ def comparisons_html(comparisons: pd.DataFrame) -> str:
     classes = [["sig" if j == len(r) - 1 and r[-1] == "yes" else "" for j in range(len(r))] for r in rows]
     note = ('<p class="note">A - B: mean over the shared images (aligned by image id) of the per-image '
             "AOPC difference, with its 95% bootstrap CI; two-sided Wilcoxon signed-rank p; Holm "
-            "correction within each dataset/model/weights/perturbation family.</p>")
+            "correction within each dataset/model/weights/perturbation/settings family (rows of different "
+            "settings are never paired).</p>")
     return html_table(headers, rows, align, group_col=1, classes=classes) + "\n" + note
 
 
@@ -291,29 +351,32 @@ def group_by_class(
 
 
 def per_class_markdown(df: pd.DataFrame, *, order: str = "morf") -> str:
-    """One table per (dataset, model, weights, perturbation): explainers x classes, "mean [lo, hi] (n)"."""
-    from .leaderboard import _ci_text, _f, _md_cell, confidence_of, markdown_table
+    """One table per :data:`FAMILY` (dataset, model, weights, perturbation, settings):
+    explainers x classes, "mean [lo, hi] (n)"."""
+    from .leaderboard import confidence_of, format_ci, format_number, markdown_table, md_cell
 
     if df.empty or "_curves_file" not in df.columns:
         return ""
     manifests = df.attrs.get("manifests", {})
     conf = confidence_of(df)
     blocks = []
-    for key, group in df.groupby(list(FAMILY), sort=False):
+    family = pair_columns(df)
+    for key, group in df.groupby(family, sort=False):
         rows: list[list[str]] = []
         classes: list[str] = []
-        for _, row in group.iterrows():
+        for label, (_, row) in zip(_labels(group), group.iterrows(), strict=True):
             stats = per_class_aopc(row, _class_names(row, manifests), order=order, confidence=conf)
             if not stats:
                 continue
             classes += [c for c in stats if c not in classes]
-            rows.append([str(row["explainer"]), *[
-                f"{_f(stats[c][0], 4)} {_ci_text(stats[c][1], stats[c][2])} ({stats[c][3]})" if c in stats
-                else "" for c in classes]])
+            rows.append([label, *[
+                f"{format_number(stats[c][0], 4)} {format_ci(stats[c][1], stats[c][2])} ({stats[c][3]})"
+                if c in stats else "" for c in classes]])
         if not rows:
             continue
         rows = [r + [""] * (1 + len(classes) - len(r)) for r in rows]
-        title = " / ".join(_md_cell(k) for k in key)
+        parts = [f"settings {k}" if col == "settings" else str(k) for col, k in zip(family, key, strict=True)]
+        title = " / ".join(md_cell(k) for k in parts)
         blocks.append(f"### {title}\n\n" + markdown_table(["Explainer", *classes], rows))
     return "\n\n".join(blocks)
 
@@ -322,16 +385,25 @@ def per_class_markdown(df: pd.DataFrame, *, order: str = "morf") -> str:
 # classification tables
 # ---------------------------------------------------------------------------------------
 def classification_tables(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per (dataset, model, weights): the classification report of the run that produced its rows.
+    """Per trained model: the classification report of the run that produced its rows.
 
-    Each item: ``{"dataset", "model", "weights", "run_id", "file", "headers", "rows",
-    "accuracy", "best_epoch"}`` with per-class precision/recall/F1/support rows plus
-    the macro and weighted averages.
+    A trained model is a (dataset, model, weights) and, where the cells recorded it, the
+    model's cache key (its training inputs): rows of one model under two training recipes
+    get two tables. Each item: ``{"dataset", "model", "weights", "run_id", "file",
+    "headers", "rows", "accuracy", "best_epoch", "settings"}`` with per-class
+    precision/recall/F1/support rows plus the macro and weighted averages; ``settings``
+    lists the settings fingerprints of the rows the model produced.
     """
     out = []
     if df.empty:
         return out
-    for (dataset, model, weights), group in df.groupby(["dataset", "model", "weights"], sort=False):
+    by = ["dataset", "model", "weights", *(["_model_key"] if "_model_key" in df.columns else [])]
+    groups = list(df.groupby(by, sort=False))
+    per_model: dict[tuple[Any, ...], int] = {}
+    for key, _ in groups:
+        per_model[tuple(key[:3])] = per_model.get(tuple(key[:3]), 0) + 1
+    for key, group in groups:
+        dataset, model, weights = key[:3]
         # the most recent run among the rows shown for this model
         row = group.sort_values("_time").iloc[-1]
         path = _run_dir(row) / "models" / f"{dataset}__{model}.json"
@@ -357,6 +429,8 @@ def classification_tables(df: pd.DataFrame) -> list[dict[str, Any]]:
             "file": str(path), "headers": ["Class", "Precision", "Recall", "F1", "Support"], "rows": rows,
             "accuracy": cls.get("accuracy"), "best_epoch": (rec.get("training") or {}).get("best_epoch"),
             "confusion_matrix": cls.get("confusion_matrix"), "class_names": [str(n) for n in names],
+            "settings": (sorted({str(k) for k in group["settings"]})
+                         if "settings" in group.columns and per_model[(dataset, model, weights)] > 1 else []),
         })
     return out
 
@@ -461,14 +535,18 @@ def make_figures(
     for (dataset, pert), group in df.groupby(["dataset", "perturbation"], sort=False):
         curves: dict[str, dict[str, np.ndarray]] = {}
         per_class: dict[str, dict[str, dict[str, tuple[float, float, float, int]]]] = {}
-        for _, row in group.iterrows():
+        # one panel per model and settings fingerprint: curves of different settings never share one
+        models = [_model_label(r) for _, r in group.iterrows()]
+        mixed = {m for m in models if "settings" in group.columns
+                 and group["settings"][[x == m for x in models]].nunique() > 1}
+        for label, model_label, (_, row) in zip(_labels(group), models, group.iterrows(), strict=True):
             arrays = load_cell_arrays(row, "curves")
             if arrays is None or "morf_curves" not in arrays:
                 continue
-            panel = _model_label(row)
-            curves.setdefault(panel, {})[str(row["explainer"])] = arrays["morf_curves"]
+            panel = f"{model_label}, settings {row['settings']}" if model_label in mixed else model_label
+            curves.setdefault(panel, {})[label] = arrays["morf_curves"]
             if "labels" in arrays and "morf_per_image" in arrays:
-                per_class.setdefault(panel, {})[str(row["explainer"])] = group_by_class(
+                per_class.setdefault(panel, {})[label] = group_by_class(
                     arrays["morf_per_image"], arrays["labels"], _class_names(row, manifests),
                     confidence=confidence_of(df), include_empty=True)
         title = f"{dataset} / {pert}"
@@ -554,10 +632,10 @@ def render_report(
     """``report.md``: leaderboard, per-model classification tables, paired comparisons,
     figures (linked relative to ``relative_to``), failed cells and provenance."""
     from .leaderboard import (
-        _md_cell,
         display_table,
         failed_markdown,
         markdown_table,
+        md_cell,
         provenance,
         provenance_lines,
     )
@@ -582,8 +660,9 @@ def render_report(
             if t["best_epoch"] is not None:
                 extra.append(f"best epoch {t['best_epoch']}")
             extra.append(f"run {t['run_id']}")
-            out += [f"### {_md_cell(t['dataset'])} / {_md_cell(t['model'])} (weights {_md_cell(t['weights'])})",
-                    "", _md_cell(", ".join(extra)), "",
+            which = f"weights {t['weights']}" + (f", settings {', '.join(t['settings'])}" if t["settings"] else "")
+            out += [f"### {md_cell(t['dataset'])} / {md_cell(t['model'])} ({md_cell(which)})",
+                    "", md_cell(", ".join(extra)), "",
                     markdown_table(t["headers"], t["rows"], ["l", "r", "r", "r", "r"]), ""]
             cm = t.get("confusion_matrix")
             names = t.get("class_names") or []
@@ -610,10 +689,10 @@ def render_report(
             for p in paths:
                 p = Path(p)
                 rel = os.path.relpath(p, base) if base is not None else str(p)
-                out += [f"![{_md_cell(p.stem)}]({Path(rel).as_posix()})", ""]
+                out += [f"![{md_cell(p.stem)}]({Path(rel).as_posix()})", ""]
     if failed is not None and not failed.empty:
         out += ["## Failed cells (not on the leaderboard)", "", failed_markdown(failed), ""]
-    out += ["## Provenance", ""] + [f"- {_md_cell(line)}" for line in provenance_lines(prov)]
+    out += ["## Provenance", ""] + [f"- {md_cell(line)}" for line in provenance_lines(prov)]
     return "\n".join(out) + "\n"
 
 

@@ -1,9 +1,11 @@
 """The benchmark run: a grid of cells (dataset x model x explainer x perturbation).
 
 Each stage is a pure function of its inputs and is cached under a content hash
-of them (plugin name + version + parameters + upstream keys + seed) in
-``results/cache/``, so a re-run recomputes nothing and a run killed at any
-point finishes only the remaining work when started again:
+of them (stage and bench versions + plugin name, version and code digest +
+parameters and the contents of files they name + upstream keys + seed; see
+:mod:`bench.keys`) in ``results/cache/``, so a re-run recomputes nothing and a
+run killed at any point finishes only the remaining work when started again; a
+damaged cache entry is set aside and recomputed (:class:`bench.store.Cache`):
 
     dataset split  -> trained model (+ test evaluation) -> heatmaps -> curves -> cell
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import inspect
+import re
+import signal
 import sys
 import time
 import traceback
@@ -29,11 +33,21 @@ import numpy as np
 
 from . import config as config_mod
 from .errors import BenchError, ComponentOutputError, ConfigError, did_you_mean
+from .keys import component_identity, param_files, stage_key
+from .paths import safe_child
 from .plugins import accepted_params, check_params, registry
+from .settings import (
+    cell_settings,
+    count_constant_heatmaps,
+    explainer_params_key,
+    settings_key,
+    weights_hash,
+)
 from .store import Cache, content_key, write_json, write_npz
 
 #: Bumped when a stage's stored format or semantics change (invalidates caches).
-STAGE_VERSION = {"dataset": 1, "model": 1, "evaluation": 1, "heatmaps": 1, "curves": 1}
+#: Every stage key also holds bench's version and the code digest of its plugin.
+STAGE_VERSION = {"dataset": 2, "model": 2, "evaluation": 2, "heatmaps": 2, "curves": 2}
 
 
 def log(message: str, *, quiet: bool = False) -> None:
@@ -87,7 +101,25 @@ class Plan:
 
 
 def make_plan(cfg: Mapping[str, Any]) -> Plan:
-    """Check every plugin name and parameter of a loaded config."""
+    """Check every plugin name and parameter of a loaded config, and every value a plugin decides.
+
+    The plan-time validation protocol (cheap: components only store in ``__init__``):
+
+    * every selected component is constructed with its parameters, then its optional
+      ``validate()`` method is called (no arguments; it raises on a bad parameter);
+    * a dataset may declare ``image_shape() -> (H, W) | None`` (cheap, without loading):
+      the region grid and the models (constructed with that input shape) are then
+      checked here; when it is unknown they are checked by :func:`check_image_fit`
+      when the dataset loads, before any cell runs;
+    * a ``ValueError``, ``TypeError`` or ``ConfigError`` from either becomes a
+      :class:`ConfigError` naming the config key (``perturbations.params.gaussian-noise.sigma``:
+      an exception attribute ``param``, else the first parameter the message names);
+      other :class:`BenchError` exceptions (a missing weights file) pass unchanged.
+
+    ``aopc.baseline`` must be ``""`` (no gain column) or one of the selected explainers
+    (its built-in default is kept when unselected but registered: earlier runs' rows
+    in the same results folder may hold it).
+    """
     reg = registry()
     cfg = dict(cfg)
     dataset = cfg["dataset"]["name"]
@@ -116,8 +148,126 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
             if name in selected:
                 factory = reg.get(kind, name).load_factory()
                 check_params(factory, cfg[section]["params"][name], where=f"{section}.params.{name}")
-    dataset_params(plan)  # validates dataset params and --data
+    _check_baseline(plan)
+    # each selected component, constructed with its params and validated (no heavy work)
+    dparams = dataset_params(plan)  # validates dataset params and --data
+    component = validated_component(
+        "dataset", dataset, dparams, key="dataset.params", names=cfg["dataset"]["params"]
+    )
+    for section in ("explainers", "perturbations"):
+        kind = config_mod.SECTION_KIND[section]
+        for name in getattr(plan, section):
+            validated_component(
+                kind, name, cfg[section]["params"].get(name, {}), key=f"{section}.params.{name}"
+            )
+    image_shape = declared_image_shape(component, dataset)
+    if image_shape is not None:
+        check_image_fit(plan, image_shape)
     return plan
+
+
+def _check_baseline(plan: Plan) -> None:
+    baseline = plan.config["aopc"]["baseline"]
+    if not baseline or baseline in plan.explainers:
+        return
+    default = config_mod.SCHEMA["aopc"]["baseline"][1]
+    if baseline == default and baseline in registry().names("explainer"):
+        return  # the default, not selected: earlier runs in the results folder may hold it
+    raise ConfigError(
+        f"aopc.baseline = {baseline!r} is not a selected explainer"
+        f"{did_you_mean(baseline, plan.explainers)}; selected explainers: "
+        f"{', '.join(plan.explainers)} (or \"\" for no gain-over-baseline column)"
+    )
+
+
+def _required_params(factory: Any) -> list[str]:
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name for p in sig.parameters.values()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
+        and p.default is inspect.Parameter.empty
+    ]
+
+
+def _culprit(exc: BaseException, names: Any) -> str | None:
+    param = getattr(exc, "param", None)
+    if isinstance(param, str) and param:
+        return param
+    text = str(exc)
+    hits = []
+    for name in names:
+        found = re.search(rf"(?<![\w.-]){re.escape(str(name))}(?![\w-])", text)
+        if found:
+            hits.append((found.start(), str(name)))
+    return min(hits)[1] if hits else None
+
+
+def validated_component(
+    kind: str, name: str, params: Mapping[str, Any], *, key: str, names: Any = None
+) -> Any:
+    """``kind`` ``name`` constructed with ``params`` and its optional ``validate()`` called.
+
+    Bad parameters raise a :class:`ConfigError` naming ``key`` (``key.param`` when the
+    culprit is one of ``names``, default: the keys of ``params``). See :func:`make_plan`.
+    """
+    factory = registry().get(kind, name).load_factory()
+    check_params(factory, params, where=key)
+    missing = [p for p in _required_params(factory) if p not in params]
+    if missing:
+        hint = " (pass --data PATH, or set dataset.data)" if kind == "dataset" and "root" in missing else ""
+        raise ConfigError(
+            f"{kind} {name!r} needs the parameter(s) {', '.join(map(repr, missing))}{hint}"
+        )
+    try:
+        component = factory(**params)
+        validate = getattr(component, "validate", None)
+        if callable(validate):
+            validate()
+    except (ValueError, TypeError, ConfigError) as exc:
+        culprit = _culprit(exc, params if names is None else names)
+        where = f"{key}.{culprit}" if culprit else key
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, TypeError) and not isinstance(exc, BenchError):
+            text = f"TypeError: {text}"
+        raise ConfigError(f"{where}: {text}") from exc
+    return component
+
+
+def declared_image_shape(component: Any, name: str) -> tuple[int, int] | None:
+    """The dataset's ``image_shape()`` (H, W) when it declares one, else None."""
+    method = getattr(component, "image_shape", None)
+    if not callable(method):
+        return None
+    try:
+        shape = method()
+    except (ValueError, TypeError, ConfigError) as exc:
+        raise ConfigError(f"dataset.params: dataset {name!r}: {exc}") from exc
+    if shape is None:
+        return None
+    h, w = (int(d) for d in tuple(shape)[:2])
+    return (h, w)
+
+
+def check_image_fit(
+    plan: Plan, image_shape: tuple[int, ...], num_classes: int | None = None
+) -> None:
+    """The region grid fits the images, and every model accepts them (ConfigError naming the key)."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+    rows, cols = config_mod.grid_shape(plan.config["aopc"]["grid"])
+    if rows > h or cols > w:
+        raise ConfigError(
+            f"aopc.grid = {plan.config['aopc']['grid']!r} ({rows}x{cols} regions) is larger than the "
+            f"{h}x{w} images of dataset {plan.dataset!r}: at most {h} rows and {w} columns"
+        )
+    for name in plan.models:
+        validated_component(
+            "model", name, model_params(plan, name, (h, w), num_classes),
+            key=f"models.params.{name}", names=plan.config["models"]["params"].get(name, {}),
+        )
 
 
 def dataset_params(plan: Plan) -> dict[str, Any]:
@@ -136,9 +286,12 @@ def dataset_params(plan: Plan) -> dict[str, Any]:
     return params
 
 
-def model_params(plan: Plan, name: str, image_shape: tuple[int, int], num_classes: int) -> dict[str, Any]:
+def model_params(
+    plan: Plan, name: str, image_shape: tuple[int, ...] | None, num_classes: int | None
+) -> dict[str, Any]:
     """Per-model params: config params, the dataset's input shape and classes, ``models.weights``.
 
+    ``image_shape`` / ``num_classes`` None (not known yet): left to the factory's defaults.
     ``models.weights`` (CLI ``--weights``) applies to the models whose factory has a
     ``weights`` parameter defaulting to pretrained weights (anything but none);
     a model's own ``models.params.<name>.weights`` always wins.
@@ -147,9 +300,9 @@ def model_params(plan: Plan, name: str, image_shape: tuple[int, int], num_classe
     factory = entry.load_factory()
     params = dict(plan.config["models"]["params"].get(name, {}))
     names, var_kw = accepted_params(factory)
-    if "input_shape" in names or var_kw:
+    if image_shape is not None and ("input_shape" in names or var_kw):
         params.setdefault("input_shape", [int(image_shape[0]), int(image_shape[1]), 3])
-    if "num_classes" in names or var_kw:
+    if num_classes is not None and ("num_classes" in names or var_kw):
         params.setdefault("num_classes", int(num_classes))
     weights = plan.config["models"]["weights"]
     if weights != "default" and "weights" in names and "weights" not in params:
@@ -171,8 +324,17 @@ def clear_memo() -> None:
     _MEMO.clear()
 
 
-def _version(kind: str, name: str) -> str:
-    return registry().get(kind, name).version
+def _key(stage: str, kind: str, name: str, params: Mapping[str, Any], *upstream: Any) -> str:
+    """A stage's content key: stage + version + bench's version, the component (name,
+    version, code digest), its parameters and the contents of files they name, upstream."""
+    return stage_key(
+        stage, STAGE_VERSION[stage], component_identity(kind, name), dict(params),
+        param_files(params), *upstream,
+    )
+
+
+def _evaluation_key(model_key: str) -> str:
+    return stage_key("evaluation", STAGE_VERSION["evaluation"], model_key)
 
 
 def _component_params(obj: Any) -> dict[str, Any]:
@@ -230,17 +392,14 @@ class Stages:
         name = self.plan.dataset
         component = _create("dataset", name, params)
         fingerprint = component.fingerprint()
-        key = content_key(
-            "dataset", STAGE_VERSION["dataset"], name, _version("dataset", name), params, fingerprint
-        )
+        key = _key("dataset", "dataset", name, params, fingerprint)
         if key in _MEMO:
             return _MEMO[key]
         from .data import DatasetSplits
 
         path = self.cache.path("datasets", key, ".npz")
-        if path.exists():
-            splits = DatasetSplits.load_file(path)
-        else:
+        splits = self.cache.read_checked(path, DatasetSplits.load_file)
+        if splits is None:
             if self.cached_only:
                 raise NotCached("dataset", key)
             log(f"[dataset] loading {name} ...", quiet=self.quiet)
@@ -263,15 +422,13 @@ class Stages:
         params = model_params(self.plan, name, splits.image_shape, splits.num_classes)
         tcfg = self.plan.config["training"]
         seed = self.plan.config["run"]["seed"]
-        key = content_key(
-            "model", STAGE_VERSION["model"], name, _version("model", name), params, data.key, tcfg, seed
-        )
+        key = _key("model", "model", name, params, data.key, tcfg, seed)
         if key in _MEMO:
             return _MEMO[key]
         if self.cached_only and (
             self.cache.get_json("models", key) is None
             or not self.cache.exists("models", key, ".keras")
-            or not self.cache.exists("evaluation", content_key("evaluation", STAGE_VERSION["evaluation"], key), ".npz")
+            or not self.cache.exists("evaluation", _evaluation_key(key), ".npz")
         ):
             raise NotCached("model", key)
         model = _create("model", name, params)
@@ -287,9 +444,9 @@ class Stages:
         report = train(model, splits, training_config, cache=self.cache, key=key, progress=self.progress)
         train_seconds = time.perf_counter() - t0
 
-        ekey = content_key("evaluation", STAGE_VERSION["evaluation"], key)
+        ekey = _evaluation_key(key)
         stored = self.cache.get_json("evaluation", ekey)
-        arrays = self.cache.get_npz("evaluation", ekey)
+        arrays = self.cache.get_npz("evaluation", ekey, required=("ids", "labels", "predictions"))
         if stored is None or arrays is None:
             ev = evaluate_classification(
                 model,
@@ -359,13 +516,10 @@ class Stages:
         resolved = _component_params(explainer) or params
         test = data.splits.test
         ids = test.ids[index].astype(str)
-        key = content_key(
-            "heatmaps", STAGE_VERSION["heatmaps"], name, _version("explainer", name), resolved, model.key,
-            content_key(list(ids)),
-        )
-        cached = self.cache.get_npz("heatmaps", key)
-        if cached is not None:
-            meta = self.cache.get_json("heatmaps", key) or {}
+        key = _key("heatmaps", "explainer", name, resolved, model.key, content_key(list(ids)))
+        cached = self.cache.get_npz("heatmaps", key, required=("heatmaps",))
+        meta = self.cache.get_json("heatmaps", key) if cached is not None else None
+        if cached is not None and meta is not None:
             return cached["heatmaps"], key, resolved, float(meta.get("seconds", 0.0))
         if self.cached_only:
             raise NotCached("heatmaps", key)
@@ -417,12 +571,14 @@ class Stages:
         acfg = self.plan.config["aopc"]
         grid = config_mod.grid_shape(acfg["grid"])
         seed = self.plan.config["run"]["seed"]
-        key = content_key(
-            "curves", STAGE_VERSION["curves"], name, _version("perturbation", name), resolved, heatmaps_key,
+        key = _key(
+            "curves", "perturbation", name, resolved, heatmaps_key,
             list(grid), order, seed, acfg["confidence"], acfg["bootstrap"],
         )
         summary = self.cache.get_json("curves", key) if store else None
-        arrays = self.cache.get_npz("curves", key) if store else None
+        arrays = self.cache.get_npz(
+            "curves", key, required=("curves", "per_image", "order", "ids")
+        ) if store else None
         if summary is not None and arrays is not None:
             return summary, arrays, resolved
         if self.cached_only:
@@ -561,17 +717,24 @@ def execute_cell(stages: Stages, task: CellTask, run_dir: Path, run_id: str) -> 
         "curves_file": None,
         "heatmaps_file": None,
         "keys": {},
+        "constant_heatmaps": None,
+        "settings": None,
+        "settings_key": None,
+        "explainer_params_key": None,
     }
     reg = registry()
+    facts: dict[str, Any] = {}  # settings inputs that are not in record["params"]
     try:
         data = _stage("dataset", stages.dataset)
         record["params"]["dataset"] = data.params
+        facts["dataset_fingerprint"] = getattr(data.splits, "fingerprint", None)
         record["provenance"]["dataset"] = reg.get("dataset", task.dataset).provenance()
         model = _stage("train", lambda: stages.model(task.model, data))
         record["weights"] = model.record["weights"]
         record["params"]["model"] = model.record["params"]
         record["provenance"]["model"] = model.record["provenance"]
         record["keys"]["model"] = model.key
+        facts["weights_hash"] = weights_hash(model.record)
         report = model.record["classification"]
         record["classification"] = {
             "recall_macro": report["macro avg"]["recall"],
@@ -592,6 +755,7 @@ def execute_cell(stages: Stages, task: CellTask, run_dir: Path, run_id: str) -> 
         record["provenance"]["explainer"] = reg.get("explainer", task.explainer).provenance()
         record["provenance"]["perturbation"] = reg.get("perturbation", task.perturbation).provenance()
         record["keys"]["heatmaps"] = hkey
+        record["constant_heatmaps"] = count_constant_heatmaps(heatmaps)
         test = data.splits.test
         ids = test.ids[index].astype(str)
         arrays: dict[str, np.ndarray] = {
@@ -634,14 +798,14 @@ def execute_cell(stages: Stages, task: CellTask, run_dir: Path, run_id: str) -> 
         }
         record["curves_file"] = f"curves/{task.cell_id}.npz"
         record["heatmaps_file"] = f"heatmaps/{task.cell_id}.npz"
-        write_npz(run_dir / record["curves_file"], **arrays)
-        write_npz(run_dir / record["heatmaps_file"], ids=ids, heatmaps=heatmaps.astype(np.float32))
-        write_json(run_dir / "models" / f"{task.model_id}.json", {
+        write_npz(safe_child(run_dir, "curves", f"{task.cell_id}.npz"), **arrays)
+        write_npz(safe_child(run_dir, "heatmaps", f"{task.cell_id}.npz"), ids=ids, heatmaps=heatmaps.astype(np.float32))
+        write_json(safe_child(run_dir, "models", f"{task.model_id}.json"), {
             **{k: v for k, v in model.record.items()},
             "predictions_file": f"models/{task.model_id}.npz",
         })
         write_npz(
-            run_dir / "models" / f"{task.model_id}.npz",
+            safe_child(run_dir, "models", f"{task.model_id}.npz"),
             ids=model.ids.astype(str), labels=model.labels, predictions=model.predictions,
         )
     except CellFailure as failure:
@@ -651,8 +815,17 @@ def execute_cell(stages: Stages, task: CellTask, run_dir: Path, run_id: str) -> 
         record["traceback"] = "".join(
             traceback.format_exception(type(failure.exc), failure.exc, failure.exc.__traceback__)
         )[-4000:]
+    record["settings"] = cell_settings(
+        record["params"],
+        dataset_fingerprint=facts.get("dataset_fingerprint"),
+        weights_hash=facts.get("weights_hash"),
+        training=cfg["training"],
+        bootstrap=acfg["bootstrap"],
+    )
+    record["settings_key"] = settings_key(record["settings"])
+    record["explainer_params_key"] = explainer_params_key(record["params"].get("explainer"))
     record["finished"] = _now()
-    write_json(run_dir / "cells" / f"{task.cell_id}.json", record)
+    write_json(safe_child(run_dir, "cells", f"{task.cell_id}.json"), record)
     return record
 
 
@@ -696,6 +869,28 @@ def _now() -> str:
 def new_run_id(cfg: Mapping[str, Any]) -> str:
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{content_key(cfg, time.time_ns())[:6]}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during :func:`run`: handled like Ctrl-C (finished cells kept, run marked interrupted)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def _catch_sigterm() -> Any:
+    """Install the SIGTERM handler (main thread only); returns the previous one, or None."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM here
+        return None
+    return signal.SIG_DFL if previous is None else previous  # None: installed outside Python
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -767,6 +962,9 @@ def run(
     plan = make_plan(cfg)
     executor = get_executor(cfg["run"]["executor"], address=cfg["run"]["ray_address"])
     results_dir = plan.results_dir
+    from .runs import load_manifests, process_identity
+
+    load_manifests(results_dir)  # marks runs whose process is gone (SIGKILL, power cut) interrupted
     run_id = new_run_id(cfg)
     run_dir = results_dir / "runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -790,6 +988,7 @@ def run(
             "perturbations": [reg.get("perturbation", n).provenance() for n in plan.perturbations],
         },
         "seeds": {"run": cfg["run"]["seed"]},
+        "process": process_identity(),
         "cells": [t.cell_id for t in plan.cells],
         "failed": [],
         "timings": {},
@@ -803,9 +1002,12 @@ def run(
         f"{len(plan.explainers)} explainers x {len(plan.perturbations)} perturbations on {plan.dataset}",
         quiet=quiet,
     )
+    previous_sigterm = _catch_sigterm()
     try:
         try:
             data = stages.dataset()
+            # the grid and the models against the real images (a dataset may not declare its size)
+            check_image_fit(plan, data.splits.image_shape, data.splits.num_classes)
             manifest["dataset"] = {
                 "name": data.splits.name,
                 "fingerprint": data.splits.fingerprint,
@@ -829,13 +1031,16 @@ def run(
             log(f"[{i}/{len(plan.cells)}] {record['cell_id']}: {status}{shown}", quiet=quiet)
             if cfg["run"]["fail_fast"] and record["status"] != "ok":
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         result.interrupted = True
+        if isinstance(exc, Terminated):
+            manifest["signal"] = "SIGTERM"
         log("interrupted: finished cells are saved; run again to finish the rest (cached work is reused)")
     except BaseException as exc:
         manifest["error"] = _error_text(exc)
         raise
     finally:
+        _restore_sigterm(previous_sigterm)
         manifest["failed"] = [c["cell_id"] for c in result.failed]
         manifest["finished"] = _now()
         if "error" in manifest:

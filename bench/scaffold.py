@@ -25,9 +25,9 @@ def render_plugin(name: str, *, kind: str, directory: Path = Path(".")) -> Path:
     """Write ``<directory>/bench-<name>/`` and return that folder."""
     if kind not in KIND_INFO:
         raise BenchError(f"--kind must be one of {', '.join(KIND_INFO)}, got {kind!r}")
-    if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", name) or "__" in name:
         raise BenchError(
-            f"plugin name {name!r} must be lower case letters, digits, '-' or '_', starting with a letter"
+            f"plugin name {name!r} must be lower case letters, digits, '-' or '_', starting with a letter, without '__'"
         )
     slug = name.replace("-", "_")
     spec, hook, description = KIND_INFO[kind]

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .paths import check_name
+
 KINDS: tuple[str, ...] = ("dataset", "model", "explainer", "perturbation", "metric")
 
 
@@ -42,8 +44,8 @@ class ComponentSpec:
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"{type(self).__name__}.name must be a non-empty string")
+        # a name becomes part of file names and pages: refused here, with the rule
+        check_name(self.name, what=f"{type(self).__name__}")
         if not (callable(self.factory) or isinstance(self.factory, str)):
             raise TypeError(
                 f"{type(self).__name__}({self.name!r}).factory must be a callable or a "

@@ -24,6 +24,7 @@ stored file as a standalone model.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ import numpy as np
 
 from .data import DatasetSplits, Split, to_model_input
 from .errors import BenchError, ConfigError, did_you_mean
+from .keys import bench_version, code_digest
 from .store import Cache, content_key
 
 SELECTION_RULES: tuple[str, ...] = (
@@ -78,8 +80,11 @@ class TrainingConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"training.{name} must be a positive integer, got {value!r}")
-        if not (self.learning_rate > 0):
-            raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate!r}")
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (0 < lr < float("inf")):
+            raise ConfigError(f"training.learning_rate must be a finite number > 0, got {lr!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"run.seed must be an integer in [0, {2**32 - 1}], got {self.seed!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -286,8 +291,8 @@ def _fingerprint(model: Any, splits: DatasetSplits, config: TrainingConfig) -> s
 def _load_cached(model: Any, cache: Cache, key: str, fingerprint: str) -> TrainingReport | None:
     stored = cache.get_json("models", key)
     model_path = cache.root / "models" / f"{key}.keras"
-    if stored is None or not model_path.exists():
-        return None
+    if stored is None or not cache.check_zip(model_path):
+        return None  # missing, or damaged (then set aside): retrain
     if stored.get("fingerprint") != fingerprint:
         return None  # same key, different inputs: retrain (and overwrite)
     try:
@@ -407,13 +412,14 @@ def _features_for(
 ) -> dict[str, np.ndarray]:
     """Pooled backbone features per split, from the cache or computed once.
 
-    The content key is what the features depend on: the extractor's class, input
-    size, pooling and a hash of its weights, and each split's contents; not the
-    training config, so every recipe on the same backbone and data shares them.
+    The content key is what the features depend on: bench's version, the extractor's
+    class and the code digest of its plugin, input size, pooling and a hash of its
+    weights, and each split's contents; not the training config, so every recipe on
+    the same backbone and data shares them.
     """
     extractor = model.feature_extractor
     backbone_id = content_key(
-        "features", TRAINER_VERSION, type(model).__name__,
+        "features", TRAINER_VERSION, bench_version(), type(model).__name__, code_digest(type(model)),
         list(getattr(model, "input_shape", ())), getattr(model, "pool_size", None),
         weights_digest(extractor.weights),
     )
@@ -421,7 +427,7 @@ def _features_for(
     for split_name, split in splits.splits().items():
         fkey = content_key(backbone_id, split_name, _split_digest(split))
         if cache is not None:
-            stored = cache.get_npz("features", fkey)
+            stored = cache.get_npz("features", fkey, required=("features",))
             if stored is not None and stored["features"].shape[0] == len(split):
                 out[split_name] = stored["features"]
                 continue

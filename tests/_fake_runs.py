@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from bench.data import DatasetSplits, Split
+from bench.settings import cell_settings, explainer_params_key, settings_key
 from bench.store import write_json, write_npz
 
 CLASS_NAMES = ("COVID", "Lung Opacity", "Normal", "Viral Pneumonia")
@@ -42,6 +43,15 @@ class FakeCell:
     evaluate_seconds: float = 12.5
     sigma: float = 0.1
     ci: tuple[float, float] | None = None
+    #: regions per side (curves have grid**2 + 1 points)
+    grid: int = GRID
+    #: the cell's ``aopc.orders``; default: the run's (see :func:`write_run`)
+    orders: Sequence[str] | None = None
+    explainer_params: dict[str, Any] = field(default_factory=dict)
+    #: how many of the cell's heatmaps are constant (written as ``constant_heatmaps``; None: left out)
+    constant_heatmaps: int | None = None
+    #: an old record: no ``settings`` block, ``settings_key``, ``explainer_params_key``
+    legacy: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -105,8 +115,16 @@ def write_run(
     splits: DatasetSplits | None = None,
     n_test: int = 8,
     seed: int = 0,
+    orders: Sequence[str] | None = None,
 ) -> Path:
-    """Write ``results_dir/runs/<run_id>/`` with a manifest, model reports, cells, curves, heatmaps."""
+    """Write ``results_dir/runs/<run_id>/`` with a manifest, model reports, cells, curves, heatmaps.
+
+    ``orders`` is the run's ``aopc.orders`` (default: morf and lerf when some cell has LeRF
+    values, else morf), as the runner writes one value for every cell of a run; a cell's
+    own ``orders`` wins. Cells get the runner's ``settings`` block unless ``legacy``.
+    """
+    if orders is None:
+        orders = ["morf", "lerf"] if any(c.lerf_per_image is not None for c in cells) else ["morf"]
     run_dir = Path(results_dir) / "runs" / run_id
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
     datasets = sorted({c.dataset for c in cells})
@@ -115,9 +133,10 @@ def write_run(
         s = splits if splits is not None else make_splits(ds, n_test=n_test)
         splits_by_name[ds] = s
         s.save(run_dir / f"{ds}.npz")
-    grid = [GRID, GRID]
     for c in cells:
         s = splits_by_name[c.dataset]
+        grid = [c.grid, c.grid]
+        L = c.grid * c.grid
         cell: dict[str, Any] = {
             "cell_id": c.cell_id,
             "run_id": run_id,
@@ -132,14 +151,21 @@ def write_run(
             "params": {
                 "dataset": {"image_size": IMAGE_SIZE},
                 "model": {},
-                "explainer": {},
+                "explainer": dict(c.explainer_params),
                 "perturbation": {"sigma": c.sigma, "clip": False},
-                "aopc": {"grid": grid, "orders": ["morf", "lerf"] if c.lerf_per_image is not None
-                         else ["morf"], "seed": seed, "batch_size": 64},
+                "aopc": {"grid": grid, "orders": list(c.orders if c.orders is not None else orders),
+                         "seed": seed, "batch_size": 64},
             },
             "finished": c.finished,
             "strategy": "full",
         }
+        if not c.legacy:
+            settings = cell_settings(cell["params"], dataset_fingerprint="fake0000",
+                                     weights_hash={"md5": "0" * 32}, bootstrap=1000)
+            cell.update(settings=settings, settings_key=settings_key(settings),
+                        explainer_params_key=explainer_params_key(c.explainer_params))
+        if c.constant_heatmaps is not None:
+            cell["constant_heatmaps"] = c.constant_heatmaps
         if c.status == "ok":
             assert c.per_image is not None
             morf = np.asarray(c.per_image, np.float64)
@@ -151,26 +177,26 @@ def write_run(
                 "ids": ids.astype(str),
                 "targets": labels,
                 "labels": labels,
-                "morf_curves": curves_for(morf),
+                "morf_curves": curves_for(morf, L),
                 "morf_per_image": morf.astype(np.float32),
-                "morf_order": np.tile(np.arange(GRID * GRID), (n, 1)),
+                "morf_order": np.tile(np.arange(L), (n, 1)),
             }
             results = {"morf": _result(morf, c.ci)}
             abpc = None
             if c.lerf_per_image is not None:
                 lerf = np.asarray(c.lerf_per_image, np.float64)
-                arrays["lerf_curves"] = curves_for(lerf)
+                arrays["lerf_curves"] = curves_for(lerf, L)
                 arrays["lerf_per_image"] = lerf.astype(np.float32)
-                arrays["lerf_order"] = np.tile(np.arange(GRID * GRID)[::-1], (n, 1))
+                arrays["lerf_order"] = np.tile(np.arange(L)[::-1], (n, 1))
                 results["lerf"] = _result(lerf, None)
                 value = float(np.mean(morf - lerf))
                 abpc = {"value": value, "ci": [value - 0.01, value + 0.01], "n": n}
             write_npz(run_dir / "curves" / f"{c.cell_id}.npz", **arrays)
             # heatmaps: a blob whose position depends on the explainer and the image
-            hm = np.zeros((n, GRID * 3, GRID * 3), np.float32)
+            hm = np.zeros((n, c.grid * 3, c.grid * 3), np.float32)
             for i in range(n):
-                cy, cx = (i + len(c.explainer)) % (GRID * 3), (2 * i + len(c.model)) % (GRID * 3)
-                yy, xx = np.mgrid[0 : GRID * 3, 0 : GRID * 3]
+                cy, cx = (i + len(c.explainer)) % (c.grid * 3), (2 * i + len(c.model)) % (c.grid * 3)
+                yy, xx = np.mgrid[0 : c.grid * 3, 0 : c.grid * 3]
                 hm[i] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 6.0)
             write_npz(run_dir / "heatmaps" / f"{c.cell_id}.npz", ids=ids.astype(str), heatmaps=hm)
             cell.update(
@@ -186,8 +212,8 @@ def write_run(
                 timings={
                     "explain_seconds": 1.5,
                     "evaluate_seconds": c.evaluate_seconds,
-                    "forward_passes": n * (GRID * GRID + 1),
-                    "passes_per_second": n * (GRID * GRID + 1) / c.evaluate_seconds,
+                    "forward_passes": n * (L + 1),
+                    "passes_per_second": n * (L + 1) / c.evaluate_seconds,
                 },
                 curves_file=f"curves/{c.cell_id}.npz",
                 heatmaps_file=f"heatmaps/{c.cell_id}.npz",
@@ -229,7 +255,7 @@ def write_run(
         "created": created,
         "finished": created,
         "bench_version": "0.1.0",
-        "config": {"aopc": {"grid": grid, "seed": seed}},
+        "config": {"aopc": {"grid": [GRID, GRID], "seed": seed, "bootstrap": 1000}},
         "environment": {"python": "3.11.0", "platform": "linux", "tensorflow": "2.21.0",
                         "keras": "3.99.0", "numpy": "2.4.6", "git_commit": "abc1234"},
         "plugins": [{"name": "gradcam", "distribution": "saliency-bench", "version": "0.1.0"}],

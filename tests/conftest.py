@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 os.environ.setdefault("BENCH_OFFLINE", "1")  # no test may probe the network
+os.environ.setdefault("BENCH_DIGEST_MEMO", "off")  # never write the user's ~/.cache from a test
 
 import pytest  # noqa: E402
 

@@ -33,11 +33,14 @@ NASTY = "x&y_%$#{}~^\\<b>'\"z"
 def _make_results(tmp_path):
     """run-1 (old): covid vgg16 gradcam/random/occlusion + a gradcam that run-2 replaces;
     run-2 (new): covid vgg16 gradcam with other numbers; a failed cell; dataset 'alpha' in run-3."""
+    # run-1 and run-2 ran the same orders (morf + lerf): the same settings, so they pair and replace
     write_run(tmp_path, "run-1", [
-        FakeCell("covid", "vgg16", "gradcam", per_image=[0.1] * 8, finished="2026-01-01T10:00:00+00:00"),
-        FakeCell("covid", "vgg16", "random", per_image=RANDOM, finished="2026-01-01T10:00:01+00:00"),
-        FakeCell("covid", "vgg16", "occlusion", per_image=OCCL, finished="2026-01-01T10:00:02+00:00",
-                 evaluate_seconds=3.25),
+        FakeCell("covid", "vgg16", "gradcam", per_image=[0.1] * 8, lerf_per_image=[0.05] * 8,
+                 finished="2026-01-01T10:00:00+00:00"),
+        FakeCell("covid", "vgg16", "random", per_image=RANDOM, lerf_per_image=[0.05] * 8,
+                 finished="2026-01-01T10:00:01+00:00"),
+        FakeCell("covid", "vgg16", "occlusion", per_image=OCCL, lerf_per_image=[0.05] * 8,
+                 finished="2026-01-01T10:00:02+00:00", evaluate_seconds=3.25),
     ])
     write_run(tmp_path, "run-2", [
         FakeCell("covid", "vgg16", "gradcam", per_image=GRADCAM, lerf_per_image=[0.05] * 8,

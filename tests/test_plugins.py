@@ -125,13 +125,90 @@ def test_wrong_spec_type_is_reported(tmp_path, monkeypatch):
     assert "oops" not in reg.names("model") and "oops" not in reg.names("explainer")
 
 
-def test_duplicate_component_name_names_both_distributions(tmp_path, monkeypatch):
+def test_duplicate_component_name_is_recorded_and_the_name_unavailable(tmp_path, monkeypatch):
     _add_dist(tmp_path, monkeypatch, dist="bench-one", ep="one", mod="one_mod", name="same")
     _add_dist(tmp_path, monkeypatch, dist="bench-two", ep="two", mod="two_mod", name="same")
-    with pytest.raises(PluginConflictError) as err:
-        bench.registry(reload=True)
-    assert "bench-one" in str(err.value) and "bench-two" in str(err.value)
-    assert "'same'" in str(err.value)
+    reg = bench.registry(reload=True)  # the registry stays usable
+    assert "same" not in reg.names("explainer") and "same" not in reg["explainer"]
+    assert {"gradcam", "random"} <= set(reg.names("explainer"))
+    [conflict] = reg.conflicts
+    assert (conflict.kind, conflict.name) == ("explainer", "same")
+    assert sorted((r.plugin.name, r.plugin.distribution, r.plugin.version) for r in conflict.registrations) == [
+        ("one", "bench-one", "1.2.3"), ("two", "bench-two", "1.2.3"),
+    ]
+    with pytest.raises(PluginConflictError) as info:
+        reg.get("explainer", "same")
+    msg = str(info.value)
+    assert "bench-one" in msg and "bench-two" in msg and "'same'" in msg
+    assert "BENCH_DISABLE_PLUGINS=one" in msg and "BENCH_DISABLE_PLUGINS=two" in msg
+    with pytest.raises(PluginConflictError):
+        bench.create("explainer", "same")
+    assert bench.create("explainer", "random") is not None  # the rest keeps working
+
+
+def test_duplicate_name_leaves_bench_plugins_and_list_working(tmp_path, monkeypatch, capsys):
+    _add_dist(tmp_path, monkeypatch, dist="bench-one", ep="one", mod="one_mod", name="same")
+    _add_dist(tmp_path, monkeypatch, dist="bench-two", ep="two", mod="two_mod", name="same")
+    assert main(["plugins"]) == 0
+    captured = capsys.readouterr()
+    assert "bench-one" in captured.out and "bench-two" in captured.out and "CONFLICT" in captured.out
+    assert "BENCH_DISABLE_PLUGINS=one" in captured.out and "BENCH_DISABLE_PLUGINS=two" in captured.out
+    assert "conflict" in captured.err
+
+    assert main(["plugins", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    [conflict] = data["conflicts"]
+    assert (conflict["kind"], conflict["name"]) == ("explainer", "same")
+    assert sorted((r["plugin"], r["distribution"], r["version"], r["disable"]) for r in conflict["registrations"]) == [
+        ("one", "bench-one", "1.2.3", "BENCH_DISABLE_PLUGINS=one"),
+        ("two", "bench-two", "1.2.3", "BENCH_DISABLE_PLUGINS=two"),
+    ]
+    assert {p["name"]: p["status"] for p in data["plugins"]}["one"] == "ok"
+
+    assert main(["list", "explainer", "--json"]) == 0
+    listed = [r["name"] for r in json.loads(capsys.readouterr().out)]
+    assert "gradcam" in listed and "same" not in listed
+    assert main(["list", "explainer"]) == 0
+
+
+def test_impostor_of_a_builtin_is_blocked_by_its_own_hint(tmp_path, monkeypatch):
+    # the impostor even reuses the builtin's entry-point name: blocking 'gradcam' would block both
+    _add_dist(tmp_path, monkeypatch, dist="bench-impostor", ep="gradcam", mod="impostor_gradcam_mod",
+              name="gradcam")
+    reg = bench.registry(reload=True)
+    [conflict] = reg.conflicts
+    hints = {r.plugin.distribution: r.plugin.disable for r in conflict.registrations}
+    assert hints == {
+        "saliency-bench": "BENCH_DISABLE_PLUGINS=saliency-bench:gradcam",
+        "bench-impostor": "BENCH_DISABLE_PLUGINS=bench-impostor:gradcam",
+    }
+    with pytest.raises(PluginConflictError, match="bench-impostor:gradcam"):
+        reg.get("explainer", "gradcam")
+    monkeypatch.setenv(plugins_mod.BLOCK_ENV, "bench-impostor:gradcam")
+    reg = bench.registry(reload=True)
+    assert reg.get("explainer", "gradcam").plugin.distribution == "saliency-bench"
+    assert not reg.conflicts
+    assert [p.status for p in reg.plugins if p.distribution == "bench-impostor"] == ["blocked"]
+
+
+def test_run_warns_about_broken_and_conflicting_plugins_and_refuses_the_name(tmp_path, monkeypatch, capsys):
+    _add_dist(tmp_path, monkeypatch, dist="bench-one", ep="one", mod="one_mod", name="same")
+    _add_dist(tmp_path, monkeypatch, dist="bench-two", ep="two", mod="two_mod", name="same")
+    _add_dist(tmp_path, monkeypatch, dist="bench-broken", ep="broken", mod="broken_run_mod",
+              source="raise ImportError('needs libfoo 3')\n")
+    assert main(["run", "--explainer", "random", "--explainer", "same", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("bench: warning:")]
+    assert len(warnings) == 2
+    broken = [w for w in warnings if "'broken'" in w][0]
+    assert "bench-broken" in broken and "needs libfoo 3" in broken and "BENCH_DISABLE_PLUGINS=broken" in broken
+    assert "explainers.names[1]" in err and "BENCH_DISABLE_PLUGINS=one" in err and "bench-two" in err
+
+    assert main(["run", "--all", "--dry-run"]) == 0  # `all` skips the unavailable name, with the warning
+    captured = capsys.readouterr()
+    plan = json.loads(captured.out)["plan"]
+    assert "same" not in plan["explainers"] and "random" in plan["explainers"]
+    assert "'same'" in captured.err
 
 
 def test_blocking_a_plugin_by_name(tmp_path, monkeypatch):
@@ -211,3 +288,22 @@ def test_spec_validation():
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "y"
     assert set(plugins_mod.KINDS) == BUILTIN_KINDS
+
+
+def test_a_run_not_using_a_conflicting_name_succeeds(tmp_path, monkeypatch, capsys):
+    _add_dist(tmp_path, monkeypatch, dist="bench-one", ep="one", mod="one_mod", name="same")
+    _add_dist(tmp_path, monkeypatch, dist="bench-two", ep="two", mod="two_mod", name="same")
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(
+        'preset = "demo"\n[dataset]\nname = "synthetic-cxr"\nparams = { image_size = 32, per_class = 8 }\n'
+        '[models]\nnames = ["simple-cnn"]\n[training]\nepochs = 1\nbatch_size = 16\n'
+        '[explainers]\nnames = ["random"]\n[perturbations]\nnames = ["gaussian-noise"]\n'
+        '[aopc]\ngrid = 2\norders = ["morf"]\nmax_images = 2\nbootstrap = 50\n'
+        '[leaderboard]\nformats = ["json"]\nfigures = false\n'
+    )
+    code = main(["run", "--config", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "explainer 'same' is registered twice" in captured.err  # said once, at the start
+    cells = list((tmp_path / "out" / "runs").glob("*/cells/*.json"))
+    assert [c.name for c in cells] == ["synthetic-cxr__simple-cnn__random__gaussian-noise.json"]

@@ -54,6 +54,7 @@ import numpy as np
 
 from bench.data import SPLIT_NAMES, DatasetSplits, Split, fingerprint_of
 from bench.errors import ConfigError, DataError
+from bench.keys import file_digests
 
 from .splitting import ROUNDING_RULE, check_fractions, split_counts
 
@@ -246,6 +247,20 @@ def list_files(layout: Layout) -> dict[str, list[FileEntry]]:
     return out
 
 
+def content_listing(files: dict[str, list[FileEntry]]) -> dict[str, list[list[str | None]]]:
+    """Per class: ``[relative path, content digest, mask name, mask content digest]`` per image."""
+    paths = [p for entries in files.values() for f in entries for p in (f.path, f.mask) if p]
+    digest = dict(zip(paths, file_digests(paths), strict=True))
+    return {
+        cls: [
+            [f.rel, digest[f.path], None if f.mask is None else os.path.basename(f.mask),
+             None if f.mask is None else digest[f.mask]]
+            for f in entries
+        ]
+        for cls, entries in files.items()
+    }
+
+
 # ---------------------------------------------------------------------------------------
 # decoding
 # ---------------------------------------------------------------------------------------
@@ -323,9 +338,9 @@ class CovidRadiography:
     """The COVID-19 Radiography Database from a local folder (``covid-radiography``).
 
     Parameters (keyword-only, stored as given): root: the folder (``--data``);
-    per_class: images per class (None: every image, unbalanced); split: (train, val,
-    test) fractions; seed: sampling and split seed; image_size: None keeps the native
-    size, an int resizes to that square; skip_corrupt: skip (and record) unreadable
+    per_class: images per class (None or "all": every image, unbalanced); split:
+    (train, val, test) fractions; seed: sampling and split seed; image_size: None keeps
+    the native size, an int resizes to that square; skip_corrupt: skip (and record) unreadable
     files instead of failing.
     """
 
@@ -335,7 +350,7 @@ class CovidRadiography:
         self,
         *,
         root: str,
-        per_class: int | None = 1345,
+        per_class: int | str | None = 1345,
         split: tuple[float, float, float] = (0.8, 0.1, 0.1),
         seed: int = 0,
         image_size: int | None = None,
@@ -365,12 +380,16 @@ class CovidRadiography:
     def _checked(self) -> dict[str, Any]:
         where = f"dataset {NAME!r}"
 
-        def opt_int(key: str, value: Any, minimum: int) -> int | None:
+        def opt_int(key: str, value: Any, minimum: int, none: str) -> int | None:
             if value is None:
                 return None
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ConfigError(f"{where}: {key!r} must be an integer >= {minimum} or None, got {value!r}")
+                raise ConfigError(f"{where}: {key!r} must be an integer >= {minimum} or {none}, got {value!r}")
             return int(value)
+
+        per_class = self.per_class
+        if isinstance(per_class, str) and per_class.strip().lower() == "all":
+            per_class = None  # what TOML and --set can say for None
 
         if self.root is None or (isinstance(self.root, str) and not self.root.strip()):
             raise ConfigError(
@@ -384,10 +403,10 @@ class CovidRadiography:
         if not isinstance(self.skip_corrupt, (bool, np.bool_)):
             raise ConfigError(f"{where}: 'skip_corrupt' must be true or false, got {self.skip_corrupt!r}")
         return {
-            "per_class": opt_int("per_class", self.per_class, 1),
+            "per_class": opt_int("per_class", per_class, 1, '"all" (every image)'),
             "split": list(check_fractions(self.split, where=where)),
             "seed": int(self.seed),
-            "image_size": opt_int("image_size", self.image_size, 16),
+            "image_size": opt_int("image_size", self.image_size, 16, "None"),
             "skip_corrupt": bool(self.skip_corrupt),
         }
 
@@ -395,15 +414,51 @@ class CovidRadiography:
         params = self._checked()
         layout = find_layout(self.root)
         files = list_files(layout)
-        listing = {
-            cls: [[f.rel, f.size, f.mtime, None if f.mask is None else os.path.basename(f.mask)] for f in entries]
-            for cls, entries in files.items()
-        }
-        fp = fingerprint_of({"dataset": NAME, "loader_version": LOADER_VERSION, "params": params, "files": listing})
+        fp = fingerprint_of({
+            "dataset": NAME, "loader_version": LOADER_VERSION, "params": params, "files": content_listing(files),
+        })
         return params, layout, files, fp
 
+    def validate(self) -> None:
+        """Check the parameters without reading the folder (the plan calls this); ConfigError if bad."""
+        self._checked()
+
+    def image_shape(self) -> tuple[int, int] | None:
+        """(H, W) of the images: ``image_size``, else the first image's header; None if unreadable.
+
+        Cheap (one folder listing and one image header, nothing decoded); a missing or
+        malformed folder gives None here and its clear error when the dataset loads.
+        """
+        size = self._checked()["image_size"]
+        if size is not None:
+            return (size, size)
+        from PIL import Image
+
+        try:
+            layout = find_layout(self.root)
+            folders = [layout.classes[cls].images_dir for cls in CLASS_NAMES]
+        except Exception:  # noqa: BLE001 - load() reports it, naming the folder
+            return None
+        for folder in folders:
+            try:
+                entries = sorted(_image_files(folder), key=lambda e: e.name)
+            except DataError:
+                continue
+            for entry in entries[:8]:
+                try:
+                    with Image.open(entry.path) as im:  # header only, nothing decoded
+                        return (int(im.size[1]), int(im.size[0]))
+                except Exception:  # noqa: BLE001 - load() reports it, naming the file
+                    continue
+        return None
+
     def fingerprint(self) -> str:
-        """Hash of the parameters and the file list with sizes and mtimes (nothing is decoded)."""
+        """Hash of the parameters and the contents of every image and mask file (nothing is decoded).
+
+        Each file is hashed once; its digest is remembered per path, size, mtime and
+        ctime (:func:`bench.keys.file_digests`), so a file replaced, even with its old
+        size and mtime restored, is seen.
+        """
         return self._scan()[3]
 
     # -- loading ------------------------------------------------------------------------------
@@ -422,7 +477,8 @@ class CovidRadiography:
                 raise DataError(
                     f"dataset {NAME!r}: class {cls!r} has {n} images in {str(layout.classes[cls].images_dir)!r}, "
                     f"fewer than per_class={per_class} (the current release has {RELEASE_COUNTS[cls]}). "
-                    f"Lower per_class (at most {smallest} here) or pass per_class=None for every image."
+                    f"Lower per_class (at most {smallest} here) or set per_class = \"all\" for every "
+                    f"image (--set dataset.params.per_class=all)."
                 )
 
         # seeded choice per class, then a per-class split of the chosen files

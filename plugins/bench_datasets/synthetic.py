@@ -494,6 +494,15 @@ class SyntheticCXR:
             "lesion_contrast": contrast,
         }
 
+    def validate(self) -> None:
+        """Check the parameters (the harness calls this at plan time); ConfigError if bad."""
+        self._checked()
+
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the images, known without drawing any (the plan checks the grid with it)."""
+        side = self._checked()["image_size"]
+        return (side, side)
+
     def fingerprint(self) -> str:
         """Hash of the generator version and parameters (no image is drawn)."""
         return fingerprint_of({"dataset": NAME, "generator_version": GENERATOR_VERSION, **self._checked()})

@@ -12,6 +12,7 @@ Grad-CAM uses ``features`` (input size / 2^(n-1)).
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import keras
 from bench.errors import ConfigError, WeightsError
 from bench.models import KerasModel
 
+from .transfer import weights_folder_message
 from .weights import md5_of
 
 
@@ -36,6 +38,16 @@ class PerImageStandardization(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
+
+
+def _check_weights_file(path: Path) -> None:
+    if path.is_dir():
+        raise WeightsError(weights_folder_message(path, "simple-cnn", "or --weights none"))
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file {path} for model 'simple-cnn' does not exist "
+            "(give --weights PATH to an existing file or --weights none)"
+        )
 
 
 class SimpleCNN(KerasModel):
@@ -88,16 +100,37 @@ class SimpleCNN(KerasModel):
             raise ConfigError(f"simple-cnn: weights must be 'none' or a path, got {w!r}")
         return Path(os.path.expanduser(str(w)))
 
-    def _build_keras(self) -> keras.Model:
+    def validate(self) -> None:
+        """Check every parameter without building the Keras graph (the plan calls this)."""
         shape = self._input_shape
         if len(shape) != 3 or shape[-1] != 3:
             raise ConfigError(f"model 'simple-cnn': input_shape must be (H, W, 3), got {shape}")
         if not self.filters:
             raise ConfigError("model 'simple-cnn': filters must not be empty")
+        if any(f < 1 for f in self.filters):
+            raise ConfigError(f"model 'simple-cnn': filters must be positive, got {list(self.filters)}")
         if self._num_classes < 2:
             raise ConfigError("model 'simple-cnn': num_classes must be >= 2")
         if self.pooling not in ("max", "avg"):
             raise ConfigError(f"model 'simple-cnn': pooling must be 'max' or 'avg', got {self.pooling!r}")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
+            raise ConfigError(f"model 'simple-cnn': dropout must be a number in [0, 1), got {d!r}")
+        if not isinstance(self.standardize, bool):
+            raise ConfigError(f"model 'simple-cnn': standardize must be true or false, got {self.standardize!r}")
+        side = min(shape[:2]) // 2 ** (len(self.filters) - 1)
+        if side < 1:
+            raise ConfigError(
+                f"model 'simple-cnn': input_shape {shape} is too small for {len(self.filters)} conv "
+                f"blocks (each but the last halves the size): use fewer filters or larger images"
+            )
+        path = self._weights_path()
+        if path is not None:
+            _check_weights_file(path)
+
+    def _build_keras(self) -> keras.Model:
+        self.validate()
+        shape = self._input_shape
         path = self._weights_path()
         inputs = keras.Input(shape=shape, name="image", dtype="float32")
         x = PerImageStandardization(name="standardize")(inputs) if self.standardize else inputs
@@ -118,11 +151,7 @@ class SimpleCNN(KerasModel):
         model = keras.Model(inputs, probs, name="simple_cnn")
         info: dict[str, Any] = {"source": "none", "kind": None, "path": None, "md5": None}
         if path is not None:
-            if not path.is_file():
-                raise WeightsError(
-                    f"weights file {path} for model 'simple-cnn' does not exist "
-                    "(give --weights PATH to an existing file or --weights none)"
-                )
+            _check_weights_file(path)
             try:
                 model.load_weights(str(path))
             except Exception as exc:  # noqa: BLE001

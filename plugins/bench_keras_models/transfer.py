@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import keras
+import numpy as np
 
 from bench.errors import ConfigError, WeightsError
 from bench.models import KerasModel, ModelError
@@ -88,12 +89,42 @@ def is_full_model_weights(path: Path) -> bool:
     return path.name.endswith(".weights.h5") or path.suffix == ".keras"
 
 
+def weights_folder_message(path: Path, model_name: str, alternatives: str) -> str:
+    """The error for ``--weights <a folder>``: a file is expected; the candidates inside it."""
+    try:
+        inside = sorted(
+            p.name for p in path.iterdir()
+            if p.is_file() and (p.suffix in (".h5", ".hdf5", ".keras"))
+        )
+    except OSError:
+        inside = []
+    listing = (
+        f"; weights files in it: {', '.join(inside[:10])}{' ...' if len(inside) > 10 else ''}"
+        if inside else "; it holds no .h5/.hdf5/.keras file"
+    )
+    return (
+        f"weights {path} for model {model_name!r} is a folder, not a weights file: give the file "
+        f"itself (*.weights.h5 or *.keras for the whole model, a notop *.h5 for the backbone)"
+        f"{listing} ({alternatives})"
+    )
+
+
 def _check_file(path: Path, model_name: str) -> None:
+    if path.is_dir():
+        raise WeightsError(
+            weights_folder_message(path, model_name, "or --weights imagenet, --weights none")
+        )
     if not path.is_file():
         raise WeightsError(
             f"weights file {path} for model {model_name!r} does not exist "
             "(give --weights PATH to an existing file, --weights imagenet or --weights none)"
         )
+
+
+def _positive_int(value: Any, key: str, model_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(f"model {model_name!r}: {key} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class TransferModel(KerasModel):
@@ -145,6 +176,32 @@ class TransferModel(KerasModel):
     def _backbone(self, input_tensor: Any) -> keras.Model:
         raise NotImplementedError
 
+    @classmethod
+    def feature_size(cls, size: int) -> int:
+        """The backbone's output side for an input side ``size`` (no graph is built)."""
+        return size // 32
+
+    def validate(self) -> None:
+        """Check every parameter without building the Keras graph (the plan calls this).
+
+        Raises ConfigError for a bad value, WeightsError for a weights path that is
+        not a file; ImageNet weights are looked up only when the model is built.
+        """
+        self._validate()
+        weights = _parse_weights(self.weights)
+        if isinstance(weights, Path):
+            _check_file(weights, self.backbone_name)
+        pool = _positive_int(self.pool_size, "pool_size", self.backbone_name)
+        _positive_int(self.dense_units, "dense_units", self.backbone_name)
+        fh, fw = (self.feature_size(int(d)) for d in self._input_shape[:2])
+        if min(fh, fw) < pool:
+            raise ConfigError(
+                f"model {self.backbone_name!r}: input_shape {self._input_shape} is too small for "
+                f"pool_size={pool}: the backbone outputs {fh}x{fw} (VGG16 and DenseNet201 divide "
+                f"the size by 32: use at least {32 * pool}x{32 * pool}, or pool_size <= "
+                f"{max(min(fh, fw), 1)})"
+            )
+
     def _validate(self) -> None:
         shape = self._input_shape
         if len(shape) != 3 or shape[-1] != 3:
@@ -159,7 +216,7 @@ class TransferModel(KerasModel):
             raise ConfigError(f"model {self.backbone_name!r}: num_classes must be >= 2")
 
     def _build_keras(self) -> keras.Model:
-        self._validate()
+        self.validate()
         weights = _parse_weights(self.weights)
         # fail before building the graph
         imagenet = resolve_imagenet(self.backbone_name) if weights == "imagenet" else None
@@ -280,6 +337,13 @@ class DenseNet201Transfer(TransferModel):
     """DenseNet201 (torch preprocessing inside) + MaxPool(4) -> Flatten -> Dense(64) -> Dense(classes)."""
 
     backbone_name: ClassVar[str] = "densenet201"
+
+    @classmethod
+    def feature_size(cls, size: int) -> int:
+        # conv 7x7/2 (padded 3) and max-pool 3x3/2 (padded 1) round up; 3 transitions halve
+        after_stem = -(-size // 2)
+        after_pool = -(-after_stem // 2)
+        return after_pool // 8
 
     def _preprocess_layer(self) -> keras.layers.Layer:
         return TorchPreprocess(name="preprocess")

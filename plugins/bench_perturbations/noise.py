@@ -9,6 +9,7 @@ Equal in distribution to the study's sequential definition
 
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from typing import Any
 
@@ -39,11 +40,20 @@ class GaussianNoise:
     def get_params(self) -> dict[str, Any]:
         return {"sigma": self.sigma, "clip": self.clip}
 
+    def validate(self) -> None:
+        """Check the parameters (the harness calls this at plan time): ValueError if bad."""
+        sigma = self.sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not (
+            np.isfinite(float(sigma)) and float(sigma) >= 0
+        ):
+            raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+        if not isinstance(self.clip, bool | np.bool_):
+            raise ValueError(f"clip must be true or false, got {self.clip!r}")
+
     def noise_field(self, seed: int, shape: tuple[int, ...]) -> np.ndarray:
         """float32 noise of ``shape`` for ``seed`` (memoised, read-only)."""
+        self.validate()
         sigma = float(self.sigma)
-        if not np.isfinite(sigma) or sigma < 0:
-            raise ValueError(f"GaussianNoise sigma must be a finite number >= 0, got {self.sigma!r}")
         cache: OrderedDict[tuple[int, tuple[int, ...], float], np.ndarray] = self.__dict__.setdefault(
             "_fields", OrderedDict()
         )

@@ -3,6 +3,15 @@
 Every component follows scikit-learn's constructor discipline: keyword
 parameters only, stored as given, no heavy work in ``__init__``, and
 ``get_params()`` returning them (they are recorded in every result).
+
+Checked at plan time (``bench run --dry-run`` included), before any work: the plan
+constructs every selected component with its parameters and calls its optional
+``validate()`` (no arguments, cheap, raises ``ValueError``/``TypeError``/
+``ConfigError`` on a bad parameter; an exception attribute ``param`` names the
+culprit, else the first parameter the message mentions). The error becomes a
+``ConfigError`` naming the config key (``perturbations.params.gaussian-noise.sigma``).
+A dataset may also declare ``image_shape() -> (H, W) | None`` without loading, so
+the region grid and the models are checked against its images at plan time.
 """
 
 from __future__ import annotations
@@ -23,6 +32,12 @@ class Component(Protocol):
     def get_params(self) -> dict[str, Any]: ...
 
 
+class Validating(Protocol):
+    """Optional: ``validate()`` checks the stored parameters cheaply (called at plan time)."""
+
+    def validate(self) -> None: ...
+
+
 @runtime_checkable
 class Dataset(Component, Protocol):
     """Loads the splits. ``load()`` may be slow; the harness caches its result."""
@@ -30,8 +45,11 @@ class Dataset(Component, Protocol):
     def load(self) -> DatasetSplits: ...
 
     def fingerprint(self) -> str:
-        """A hash of what ``load()`` will return (file list + contents, or generator params)."""
+        """A hash of what ``load()`` will return: file contents (never sizes or times), or
+        generator params. It is part of every cache key downstream of the dataset."""
         ...
+
+    # optional: def image_shape(self) -> tuple[int, int] | None  (cheap, without loading)
 
 
 @runtime_checkable

@@ -568,7 +568,31 @@ def make_figures(
             path = None
         if path is not None:
             sections["Heatmap overlays"].append(path)
+    remove_stale_figures(out, [p for paths in sections.values() for p in paths])
     return sections
+
+
+#: The names of the figures :func:`make_figures` writes (``<prefix>__<slug>.png``).
+FIGURE_PREFIXES: tuple[str, ...] = ("curves__", "per_class__", "overlays__")
+
+
+def remove_stale_figures(out_dir: str | Path, written: Sequence[str | Path]) -> list[Path]:
+    """Delete this report's figures in ``out_dir`` that the latest build did not write.
+
+    A figure left from an earlier build (an overlay skipped this time, a perturbation
+    no longer on the board) would show numbers the tables no longer hold. Only files
+    named like :func:`make_figures`' own PNGs are touched; returns what was removed.
+    """
+    folder = Path(out_dir)
+    if not folder.is_dir():
+        return []
+    keep = {Path(p).resolve() for p in written}
+    removed = []
+    for path in sorted(folder.glob("*.png")):
+        if path.name.startswith(FIGURE_PREFIXES) and path.resolve() not in keep:
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _overlay_figure(dataset: str, group: pd.DataFrame, df: pd.DataFrame, manifests: Mapping[str, Any],

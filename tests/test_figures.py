@@ -129,3 +129,20 @@ def test_make_figures_without_dataset_file_warns_and_keeps_the_rest(tmp_path):
         figs = make_figures(collect(tmp_path), tmp_path / "figures")
     assert figs["Heatmap overlays"] == []
     assert len(figs["Mean MoRF curves (AOPC graphs)"]) == 1
+
+
+def test_a_figure_the_latest_build_did_not_write_is_removed(tmp_path):
+    """A stale overlay (skipped this time) must not sit beside tables that no longer hold it."""
+    run = write_run(tmp_path, "r", [FakeCell("covid", "vgg16", "gradcam", per_image=[0.4] * 8)])
+    (run / "covid.npz").unlink()  # the overlay cannot be drawn this time
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    stale = figures / "overlays__covid-0123ab.png"
+    stale.write_bytes(PNG)
+    mine = figures / "my-own-plot.png"  # not one of the report's figures: left alone
+    mine.write_bytes(PNG)
+    with pytest.warns(UserWarning, match="dataset file"):
+        figs = make_figures(collect(tmp_path), figures)
+    assert not stale.exists() and mine.exists()
+    (curves,) = figs["Mean MoRF curves (AOPC graphs)"]
+    assert curves.exists()

@@ -23,9 +23,11 @@ from .errors import (
 from .hookspecs import hookimpl, hookspec
 from .plugins import create, register_plugin, registry, unregister_plugin
 from .specs import (
+    EXPLAINER_ROLES,
     ComponentSpec,
     DatasetSpec,
     ExplainerSpec,
+    MetricInputs,
     MetricSpec,
     ModelSpec,
     PerturbationSpec,
@@ -51,6 +53,8 @@ _LAZY = {
     "compute_heatmaps": ("bench.explain", "compute_heatmaps"),
     "IncrementalForward": ("bench.incremental", "IncrementalForward"),
     "predicted_gain": ("bench.incremental", "predicted_gain"),
+    "MetricData": ("bench.metrics", "MetricData"),
+    "CellRecord": ("bench.record", "CellRecord"),
 }
 
 
@@ -90,11 +94,15 @@ __all__ = [
     "IncrementalForward",
     "predicted_gain",
     "ComponentSpec",
+    "EXPLAINER_ROLES",
     "DatasetSpec",
     "ModelSpec",
     "ExplainerSpec",
     "PerturbationSpec",
     "MetricSpec",
+    "MetricInputs",
+    "MetricData",
+    "CellRecord",
     "BenchError",
     "ConfigError",
     "DataError",

@@ -6,7 +6,7 @@
               [--config FILE] [--preset NAME] [--data PATH] [--weights imagenet|none|PATH]
               [--executor local|ray] [--out DIR] [--set section.key=value ...] [--dry-run] [--quiet]
     bench leaderboard [--format md|csv|json|html|latex] [--out FILE] [--results DIR]
-    bench new-plugin NAME --kind explainer|perturbation|model|dataset [--dir DIR]
+    bench new-plugin NAME --kind explainer|perturbation|model|dataset|metric [--dir DIR]
     bench data describe [--dataset NAME] [--data PATH] [--json]
     bench data show NAME [--data PATH] --out FILE.png
     bench config [--preset NAME] [--config FILE] [--set section.key=value ...]  (print the resolved config)
@@ -47,6 +47,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     reg = registry()
     infos = [p.to_dict() for p in reg.plugins]
     conflicts = [c.to_dict() for c in reg.conflicts]
+    roles = {name: r.role for name, r in reg["explainer"].items() if r.role is not None}
+    for p in infos:
+        mine = {n: roles[n] for n in p["components"].get("explainer", []) if n in roles}
+        if mine:
+            p["roles"] = mine  # explainer name -> role
     if args.json:
         print(json.dumps({"plugins": infos, "conflicts": conflicts}, indent=2))
         return EXIT_OK
@@ -56,7 +61,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     rows = []
     for p in infos:
         comps = "; ".join(
-            f"{k}: " + ", ".join(f"{n} (CONFLICT)" if (k, n) in clashing else n for n in v)
+            f"{k}: " + ", ".join(
+                f"{n} (CONFLICT)" if (k, n) in clashing
+                else f"{n} ({p['roles'][n]})" if k == "explainer" and p.get("roles", {}).get(n, "method") != "method"
+                else n
+                for n in v
+            )
             for k, v in p["components"].items()
         ) or "-"
         status = p["status"] if p["status"] == "ok" else f"{p['status']}: {p['error']}"
@@ -89,7 +99,20 @@ def cmd_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     from tabulate import tabulate
 
-    rows = [[r.name, r.version, r.plugin.name, r.spec.description] for r in sorted(table.values(), key=lambda r: r.name)]
+    entries = sorted(table.values(), key=lambda r: r.name)
+    if kind == "explainer":  # methods first, then the controls (reference lines, not competitors)
+        entries.sort(key=lambda r: r.role not in (None, "method"))
+        rows = [[r.name, r.role or "", r.version, r.plugin.name, r.spec.description] for r in entries]
+        print(tabulate(rows, headers=[kind, "role", "version", "plugin", "description"]))
+        return EXIT_OK
+    if kind == "metric":  # what each needs, and which way is better
+        rows = [[r.name, getattr(r.spec, "family", ""),
+                 "higher" if getattr(r.spec, "higher_is_better", True) else "lower",
+                 ", ".join(r.spec.inputs.names()) if hasattr(r.spec, "inputs") else "",
+                 r.version, r.plugin.name, r.spec.description] for r in entries]
+        print(tabulate(rows, headers=[kind, "family", "better", "inputs", "version", "plugin", "description"]))
+        return EXIT_OK
+    rows = [[r.name, r.version, r.plugin.name, r.spec.description] for r in entries]
     print(tabulate(rows, headers=[kind, "version", "plugin", "description"]))
     return EXIT_OK
 
@@ -137,6 +160,9 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         put("explainers", "names", args.explainer)
     if args.perturbation:
         put("perturbations", "names", args.perturbation)
+    if args.metric:  # the metrics named on the command line; the first one ranks the rows
+        put("metrics", "names", args.metric)
+        put("leaderboard", "primary", args.metric[0])
     if args.data:
         put("dataset", "data", str(Path(args.data).expanduser()))
     if args.weights:
@@ -202,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.failed:
         print("\nfailed cells:", file=sys.stderr)
         for c in result.failed:
-            print(f"  {c['cell_id']} (stage {c['stage']}): {c['error']}", file=sys.stderr)
+            print(f"  {c.cell_id} (stage {c.stage}): {c.error}", file=sys.stderr)
     if result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if result.ok else EXIT_FAILED_CELLS
@@ -217,10 +243,19 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     results = Path(args.results)
     if not (results / "runs").is_dir():
         raise BenchError(f"no runs under {str(results / 'runs')!r}: run `bench run` first")
-    paths = build_leaderboard(results, baseline=args.baseline, figures=not args.no_figures)
+    control = args.control or ""
+    if args.baseline is not None:  # deprecated alias of --control
+        print("bench: warning: --baseline is deprecated: the gain reference is each family's null-control "
+              "explainer (by role); use --control NAME to choose one of several", file=sys.stderr)
+        if control and control != args.baseline:
+            raise BenchError(f"--control {control!r} and the deprecated --baseline {args.baseline!r} disagree")
+        control = args.baseline
+    primary = args.primary or None
+    paths = build_leaderboard(results, control=control, figures=not args.no_figures, primary=primary)
     if args.format:
         fmt = "tex" if args.format == "latex" else args.format
-        text = render(collect(results), fmt) if fmt not in paths else Path(paths[fmt]).read_text(encoding="utf-8")
+        text = (render(collect(results, control=control, primary=primary), fmt) if fmt not in paths
+                else Path(paths[fmt]).read_text(encoding="utf-8"))
         if args.out:
             from .store import atomic_write_text
 
@@ -277,7 +312,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         rows = [[c] + [info["splits"][s][c] for s in ("train", "val", "test")] for c in info["classes"]]
         rows.append(["total"] + [sum(info["splits"][s].values()) for s in ("train", "val", "test")])
         print(f"dataset {info['dataset']}  fingerprint {info['fingerprint']}  image size {info['image_size']}")
-        print(f"masks: lung={info['masks']['lung']} lesion={info['masks']['lesion']}")
+        masks = info["masks"]
+        print("masks: " + (", ".join(f"{name} ({frac:.1%} of images)" for name, frac in masks.items()) or "none"))
+        if info["positive_classes"]:
+            print("positive classes: " + ", ".join(info["positive_classes"]))
         print(tabulate(rows, headers=["class", "train", "val", "test"]))
         return EXIT_OK
     if args.data_command == "show":
@@ -324,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", metavar="M")
     p.add_argument("--explainer", action="append", metavar="E")
     p.add_argument("--perturbation", action="append", metavar="P")
+    p.add_argument("--metric", action="append", metavar="M",
+                   help="a metric to compute (repeatable; the first ranks the leaderboard)")
     p.add_argument("--config", metavar="FILE", help="TOML config (see bench/presets/*.toml)")
     p.add_argument("--preset", metavar="NAME", help="built-in preset: demo (default), covid-radiography")
     p.add_argument("--data", metavar="PATH", help="dataset folder (for datasets read from disk)")
@@ -342,13 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "csv", "json", "html", "latex", "tex"])
     p.add_argument("--out", metavar="FILE")
     p.add_argument("--results", default="results", metavar="DIR")
-    p.add_argument("--baseline", default="random", help="explainer for 'gain over random'")
+    p.add_argument("--control", default="", metavar="EXPLAINER",
+                   help="the control 'gain over control' is measured against (default: each family's "
+                        "null-control explainer; needed when a family ran several)")
+    p.add_argument("--baseline", default=None, help=argparse.SUPPRESS)  # deprecated alias of --control
+    p.add_argument("--primary", default="", metavar="METRIC",
+                   help="the metric rows are ranked by and gains use (default: the first metric column)")
     p.add_argument("--no-figures", action="store_true", help="tables only (faster)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("new-plugin", help="write a ready-to-install plugin package")
     p.add_argument("name")
-    p.add_argument("--kind", required=True, choices=["explainer", "perturbation", "model", "dataset"])
+    p.add_argument("--kind", required=True, choices=["explainer", "perturbation", "model", "dataset", "metric"])
     p.add_argument("--dir", default=".", metavar="DIR")
     p.set_defaults(func=cmd_new_plugin)
 

@@ -19,7 +19,6 @@ from typing import Any
 from .errors import ConfigError, did_you_mean
 
 ALL = "all"
-ORDERS = ("morf", "lerf", "random")
 #: The largest ``run.seed``: the trainer seeds NumPy's legacy generator (32 bits).
 MAX_SEED = 2**32 - 1
 
@@ -58,24 +57,45 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "names": ((list,), [ALL]),
         "params": ((dict,), {}),
     },
+    "metrics": {
+        "names": ((list,), [ALL]),
+        "params": ((dict,), {}),
+    },
     "aopc": {
         "grid": ((int, list), 9),
-        "orders": ((list,), ["morf"]),
         "batch_size": ((int,), 64),
         "max_images": ((int,), 0),
         "strategy": ((str,), "auto"),
         "confidence": ((float,), 0.95),
         "bootstrap": ((int,), 10000),
-        "baseline": ((str,), "random"),
+        #: deprecated alias of leaderboard.control (see bench.controls)
+        "baseline": ((str,), ""),
     },
     "leaderboard": {
         "formats": ((list,), ["md", "csv", "json", "html", "tex"]),
+        #: the metric rows are ranked by, and gains and paired comparisons use; "" = the
+        #: first selected metric
+        "primary": ((str,), ""),
+        #: the null-control explainer "gain over control" is measured against; "" = the grid's
+        #: only null control (an error when it has several)
+        "control": ((str,), ""),
         "figures": ((bool,), True),
     },
 }
 
 #: The plugin kind behind each ``names`` section.
-SECTION_KIND = {"models": "model", "explainers": "explainer", "perturbations": "perturbation"}
+SECTION_KIND = {
+    "models": "model", "explainers": "explainer", "perturbations": "perturbation", "metrics": "metric",
+}
+
+#: Keys that were removed, and what replaces them (a config that still has one gets this message).
+REMOVED_KEYS: dict[str, str] = {
+    "aopc.orders": (
+        "the curve orders a run computes are the ones its metrics need: choose the metrics with "
+        '[metrics] names = [...] ("all" by default; `bench list metrics` shows each metric with '
+        "the curves it needs), and remove aopc.orders"
+    ),
+}
 
 
 def defaults() -> dict[str, Any]:
@@ -144,6 +164,8 @@ def validate_structure(cfg: Mapping[str, Any], where: str = "config") -> None:
         keys = SCHEMA[section]
         for key, value in table.items():
             path = f"{section}.{key}"
+            if path in REMOVED_KEYS:
+                raise ConfigError(f"{where}: {path} was removed: {REMOVED_KEYS[path]}")
             if key not in keys:
                 elsewhere = [f"{s}.{key}" for s, ks in SCHEMA.items() if key in ks]
                 candidates = [f"{section}.{k}" for k in keys]
@@ -162,7 +184,7 @@ def validate_structure(cfg: Mapping[str, Any], where: str = "config") -> None:
                 raise ConfigError(
                     f"{where}: {path} must be {_type_name(types)}, got {type(value).__name__} {value!r}"
                 )
-            if key == "names" or key in ("orders", "formats"):
+            if key in ("names", "formats"):
                 for i, item in enumerate(value):
                     if not isinstance(item, str):
                         raise ConfigError(f"{where}: {path}[{i}] must be a string, got {item!r}")
@@ -185,14 +207,6 @@ def validate_values(cfg: Mapping[str, Any]) -> None:
     cells = [grid, grid] if isinstance(grid, int) else grid
     if len(cells) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in cells):
         raise ConfigError(f"aopc.grid must be a positive integer or [rows, cols], got {grid!r}")
-    for i, order in enumerate(cfg["aopc"]["orders"]):
-        if order not in ORDERS:
-            raise ConfigError(
-                f"aopc.orders[{i}] = {order!r} is not an order{did_you_mean(order, ORDERS)}; "
-                f"orders: {', '.join(ORDERS)}"
-            )
-    if not cfg["aopc"]["orders"]:
-        raise ConfigError("aopc.orders must name at least one order")
     if cfg["aopc"]["strategy"] not in ("auto", "full", "incremental"):
         raise ConfigError(
             f"aopc.strategy must be 'auto', 'full' or 'incremental', got {cfg['aopc']['strategy']!r}"
@@ -253,6 +267,12 @@ def _dataset_name(layer: Mapping[str, Any] | None) -> str | None:
     return name or None
 
 
+def _is_resolved(config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` is already resolved: every section present, each with every key."""
+    return all(isinstance(config.get(sec), Mapping) and all(k in config[sec] for k in keys)
+               for sec, keys in SCHEMA.items())
+
+
 def load_config(
     config: str | Path | Mapping[str, Any] | None = None,
     *,
@@ -270,7 +290,7 @@ def load_config(
     demo preset), the params written for the other dataset are left out.
     An already resolved config (every section present) is re-validated and returned.
     """
-    if isinstance(config, Mapping) and all(sec in config for sec in SCHEMA) and preset is None:
+    if isinstance(config, Mapping) and preset is None and _is_resolved(config):
         cfg = merge(dict(config), overrides or {})
         validate_structure(cfg, "config")
         validate_values(cfg)

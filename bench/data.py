@@ -9,25 +9,42 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .paths import NAME_RULE, name_problem
+
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+#: ``DatasetSplits.metadata`` key: the classes a dataset declares positive (a list of its
+#: class names); the ``disease_recall`` model-selection rule averages recall over them.
+POSITIVE_CLASSES_KEY = "positive_classes"
+#: NPZ member of a mask: ``<split>/masks/<name>`` (bits packed along the width).
+MASKS_PREFIX = "masks/"
+#: Older dataset files stored a mask as ``<split>/<name>_masks`` and the positive classes
+#: in a meta key of their own; both are still read.
+LEGACY_MASK_SUFFIX = "_masks"
+LEGACY_POSITIVE_KEY = "disease_classes"
 
 
 @dataclass(frozen=True)
 class Split:
-    """One split: uint8 images (N, H, W), int labels (N,), ids (N,), optional masks."""
+    """One split: uint8 images (N, H, W), int labels (N,), ids (N,), and named masks.
+
+    ``masks`` maps a mask name (a component-style name: lower-case letters, digits,
+    '.', '_', '-') to a bool array of the images' shape (N, H, W). Which masks a
+    dataset carries, and what they mean, is the dataset plugin's business: the core
+    names none. Any mapping is accepted and stored as a plain ``dict`` in the
+    order given.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     ids: np.ndarray
-    lung_masks: np.ndarray | None = None
-    lesion_masks: np.ndarray | None = None
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -39,12 +56,25 @@ class Split:
             raise ValueError(
                 f"Split.labels and ids must be (N,)={n}, got {self.labels.shape}, {self.ids.shape}"
             )
-        for mname in ("lung_masks", "lesion_masks"):
-            m = getattr(self, mname)
-            if m is not None and (m.dtype != np.bool_ or m.shape != self.images.shape):
+        if not isinstance(self.masks, Mapping):
+            raise TypeError(
+                f"Split.masks must be a mapping name -> bool (N, H, W) array, got {type(self.masks).__name__}"
+            )
+        masks: dict[str, np.ndarray] = {}
+        for name, m in self.masks.items():
+            problem = name_problem(name)
+            if problem is not None:
                 raise ValueError(
-                    f"Split.{mname} must be bool {self.images.shape}, got {m.dtype} {m.shape}"
+                    f"Split.masks: mask name {name!r} is invalid: {problem}; a mask name may use only {NAME_RULE}"
                 )
+            if not isinstance(m, np.ndarray) or m.dtype != np.bool_ or m.shape != self.images.shape:
+                got = f"{m.dtype} {m.shape}" if isinstance(m, np.ndarray) else type(m).__name__
+                raise ValueError(
+                    f"Split.masks[{name!r}] must be a bool array of the images' shape "
+                    f"{self.images.shape}, got {got}"
+                )
+            masks[name] = m
+        object.__setattr__(self, "masks", masks)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -54,12 +84,12 @@ class Split:
         return tuple(self.images.shape[1:3])  # type: ignore[return-value]
 
     def subset(self, index: np.ndarray) -> Split:
+        """The images at ``index`` (positions or a bool selector), masks kept aligned."""
         return Split(
             images=self.images[index],
             labels=self.labels[index],
             ids=self.ids[index],
-            lung_masks=None if self.lung_masks is None else self.lung_masks[index],
-            lesion_masks=None if self.lesion_masks is None else self.lesion_masks[index],
+            masks={name: m[index] for name, m in self.masks.items()},
         )
 
     def batches(self, batch_size: int) -> Iterator[tuple[slice, np.ndarray]]:
@@ -79,9 +109,8 @@ class DatasetSplits:
     val: Split
     test: Split
     fingerprint: str
-    #: Classes whose recall drives model selection (the study: the three diseases).
-    disease_classes: tuple[str, ...] = ()
-    #: Free-form provenance (file lists of each split, skipped files, generator params).
+    #: Free-form provenance (file lists of each split, skipped files, generator params),
+    #: plus the keys the harness reads: ``positive_classes`` (see :attr:`positive_classes`).
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,6 +120,18 @@ class DatasetSplits:
         for split_name, s in self.splits().items():
             if len(s) and (s.labels.min() < 0 or s.labels.max() >= len(self.class_names)):
                 raise ValueError(f"{split_name} labels out of range for {len(self.class_names)} classes")
+        positive = self.metadata.get(POSITIVE_CLASSES_KEY, [])
+        if not isinstance(positive, (list, tuple)) or not all(isinstance(c, str) for c in positive):
+            raise ValueError(
+                f"dataset {self.name!r}: metadata[{POSITIVE_CLASSES_KEY!r}] must be a list of class "
+                f"names, got {positive!r}"
+            )
+        unknown = [c for c in positive if c not in self.class_names]
+        if unknown:
+            raise ValueError(
+                f"dataset {self.name!r}: metadata[{POSITIVE_CLASSES_KEY!r}] names {unknown}, which are "
+                f"not among its classes {list(self.class_names)}"
+            )
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test}
@@ -104,8 +145,36 @@ class DatasetSplits:
         return len(self.class_names)
 
     @property
-    def disease_class_indices(self) -> tuple[int, ...]:
-        return tuple(self.class_names.index(c) for c in self.disease_classes)
+    def positive_classes(self) -> tuple[str, ...]:
+        """The classes the dataset declares positive (``metadata["positive_classes"]``).
+
+        The ``disease_recall`` selection rule averages the validation recall over them
+        (all classes when the dataset declares none). The names are the dataset's own.
+        """
+        return tuple(self.metadata.get(POSITIVE_CLASSES_KEY, ()))
+
+    @property
+    def positive_class_indices(self) -> tuple[int, ...]:
+        return tuple(self.class_names.index(c) for c in self.positive_classes)
+
+    @property
+    def mask_names(self) -> tuple[str, ...]:
+        """Every mask name any split carries, in first-seen order (train, val, test)."""
+        names: dict[str, None] = {}
+        for s in self.splits().values():
+            names.update(dict.fromkeys(s.masks))
+        return tuple(names)
+
+    def mask_coverage(self) -> dict[str, float]:
+        """Per mask name: the fraction of all images (every split) whose mask is non-empty."""
+        total = sum(len(s) for s in self.splits().values())
+        out: dict[str, float] = {}
+        for name in self.mask_names:
+            nonempty = sum(
+                int(s.masks[name].any(axis=(1, 2)).sum()) for s in self.splits().values() if name in s.masks
+            )
+            out[name] = nonempty / total if total else 0.0
+        return out
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -117,17 +186,15 @@ class DatasetSplits:
 
     def describe(self) -> dict[str, Any]:
         """The stable JSON form of ``bench data describe``."""
-        any_split = [s for s in self.splits().values() if len(s)]
         return {
             "dataset": self.name,
             "fingerprint": self.fingerprint,
             "classes": list(self.class_names),
             "image_size": list(self.image_shape),
             "splits": self.counts(),
-            "masks": {
-                "lung": any(s.lung_masks is not None for s in any_split),
-                "lesion": any(s.lesion_masks is not None for s in any_split),
-            },
+            "positive_classes": list(self.positive_classes),
+            # name -> fraction of images with a non-empty mask
+            "masks": {name: round(frac, 6) for name, frac in self.mask_coverage().items()},
         }
 
     # ---- persistence (NPZ, no pickle) -------------------------------------------------
@@ -137,16 +204,15 @@ class DatasetSplits:
             arrays[f"{split_name}/images"] = s.images
             arrays[f"{split_name}/labels"] = s.labels.astype(np.int64)
             arrays[f"{split_name}/ids"] = s.ids.astype(str)
-            if s.lung_masks is not None:
-                arrays[f"{split_name}/lung_masks"] = np.packbits(s.lung_masks, axis=-1)
-            if s.lesion_masks is not None:
-                arrays[f"{split_name}/lesion_masks"] = np.packbits(s.lesion_masks, axis=-1)
+            for mask_name, m in s.masks.items():
+                arrays[f"{split_name}/{MASKS_PREFIX}{mask_name}"] = np.packbits(m, axis=-1)
         meta = {
             "name": self.name,
             "class_names": list(self.class_names),
             "fingerprint": self.fingerprint,
-            "disease_classes": list(self.disease_classes),
             "metadata": self.metadata,
+            # the masks' order (NPZ members carry no order of their own)
+            "masks": {split_name: list(s.masks) for split_name, s in self.splits().items()},
         }
         arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         from .store import atomic_write_bytes
@@ -177,25 +243,32 @@ class DatasetSplits:
         splits = {}
         for split_name in SPLIT_NAMES:
             images = arrays[f"{split_name}/images"]
-
-            def mask(key: str, width: int = images.shape[2]) -> np.ndarray | None:
-                if key not in arrays:
-                    return None
-                return np.unpackbits(arrays[key], axis=-1, count=width).astype(bool)
-
+            width = images.shape[2]
+            keys: dict[str, str] = {}  # mask name -> member
+            order = meta.get("masks", {}).get(split_name)
+            for key in arrays:
+                head, sep, rest = key.partition("/")
+                if head != split_name or not sep:
+                    continue
+                if rest.startswith(MASKS_PREFIX):
+                    keys[rest[len(MASKS_PREFIX):]] = key
+                elif rest.endswith(LEGACY_MASK_SUFFIX):  # schema 1: "<split>/<name>_masks"
+                    keys.setdefault(rest[: -len(LEGACY_MASK_SUFFIX)], key)
+            names = [n for n in order if n in keys] if order else sorted(keys)
             splits[split_name] = Split(
                 images=images,
                 labels=arrays[f"{split_name}/labels"],
                 ids=arrays[f"{split_name}/ids"],
-                lung_masks=mask(f"{split_name}/lung_masks"),
-                lesion_masks=mask(f"{split_name}/lesion_masks"),
+                masks={n: np.unpackbits(arrays[keys[n]], axis=-1, count=width).astype(bool) for n in names},
             )
+        metadata = dict(meta["metadata"])
+        if LEGACY_POSITIVE_KEY in meta:  # schema 1 kept the positive classes beside the metadata
+            metadata.setdefault(POSITIVE_CLASSES_KEY, list(meta[LEGACY_POSITIVE_KEY]))
         return cls(
             name=meta["name"],
             class_names=tuple(meta["class_names"]),
             fingerprint=meta["fingerprint"],
-            disease_classes=tuple(meta["disease_classes"]),
-            metadata=meta["metadata"],
+            metadata=metadata,
             **splits,
         )
 

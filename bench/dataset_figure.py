@@ -1,7 +1,8 @@
 """``bench data show``: a PNG grid of example images per class, masks outlined.
 
-One row per class, ``per_class`` examples per row taken from one split, the
-lesion (ground-truth) mask outlined in one colour and the lung mask in another.
+One row per class, ``per_class`` examples per row taken from one split, every
+mask the dataset carries outlined, one colour per mask in the dataset's order
+(:data:`MASK_COLOURS`).
 Uses matplotlib's object API with the Agg canvas (no pyplot global state, no
 display needed) and writes the file atomically.
 """
@@ -19,8 +20,14 @@ from .errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from .data import DatasetSplits
 
-LUNG_COLOUR = "#00c8ff"
-LESION_COLOUR = "#ff3b30"
+#: Outline colours of a dataset's masks, by the order of ``DatasetSplits.mask_names``
+#: (cycled when a dataset carries more masks than colours).
+MASK_COLOURS: tuple[str, ...] = ("#ff3b30", "#00c8ff", "#ffcc00", "#34c759", "#af52de", "#ff9500")
+
+
+def mask_colours(names: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Mask name -> outline colour, by position."""
+    return {name: MASK_COLOURS[i % len(MASK_COLOURS)] for i, name in enumerate(names)}
 
 
 def _pick(labels: np.ndarray, class_index: int, per_class: int) -> np.ndarray:
@@ -37,8 +44,8 @@ def write_dataset_grid(
 ) -> Path:
     """Write a PNG grid of ``per_class`` examples per class from ``split``; return its path.
 
-    Lung masks are outlined in cyan, lesion masks in red (when the dataset has them);
-    the title names the dataset, split, image size and fingerprint, each row its class
+    Each mask the dataset carries is outlined in its colour (:func:`mask_colours`,
+    named in the legend); the title names the dataset, split, image size and fingerprint, each row its class
     and how many images of it the split holds.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -64,7 +71,8 @@ def write_dataset_grid(
     grid = fig.add_gridspec(n_rows, n_cols, left=1.4 / (cell * n_cols + 1.6), right=0.99,
                             top=1 - 0.8 / (cell * n_rows + 1.2), bottom=0.3 / (cell * n_rows + 1.2),
                             wspace=0.04, hspace=0.08)
-    lung_shown = lesion_shown = False
+    colours = mask_colours(splits.mask_names)
+    shown: set[str] = set()
     for row, class_name in enumerate(splits.class_names):
         picks = _pick(part.labels, row, per_class)
         total = int(np.sum(part.labels == row))
@@ -84,24 +92,21 @@ def write_dataset_grid(
                 continue
             i = int(picks[col])
             ax.imshow(part.images[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            if part.lung_masks is not None and part.lung_masks[i].any():
-                ax.contour(part.lung_masks[i].astype(np.float32), levels=[0.5],
-                           colors=[LUNG_COLOUR], linewidths=0.8)
-                lung_shown = True
-            if part.lesion_masks is not None and part.lesion_masks[i].any():
-                ax.contour(part.lesion_masks[i].astype(np.float32), levels=[0.5],
-                           colors=[LESION_COLOUR], linewidths=0.8)
-                lesion_shown = True
+            for mask_name, m in part.masks.items():
+                if m[i].any():
+                    ax.contour(m[i].astype(np.float32), levels=[0.5],
+                               colors=[colours[mask_name]], linewidths=0.8)
+                    shown.add(mask_name)
             label = str(part.ids[i]).rsplit("/", 1)[-1]
             if len(label) > 34:
                 label = "…" + label[-33:]
             ax.set_title(label, fontsize=6, color="0.3", pad=2)
 
-    handles = []
-    if lung_shown:
-        handles.append(Line2D([0], [0], color=LUNG_COLOUR, lw=1.5, label="lung mask"))
-    if lesion_shown:
-        handles.append(Line2D([0], [0], color=LESION_COLOUR, lw=1.5, label="lesion mask (ground truth)"))
+    handles = [
+        Line2D([0], [0], color=colour, lw=1.5, label=f"{mask_name} mask")
+        for mask_name, colour in colours.items()
+        if mask_name in shown
+    ]
     if not handles:
         handles.append(Line2D([0], [0], color="none", label="no masks in this dataset"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)

@@ -40,7 +40,12 @@ def bench_register_perturbations() -> Iterable[PerturbationSpec]:
 
 @hookspec
 def bench_register_metrics() -> Iterable[MetricSpec]:
-    """Return the metric specs this plugin contributes."""
+    """Return the metric specs this plugin contributes.
+
+    Each :class:`bench.MetricSpec` declares what its metric needs (:class:`bench.MetricInputs`),
+    its family and which way is better; the component's ``compute(data)`` returns per-image
+    columns (:class:`bench.protocols.Metric`). A run computes only the curves its metrics need.
+    """
 
 
 #: hook name -> component kind it registers

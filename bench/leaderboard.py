@@ -1,20 +1,26 @@
 """The leaderboard: every finished cell of every run, one row per configuration.
 
-``collect(results_dir)`` reads ``results/runs/*/cells/*.json`` (written by the
-runner) into a :class:`pandas.DataFrame`, one row per (dataset, model, weights,
-explainer, perturbation, settings fingerprint, explainer-params fingerprint): the
-latest *ok* cell across all runs wins. The settings fingerprint stands for every
-shared input that can change a number (grid, orders, perturbation, dataset, model
-and training parameters, weights content, ``max_images``, seed, bootstrap,
-confidence); rows are paired and compared only within one fingerprint, and the
-notes carry a legend of what each fingerprint stands for.
+``collect(results_dir)`` reads ``results/runs/*/cells/*.json`` (cell records,
+:class:`bench.record.CellRecord`, any schema it can read) into a
+:class:`pandas.DataFrame`, one row per (dataset, model, weights, explainer,
+perturbation, settings fingerprint, explainer-params fingerprint): the latest *ok*
+cell across all runs wins. The settings fingerprint stands for every shared input
+that can change a number (grid, curve orders, selected metrics, perturbation,
+dataset, model and training parameters, weights content, ``max_images``, seed,
+bootstrap, confidence); rows are paired and compared only within one fingerprint,
+and the notes carry a legend of what each fingerprint stands for. The metric
+columns are the metrics the records hold (:func:`metric_columns`: one per metric and
+parameter set, value, CI, n, n_excluded, direction), in the config's order; the
+primary one ranks the rows and carries the gain.
 ``render(df, fmt)`` turns it into Markdown (tabulate, GitHub style), CSV, JSON
 (schema-versioned), self-contained HTML or LaTeX (booktabs), and
 ``build_leaderboard()`` writes ``results/leaderboard.{md,csv,json,html,tex}``
 atomically, plus ``results/report.md`` and ``results/figures/*.png``.
 
-Nothing here knows a plugin by name: the explainer that "gain over random" is
-measured against is the ``baseline`` parameter. Every string that comes from a
+Nothing here knows a plugin by name: "gain over control" is measured against each
+family's null-control explainer, found by the role its spec declares and its cell
+records (:mod:`bench.controls`), or the one ``control`` names; controls are marked
+(``role`` column) and listed after the methods. Every string that comes from a
 plugin or a config (names, errors, parameters) is escaped in HTML and LaTeX.
 """
 
@@ -27,6 +33,7 @@ import math
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,12 +41,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import BenchError, DataError
+from .controls import (
+    CONTROL_KEY,
+    METHOD_ROLE,
+    NULL_CONTROL_ROLE,
+    is_control,
+    record_role,
+    role_rank,
+)
+from .errors import BenchError, ConfigError, DataError
+from .metrics import metric_params_key
+from .record import CellRecord, MetricResult, RecordError
 from .runs import load_manifests, runs_dir
 from .settings import cell_settings, explainer_params_key, settings_key, weights_hash
 from .store import atomic_write_text, read_json
 
-SCHEMA = "bench.leaderboard/1"
+#: Version 2: the metric columns come from the metrics the records hold (:func:`columns_of`).
+SCHEMA = "bench.leaderboard/2"
 FORMATS: tuple[str, ...] = ("md", "csv", "json", "html", "tex")
 #: Aliases accepted by :func:`render` and :func:`build_leaderboard` (``bench leaderboard --format latex``).
 FORMAT_ALIASES: dict[str, str] = {"markdown": "md", "latex": "tex", "htm": "html"}
@@ -53,26 +71,23 @@ PAIR_COLUMNS: tuple[str, ...] = ("dataset", "model", "weights", "perturbation", 
 #: Shortest shown length of a fingerprint (longer where two would share a prefix).
 SHORT_KEY = 6
 
-#: Machine-readable columns of :func:`collect` (CSV and JSON use these names).
-COLUMNS: tuple[str, ...] = (
+#: The columns before the metric columns.
+LEAD_COLUMNS: tuple[str, ...] = (
     *KEY_COLUMNS,
+    "role",
     "recall_macro",
     "f1_macro",
     "precision_macro",
     "accuracy",
-    "aopc",
-    "aopc_ci_low",
-    "aopc_ci_high",
-    "gain_over_baseline",
-    "gain_ci_low",
-    "gain_ci_high",
-    "baseline",
-    "lerf_aopc",
-    "lerf_ci_low",
-    "lerf_ci_high",
-    "abpc",
-    "abpc_ci_low",
-    "abpc_ci_high",
+)
+#: The columns of each metric column ``M`` (its id, :class:`MetricColumn`): value, CI, n and the
+#: count of non-finite per-image values left out of them.
+METRIC_SUFFIXES: tuple[str, ...] = ("", "_ci_low", "_ci_high", "_n", "_n_excluded")
+#: The gain of the primary metric over the reference control (``primary`` names the metric column).
+GAIN_COLUMNS: tuple[str, ...] = ("primary", "gain_over_baseline", "gain_ci_low", "gain_ci_high", "baseline")
+#: The columns after the metrics.
+TAIL_COLUMNS: tuple[str, ...] = (
+    "metric_notes",
     "n_images",
     "constant_heatmaps",
     "evaluate_seconds",
@@ -87,17 +102,52 @@ COLUMNS: tuple[str, ...] = (
     "cell_id",
     "finished",
 )
+#: The fixed machine-readable columns of :func:`collect` (CSV and JSON use these names); the
+#: metric columns sit between the lead and the gain columns: :func:`columns_of` gives them all.
+COLUMNS: tuple[str, ...] = (*LEAD_COLUMNS, *GAIN_COLUMNS, *TAIL_COLUMNS)
 
 FAILED_COLUMNS: tuple[str, ...] = (
     *COMPONENT_COLUMNS, "run_id", "cell_id", "stage", "error", "finished", "shown_instead",
 )
 
-_NUMERIC = (
-    "recall_macro", "f1_macro", "precision_macro", "accuracy", "aopc", "aopc_ci_low",
-    "aopc_ci_high", "gain_over_baseline", "gain_ci_low", "gain_ci_high", "lerf_aopc", "lerf_ci_low", "lerf_ci_high", "abpc",
-    "abpc_ci_low", "abpc_ci_high", "evaluate_seconds", "explain_seconds", "passes_per_second",
-    "sigma",
-)
+
+
+@dataclass(frozen=True)
+class MetricColumn:
+    """One metric column of a leaderboard: a metric under one parameter set.
+
+    ``id`` is the column's name in the tables: the metric's name, plus ``.<params
+    fingerprint>`` where the records hold the metric under more than one parameter set
+    (values under different parameters are never compared), or prefixed ``metric.``
+    where the name is one of the fixed columns.
+    """
+
+    id: str
+    name: str
+    params_key: str
+    label: str
+    higher_is_better: bool
+    family: str
+    description: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+    @property
+    def header(self) -> str:
+        """``"AOPC ↑"``: the label and its direction."""
+        return f"{self.label} {self.arrow}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "params_key": self.params_key, "label": self.label,
+                "higher_is_better": self.higher_is_better, "family": self.family,
+                "description": self.description, "params": dict(self.params)}
+
+
+def _metric_key(m: MetricResult) -> str:
+    return m.params_key or metric_params_key(m.params)
 
 
 # ---------------------------------------------------------------------------------------
@@ -115,7 +165,7 @@ def _parse_time(value: Any) -> datetime:
 
 
 
-def _iter_cells(results_dir: str | Path) -> Iterable[tuple[Path, dict[str, Any]]]:
+def _iter_cells(results_dir: str | Path) -> Iterable[tuple[Path, CellRecord]]:
     root = runs_dir(results_dir)
     if not root.is_dir():
         raise DataError(
@@ -131,7 +181,12 @@ def _iter_cells(results_dir: str | Path) -> Iterable[tuple[Path, dict[str, Any]]
         if not isinstance(cell, dict):
             warnings.warn(f"skipping cell file {path}: not a JSON object", stacklevel=3)
             continue
-        yield path, cell
+        try:
+            record = CellRecord.from_dict(cell, source=str(path))
+        except RecordError as exc:
+            warnings.warn(f"skipping {exc}", stacklevel=3)
+            continue
+        yield path, record
 
 
 def _num(value: Any) -> float:
@@ -157,9 +212,9 @@ def _grid_text(grid: Any) -> str:
     return f"{grid}x{grid}"
 
 
-def _legacy_weights_hash(path: Path, cell: Mapping[str, Any]) -> dict[str, Any]:
+def _legacy_weights_hash(path: Path, cell: CellRecord) -> dict[str, Any]:
     """The weights hash of an old cell record, from its run's model report (``models/<id>.json``)."""
-    model_json = path.parent.parent / "models" / f"{cell.get('dataset')}__{cell.get('model')}.json"
+    model_json = path.parent.parent / "models" / f"{cell.dataset}__{cell.model}.json"
     try:
         rec = read_json(model_json) if model_json.exists() else {}
     except (OSError, ValueError):
@@ -168,7 +223,7 @@ def _legacy_weights_hash(path: Path, cell: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def cell_settings_of(
-    path: Path, cell: Mapping[str, Any], manifest: Mapping[str, Any]
+    path: Path, cell: CellRecord, manifest: Mapping[str, Any]
 ) -> tuple[dict[str, Any], str]:
     """(settings block, full settings fingerprint) of a cell record.
 
@@ -176,17 +231,17 @@ def cell_settings_of(
     ``params`` and their run's manifest (training recipe, bootstrap, dataset
     fingerprint) and model report (weights hash), with the same function the runner uses.
     """
-    block = cell.get("settings")
+    block = cell.settings
     if isinstance(block, Mapping):
-        key = cell.get("settings_key")
+        key = cell.settings_key
         return dict(block), str(key) if isinstance(key, str) and key else settings_key(block)
-    params = cell.get("params") if isinstance(cell.get("params"), Mapping) else {}
+    params = cell.params
     cfg = manifest.get("config") if isinstance(manifest.get("config"), Mapping) else {}
     ds = manifest.get("dataset") if isinstance(manifest.get("dataset"), Mapping) else {}
     aopc_cfg = cfg.get("aopc") if isinstance(cfg.get("aopc"), Mapping) else {}
     block = cell_settings(
         params,
-        dataset_fingerprint=ds.get("fingerprint") if ds.get("name") == cell.get("dataset") else None,
+        dataset_fingerprint=ds.get("fingerprint") if ds.get("name") == cell.dataset else None,
         weights_hash=_legacy_weights_hash(path, cell),
         training=cfg.get("training") if isinstance(cfg.get("training"), Mapping) else None,
         bootstrap=aopc_cfg.get("bootstrap"),
@@ -194,82 +249,181 @@ def cell_settings_of(
     return block, settings_key(block)
 
 
-def _cell_row(path: Path, cell: Mapping[str, Any], manifests: Mapping[str, Any]) -> dict[str, Any]:
-    run_id = str(cell.get("run_id") or path.parent.parent.name)
+def _metric_notes(cell: CellRecord) -> list[str]:
+    """What a row's metrics did not give: failed or skipped metrics, non-finite values left out."""
+    notes = []
+    for m in cell.metrics.values():
+        if not m.ok:
+            notes.append(f"{m.name} {m.status}: {m.error or '?'}")
+        elif m.n_excluded:
+            notes.append(f"{m.name}: {m.n_excluded} non-finite value(s) left out")
+    return notes
+
+
+def _cell_row(path: Path, cell: CellRecord, manifests: Mapping[str, Any]) -> dict[str, Any]:
+    run_id = str(cell.run_id or path.parent.parent.name)
     manifest = manifests.get(path.parent.parent.name, {})
-    params = cell.get("params") or {}
+    params = cell.params
     aopc_params = params.get("aopc") or {}
     pert_params = params.get("perturbation") or {}
-    classification = cell.get("classification") or {}
-    results = cell.get("results") or {}
-    morf = results.get("morf") or {}
-    lerf = results.get("lerf") or {}
-    abpc = cell.get("abpc") or {}
-    timings = cell.get("timings") or {}
-    morf_lo, morf_hi = _ci(morf)
-    lerf_lo, lerf_hi = _ci(lerf)
-    abpc_lo, abpc_hi = _ci(abpc)
-    n = morf.get("n", cell.get("n_images"))
-    finished = cell.get("finished") or manifest.get("finished") or manifest.get("created") or ""
+    classification = cell.classification or {}
+    timings = cell.timings
+    finished = cell.finished or manifest.get("finished") or manifest.get("created") or ""
     settings, skey = cell_settings_of(path, cell, manifest)
     explainer_params = dict(params.get("explainer") or {})
-    ekey = cell.get("explainer_params_key")
-    if not isinstance(ekey, str) or not ekey:
-        ekey = explainer_params_key(explainer_params)
-    constant = cell.get("constant_heatmaps")
+    ekey = cell.explainer_params_key or explainer_params_key(explainer_params)
     return {
-        "dataset": str(cell.get("dataset", "")),
-        "model": str(cell.get("model", "")),
-        "weights": "" if cell.get("weights") is None else str(cell.get("weights")),
-        "explainer": str(cell.get("explainer", "")),
-        "perturbation": str(cell.get("perturbation", "")),
+        "dataset": cell.dataset,
+        "model": cell.model,
+        "weights": "" if cell.weights is None else str(cell.weights),
+        "explainer": cell.explainer,
+        "perturbation": cell.perturbation,
         "settings": skey,  # shortened to a unique prefix by collect()
         "explainer_params": ekey,
+        "role": record_role({"provenance": cell.provenance, "explainer": cell.explainer}),
         "recall_macro": _num(classification.get("recall_macro")),
         "f1_macro": _num(classification.get("f1_macro")),
         "precision_macro": _num(classification.get("precision_macro")),
         "accuracy": _num(classification.get("accuracy")),
-        "aopc": _num(morf.get("aopc")),
-        "aopc_ci_low": morf_lo,
-        "aopc_ci_high": morf_hi,
+        "primary": "",
         "gain_over_baseline": math.nan,
         "gain_ci_low": math.nan,
         "gain_ci_high": math.nan,
         "baseline": "",
-        "lerf_aopc": _num(lerf.get("aopc")),
-        "lerf_ci_low": lerf_lo,
-        "lerf_ci_high": lerf_hi,
-        "abpc": _num(abpc.get("value")),
-        "abpc_ci_low": abpc_lo,
-        "abpc_ci_high": abpc_hi,
-        "n_images": int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None,
-        "constant_heatmaps": (int(constant) if isinstance(constant, (int, float))
-                              and not isinstance(constant, bool) else None),
-        "evaluate_seconds": _num(timings.get("evaluate_seconds")),
-        "explain_seconds": _num(timings.get("explain_seconds")),
-        "forward_passes": int(timings.get("forward_passes") or 0),
-        "passes_per_second": _num(timings.get("passes_per_second")),
+        "metric_notes": "; ".join(_metric_notes(cell)),
+        "n_images": cell.n_images,
+        "constant_heatmaps": cell.constant_heatmaps,
+        "evaluate_seconds": _num(timings.evaluate_seconds),
+        "explain_seconds": _num(timings.explain_seconds),
+        "forward_passes": int(timings.forward_passes or 0),
+        "passes_per_second": _num(timings.passes_per_second),
         "grid": _grid_text(aopc_params.get("grid")),
         "sigma": _num(pert_params.get("sigma")),
         "seed": aopc_params.get("seed", (manifest.get("seeds") or {}).get("run")),
-        "strategy": str(cell.get("strategy") or ""),
+        "strategy": str(cell.strategy or ""),
         "run_id": run_id,
-        "cell_id": str(cell.get("cell_id") or path.stem),
+        "cell_id": cell.cell_id or path.stem,
         "finished": str(finished),
         "_time": _parse_time(finished),
         "_path": str(path),
-        "_status": str(cell.get("status", "")),
-        "_error": cell.get("error"),
-        "_stage": cell.get("stage"),
-        "_orders": list(aopc_params.get("orders") or []),
+        "_status": cell.status,
+        "_error": cell.error,
+        "_stage": cell.stage,
+        "_orders": list(cell.orders or aopc_params.get("orders") or []),
         "_confidence": _num(aopc_params.get("confidence", 0.95)),
         "_pert_params": dict(pert_params),
-        "_curves_file": cell.get("curves_file"),
-        "_heatmaps_file": cell.get("heatmaps_file"),
+        "_curves_file": cell.curves_file,
+        "_heatmaps_file": cell.heatmaps_file,
         "_settings": settings,
         "_explainer_params": explainer_params,
-        "_model_key": str((cell.get("keys") or {}).get("model") or ""),
+        "_model_key": str(cell.keys.get("model") or ""),
+        "_metrics": dict(cell.metrics),
     }
+
+
+def metric_columns(rows: Sequence[Mapping[str, Any]], order: Sequence[str] | None = None) -> list[MetricColumn]:
+    """The metric columns of a leaderboard: every (metric, parameter set) an ok result holds.
+
+    Ordered by ``order`` (the config's metrics), then the metric order of the most recent
+    record, then name. ``rows`` are :func:`collect`'s rows (their ``_metrics``).
+    """
+    found: dict[str, dict[str, MetricResult]] = {}  # name -> params key -> a result
+    latest: list[str] = []
+    latest_time = None
+    for row in rows:
+        metrics: Mapping[str, MetricResult] = row.get("_metrics") or {}
+        for name, m in metrics.items():
+            if m.ok:
+                found.setdefault(name, {}).setdefault(_metric_key(m), m)
+        t = row.get("_time")
+        if metrics and (latest_time is None or (t is not None and t >= latest_time)):
+            latest, latest_time = list(metrics), t
+    given = list(order or [])
+
+    def rank(name: str) -> tuple[int, int, str]:
+        if name in given:
+            return (0, given.index(name), name)
+        if name in latest:
+            return (1, latest.index(name), name)
+        return (2, 0, name)
+
+    columns = []
+    fixed = set(COLUMNS) | {f"{c}{suffix}" for c in COLUMNS for suffix in METRIC_SUFFIXES}
+    for name in sorted(found, key=rank):
+        variants = found[name]
+        short = short_keys(variants)
+        for pkey in sorted(variants):
+            m = variants[pkey]
+            cid = name if len(variants) == 1 else f"{name}.{short[pkey]}"
+            if cid in fixed:
+                cid = f"metric.{cid}"
+            columns.append(MetricColumn(
+                id=cid, name=name, params_key=pkey,
+                label=m.display_label if len(variants) == 1 else f"{m.display_label} [{short[pkey]}]",
+                higher_is_better=m.higher_is_better, family=m.family, description=m.description,
+                params=dict(m.params),
+            ))
+    return columns
+
+
+def _fill_metrics(df: pd.DataFrame, columns: Sequence[MetricColumn]) -> pd.DataFrame:
+    """One value, CI, n and n_excluded column per metric column, from each row's ``_metrics``."""
+    out = df.copy()
+    cells = list(df["_metrics"]) if "_metrics" in df.columns else [{}] * len(df)
+    for c in columns:
+        hits = []
+        for metrics in cells:
+            m = (metrics or {}).get(c.name) if isinstance(metrics, Mapping) else None
+            hits.append(m if m is not None and m.ok and _metric_key(m) == c.params_key else None)
+        cis = [m.ci if m is not None and m.ci is not None else (math.nan, math.nan) for m in hits]
+        out[c.id] = np.asarray([_num(m.value) if m is not None else math.nan for m in hits], dtype=float)
+        out[f"{c.id}_ci_low"] = np.asarray([_num(lo) for lo, _ in cis], dtype=float)
+        out[f"{c.id}_ci_high"] = np.asarray([_num(hi) for _, hi in cis], dtype=float)
+        out[f"{c.id}_n"] = pd.array([m.n if m is not None else None for m in hits], dtype="Int64")
+        out[f"{c.id}_n_excluded"] = pd.array([m.n_excluded if m is not None else None for m in hits],
+                                             dtype="Int64")
+    return out
+
+
+def metric_columns_of(df: pd.DataFrame) -> list[MetricColumn]:
+    """The :class:`MetricColumn` s of a :func:`collect` frame (``df.attrs["metrics"]``)."""
+    return [MetricColumn(**c) for c in df.attrs.get("metrics", [])]
+
+
+def shown_metric_columns(df: pd.DataFrame) -> list[MetricColumn]:
+    """The metric columns some row of ``df`` has a value in (the ones the tables show)."""
+    return [c for c in metric_columns_of(df) if c.id in df.columns and df[c.id].notna().any()]
+
+
+def primary_column(df: pd.DataFrame) -> MetricColumn | None:
+    """The metric column the frame is ranked by (``df.attrs["primary"]``), else its first one."""
+    columns = metric_columns_of(df)
+    chosen = df.attrs.get("primary")
+    for c in columns:
+        if c.id == chosen:
+            return c
+    return columns[0] if columns else None
+
+
+def _choose_primary(columns: Sequence[MetricColumn], primary: str | None) -> str:
+    if not columns:
+        return ""
+    if primary:
+        for c in columns:
+            if primary in (c.id, c.name):
+                return c.id
+        warnings.warn(
+            f"leaderboard.primary = {primary!r}: no record holds that metric "
+            f"(metrics: {', '.join(c.id for c in columns)}); ranking by {columns[0].id!r}",
+            stacklevel=3,
+        )
+    return columns[0].id
+
+
+def columns_of(df: pd.DataFrame) -> list[str]:
+    """Every public column of a :func:`collect` frame: lead, metric columns, gain, tail."""
+    metric = [f"{c.id}{suffix}" for c in metric_columns_of(df) for suffix in METRIC_SUFFIXES]
+    return [*LEAD_COLUMNS, *metric, *GAIN_COLUMNS, *TAIL_COLUMNS]
 
 
 def short_keys(keys: Iterable[str], length: int = SHORT_KEY) -> dict[str, str]:
@@ -285,7 +439,14 @@ def _empty(columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
 
 
-def collect(results_dir: str | Path = "results", *, baseline: str | None = "random") -> pd.DataFrame:
+def collect(
+    results_dir: str | Path = "results",
+    *,
+    control: str | None = None,
+    baseline: str | None = None,
+    primary: str | None = None,
+    metrics: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """One row per :data:`KEY_COLUMNS` value; the latest ok cell wins.
 
     The key is (dataset, model, weights, explainer, perturbation, settings,
@@ -294,14 +455,22 @@ def collect(results_dir: str | Path = "results", *, baseline: str | None = "rand
     older records), ``explainer_params`` that of the explainer's own parameters; both
     are shown as the shortest unique hex prefix (at least :data:`SHORT_KEY` characters).
     "Latest" is the cell's ``finished`` time (then its run's), ties broken by run id.
-    Columns are :data:`COLUMNS`, plus hidden ``_``-prefixed bookkeeping columns (the
-    cell file, the curves/heatmaps files, the settings block) that the renderers drop.
-    Rows are sorted by dataset, then AOPC descending. ``gain_over_baseline`` is AOPC
-    minus the AOPC of the ``baseline`` explainer with the same :data:`PAIR_COLUMNS`
-    (same settings fingerprint; NaN when that row is absent). ``df.attrs`` holds
-    ``results_dir``, ``baseline``, ``failed`` (a DataFrame of :data:`FAILED_COLUMNS`:
-    cells whose latest attempt failed) and ``manifests``.
+    Columns are :func:`columns_of` (:data:`COLUMNS` with the metric columns the records
+    hold, :func:`metric_columns`, in the order of ``metrics`` then name), plus hidden
+    ``_``-prefixed bookkeeping columns (the cell file, the curves/heatmaps files, the
+    settings block, the metric results) that the renderers drop. ``primary`` names the
+    metric rows are ranked by and the gain is computed on (default: the first column).
+    Rows are sorted by dataset, methods before controls (``role``), then the primary metric,
+    best first. ``gain_over_baseline`` is the primary metric minus that of the family's reference control
+    (:func:`add_gain`: the null control, or the explainer ``control`` names; its name is in
+    ``baseline``) with the same :data:`PAIR_COLUMNS` (same settings fingerprint; NaN when
+    there is none). ``baseline=`` is a deprecated alias of ``control``. ``df.attrs`` holds
+    ``results_dir``, ``control``, ``baseline`` (the reference's name when every family
+    shares one, else ``""``), ``failed`` (a DataFrame of :data:`FAILED_COLUMNS`: cells
+    whose latest attempt failed), ``manifests``, ``metrics`` (the :class:`MetricColumn` s as
+    dicts) and ``primary`` (the primary metric column's id).
     """
+    control = _control_argument(control, baseline)
     manifests = load_manifests(results_dir)
     rows = [_cell_row(path, cell, manifests) for path, cell in _iter_cells(results_dir)]
     all_rows = pd.DataFrame(rows) if rows else _empty([*COLUMNS, "_time", "_status"])
@@ -319,10 +488,19 @@ def collect(results_dir: str | Path = "results", *, baseline: str | None = "rand
         if col in df.columns:
             df[col] = pd.array([None if v is None or pd.isna(v) else int(v) for v in df[col].tolist()],
                                dtype="Int64")
-    df = add_gain(df, baseline)
+    columns = metric_columns(df.to_dict("records"), order=metrics) if len(df) else []
+    df = _fill_metrics(df, columns)
+    primary_id = _choose_primary(columns, primary)
+    df["primary"] = primary_id
+    df.attrs["metrics"] = [c.to_dict() for c in columns]
+    df.attrs["primary"] = primary_id
+    df = add_gain(df, control)
     df = sort_rows(df)
+    df.attrs["metrics"] = [c.to_dict() for c in columns]
+    df.attrs["primary"] = primary_id
     df.attrs["results_dir"] = str(results_dir)
-    df.attrs["baseline"] = baseline or ""
+    df.attrs["control"] = control or ""
+    df.attrs["baseline"] = reference_name(df)
     df.attrs["failed"] = _failed(all_rows, latest_ok)
     df.attrs["manifests"] = manifests
     return df
@@ -357,53 +535,117 @@ def pair_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in PAIR_COLUMNS if c in df.columns]
 
 
-def add_gain(df: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
-    """Fill ``gain_over_baseline`` = AOPC - AOPC(baseline explainer) with the same :data:`PAIR_COLUMNS`.
+def _control_argument(control: str | None, baseline: str | None) -> str:
+    """``control``, or the deprecated ``baseline=`` keyword (a FutureWarning)."""
+    if baseline is None:
+        return control or ""
+    warnings.warn("baseline= is deprecated: pass control= (the reference is found by role when "
+                  "control is empty)", FutureWarning, stacklevel=3)
+    if control and control != baseline:
+        raise ValueError(f"control={control!r} and the deprecated baseline={baseline!r} disagree")
+    return baseline
 
-    Only rows of one settings fingerprint are compared. Where the baseline explainer ran
-    with several parameter sets under one fingerprint, the most recent row is the
-    reference; its ``explainer_params`` goes into the hidden ``_baseline_params`` column
-    (used by :func:`bench.report.attach_gain_ci` to pick the matching paired comparison).
+
+def _check_one_null_control(nulls: pd.DataFrame, group: list[str]) -> None:
+    """Two null controls in one family and no ``control``: a ConfigError naming the key."""
+    if nulls.empty or not group:
+        return
+    for key, fam in nulls.groupby(group, sort=False, dropna=False):
+        names = sorted({str(e) for e in fam["explainer"]})
+        if len(names) > 1:
+            where = ", ".join(f"{c} {v!r}" for c, v in zip(group, key if isinstance(key, tuple) else (key,),
+                                                            strict=True))
+            raise ConfigError(
+                f"{len(names)} null controls ran under one {where}: {', '.join(names)}; choose the one "
+                f"\"gain over control\" is measured against with {CONTROL_KEY} "
+                f"(bench leaderboard --control {names[0]})"
+            )
+
+
+def add_gain(df: pd.DataFrame, control: str | None = None, *, column: str | None = None) -> pd.DataFrame:
+    """Fill ``gain_over_baseline`` = metric - the metric of the family's reference control.
+
+    The metric is ``column`` (default: the frame's primary metric, :func:`primary_column`).
+
+    A family is one :data:`PAIR_COLUMNS` value (same settings fingerprint). Its reference is
+    the explainer named ``control`` when given, else its null control: the row whose ``role``
+    is ``null-control`` (:mod:`bench.controls`); two null controls in one family without a
+    ``control`` are a :class:`~bench.errors.ConfigError` naming ``leaderboard.control``. The
+    reference's name goes into ``baseline`` (``""`` where a family has none: gain NaN).
+    Where the reference ran with several parameter sets under one fingerprint, the most
+    recent row is the reference; its ``explainer_params`` goes into the hidden
+    ``_baseline_params`` column (used by :func:`bench.report.attach_gain_ci` to pick the
+    matching paired comparison).
     """
     df = df.copy()
     if df.empty:
         return df
-    df["baseline"] = baseline or ""
+    df["baseline"] = ""
     df["gain_over_baseline"] = math.nan
     df["_baseline_params"] = ""
-    if not baseline:
+    head = primary_column(df)
+    column = column or (head.id if head is not None else "")
+    if not column or column not in df.columns:
         return df
     group = pair_columns(df)
-    base_rows = df[df["explainer"] == baseline]
+    if control:
+        base_rows = df[df["explainer"] == control]
+    elif "role" in df.columns:
+        base_rows = df[df["role"] == NULL_CONTROL_ROLE]
+        _check_one_null_control(base_rows, group)
+    else:
+        return df
+    if base_rows.empty or not group:
+        return df
     if "_time" in base_rows.columns:
         base_rows = base_rows.sort_values("_time", kind="stable")
     base_rows = base_rows.drop_duplicates(group, keep="last").set_index(group)
     keys = pd.MultiIndex.from_frame(df[group])
-    ref = base_rows["aopc"].reindex(keys).to_numpy(dtype=float)
-    df["gain_over_baseline"] = df["aopc"].to_numpy(dtype=float) - ref
+    ref = base_rows[column].reindex(keys).to_numpy(dtype=float)
+    df["gain_over_baseline"] = df[column].to_numpy(dtype=float) - ref
+    df["baseline"] = ["" if n is None or n != n else str(n) for n in base_rows["explainer"].reindex(keys)]
     if "explainer_params" in base_rows.columns:
         params = base_rows["explainer_params"].reindex(keys)
         df["_baseline_params"] = ["" if p is None or p != p else str(p) for p in params]
     return df
 
 
+def reference_name(df: pd.DataFrame) -> str:
+    """The reference control's name when every row with one shares it, else ``""``."""
+    if df.empty or "baseline" not in df.columns:
+        return ""
+    names = {str(n) for n in df["baseline"] if isinstance(n, str) and n}
+    return names.pop() if len(names) == 1 else ""
+
+
 def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Datasets in name order; within a dataset AOPC descending (missing last), then names."""
+    """Datasets in name order; within a dataset the methods, then the controls (reference lines),
+    each by the primary metric (:func:`primary_column`), best first (missing last), then names."""
     if df.empty:
         return df.reset_index(drop=True)
     tie = [c for c in ("settings", "explainer_params") if c in df.columns]
-    order = df.assign(_neg=-df["aopc"].astype(float)).sort_values(
-        ["dataset", "_neg", "model", "weights", "explainer", "perturbation", *tie],
+    roles = df["role"] if "role" in df.columns else pd.Series(METHOD_ROLE, index=df.index)
+    head = primary_column(df)
+    if head is not None and head.id in df.columns:
+        values = df[head.id].astype(float)
+        key = -values if head.higher_is_better else values
+    else:
+        key = pd.Series(0.0, index=df.index)
+    order = df.assign(_neg=key, _control=[role_rank(r) for r in roles]).sort_values(
+        ["dataset", "_control", "_neg", "model", "weights", "explainer", "perturbation", *tie],
         kind="stable",
         na_position="last",
     )
-    return order.drop(columns="_neg").reset_index(drop=True)
+    out = order.drop(columns=["_neg", "_control"]).reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    return out
 
 
 def public(df: pd.DataFrame) -> pd.DataFrame:
-    """The :data:`COLUMNS` of ``df`` (drops the ``_`` bookkeeping columns)."""
-    cols = [c for c in COLUMNS if c in df.columns]
-    out = df[cols].copy() if len(df.columns) else _empty(COLUMNS)
+    """The public columns of ``df`` (:func:`columns_of`; drops the ``_`` bookkeeping columns)."""
+    wanted = columns_of(df)
+    cols = [c for c in wanted if c in df.columns]
+    out = df[cols].copy() if len(df.columns) else _empty(wanted)
     out.attrs = {}
     return out
 
@@ -456,7 +698,16 @@ def provenance(df: pd.DataFrame, manifests: Mapping[str, Mapping[str, Any]] | No
     return {
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "generator": f"bench {__version__}",
+        "metrics": [c.to_dict() for c in shown_metric_columns(df)],
+        "primary": df.attrs.get("primary", ""),
+        "primary_label": (lambda c: c.label if c is not None else "")(primary_column(df)),
+        "primary_header": (lambda c: c.header if c is not None else "")(primary_column(df)),
         "baseline": df.attrs.get("baseline", ""),
+        # the explainers gains are measured against, and every control with its role
+        "gain_references": sorted({str(n) for n in df["baseline"] if isinstance(n, str) and n})
+        if "baseline" in df.columns else [],
+        "controls": sorted({f"{e} ({r})" for e, r in zip(df["explainer"], df["role"], strict=True)
+                            if is_control(r)}) if "role" in df.columns else [],
         "ci_label": ci_label(df),
         "run_ids": run_ids,
         "runs": runs,
@@ -596,11 +847,20 @@ def settings_legend_lines(prov: Mapping[str, Any]) -> list[str]:
 def provenance_lines(prov: Mapping[str, Any]) -> list[str]:
     """Plain-text footer lines (unescaped: each renderer escapes them)."""
     lines = []
+    head = prov.get("primary_label") or "the primary metric"
     base = prov.get("baseline")
     if base:
-        lines.append(f"Gain over {base} = AOPC - AOPC of the '{base}' explainer, same dataset, "
+        lines.append(f"Gain over {base} = {head} - {head} of the '{base}' explainer (the control), same dataset, "
                      "model, weights, perturbation and settings fingerprint; with a CI it is the paired "
                      "mean difference on the images both cells scored (bootstrap CI).")
+    elif prov.get("gain_references"):
+        lines.append(f"Gain over control = {head} - {head} of the family's null-control explainer ("
+                     + ", ".join(prov["gain_references"]) + "), same dataset, model, weights, perturbation and "
+                     "settings fingerprint; with a CI it is the paired mean difference on the images both "
+                     "cells scored (bootstrap CI).")
+    if prov.get("controls"):
+        lines.append("Controls (" + ", ".join(prov["controls"]) + ") are reference lines, listed "
+                     "after the methods, not ranked among them.")
     lines += settings_legend_lines(prov)
     shown = set(prov.get("explainer_params_shown") or [])
     for key, entry in (prov.get("explainer_params") or {}).items():
@@ -612,9 +872,9 @@ def provenance_lines(prov: Mapping[str, Any]) -> list[str]:
     if prov.get("constant_heatmap_rows"):
         lines.append(f"Flag 'n/N constant heatmaps' ({prov['constant_heatmap_rows']} row(s)): n of the row's "
                      "N explained images got an all-equal heatmap, so their region order is arbitrary (the "
-                     "seeded tie-break permutation) and their AOPC measures that order, not the explainer.")
-    lines.append("AOPC = mean over correctly classified test images of "
-                 f"sum_k (f(x0) - f(xk)) / (L+1), MoRF order; {prov.get('ci_label', '95%')} bootstrap CI.")
+                     "seeded tie-break permutation) and their curve metrics measure that order, not the "
+                     "explainer.")
+    lines += metric_lines(prov)
     lines.append(
         "Grid: " + (", ".join(str(g) for g in prov.get("grids", [])) or "n/a")
         + "; seeds: " + (", ".join(str(s) for s in prov.get("seeds", [])) or "n/a")
@@ -632,6 +892,22 @@ def provenance_lines(prov: Mapping[str, Any]) -> list[str]:
             f"finished {run.get('finished') or '?'}"
         )
     lines.append(f"Generated {prov.get('generated')} by {prov.get('generator')}.")
+    return lines
+
+
+def metric_lines(prov: Mapping[str, Any]) -> list[str]:
+    """One line per metric column: its header (direction), family, parameters and definition."""
+    columns = [MetricColumn(**c) for c in prov.get("metrics") or []]
+    if not columns:
+        return []
+    ci = prov.get("ci_label", "95%")
+    lines = [f"Metrics: each value is the mean over the explained (correctly classified) test images of "
+             f"the metric's per-image value, with its {ci} bootstrap CI; non-finite per-image values are "
+             "left out (counted in metric_notes); ↑ higher is better, ↓ lower is better; rows are ranked by "
+             f"{prov.get('primary_header') or 'the first metric'}."]
+    for c in columns:
+        params = f"; params {json.dumps(dict(c.params), sort_keys=True, default=str)}" if c.params else ""
+        lines.append(f"{c.header} ({c.id}, {c.family}{params}): {c.description or 'no description'}")
     return lines
 
 
@@ -686,31 +962,33 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[lis
     """(headers, rows of strings, alignment 'l'/'r' per column) for the human formats.
 
     The ``Settings`` column (the settings fingerprint; the notes' legend says what each
-    stands for) is always there. LeRF AOPC and ABPC columns appear only when some row
-    has them; ``Explainer params`` only when an explainer ran with more than one
-    parameter set; ``Flags`` only when some row has constant heatmaps.
+    stands for) is always there. One column per metric the rows hold (``AOPC ↑ [95% CI]``:
+    value and CI; the arrow says which way is better), in the frame's metric order;
+    ``Explainer params`` only when an explainer ran with more than one parameter set;
+    ``Flags`` only when some row has constant heatmaps or a metric that failed, was left
+    out or left non-finite values out. A control's explainer cell carries its role
+    (``<name> (null-control)``). The gain column is the primary metric's.
     """
-    baseline = baseline if baseline is not None else df.attrs.get("baseline", "random")
+    baseline = baseline if baseline is not None else (df.attrs.get("baseline") or reference_name(df))
     ci = f"{ci_label(df)} CI"
-    gain_name = f"Gain over {baseline}" if baseline else "Gain over baseline"
-    has_lerf = "lerf_aopc" in df.columns and df["lerf_aopc"].notna().any()
-    has_abpc = "abpc" in df.columns and df["abpc"].notna().any()
+    head = primary_column(df)
+    gain_name = f"Gain over {baseline}" if baseline else "Gain over control"
+    if head is not None:
+        gain_name += f" ({head.header}) [{ci}]"
+    shown = shown_metric_columns(df)
     ambiguous = ambiguous_explainers(df)
     has_eparams = bool(ambiguous)
-    has_flags = any(_constant_counts(df))
+    notes = (list(df["metric_notes"]) if "metric_notes" in df.columns else [""] * len(df))
+    has_flags = any(_constant_counts(df)) or any(isinstance(n, str) and n for n in notes)
     headers = ["Dataset", "Model", "Weights", "Explainer"]
     align = ["l"] * 4
     if has_eparams:
         headers += ["Explainer params"]
         align += ["l"]
-    headers += ["Perturbation", "Settings", "Test recall (macro)", "F1 (macro)", "Accuracy", "AOPC", ci]
-    align += ["l", "l"] + ["r"] * 4 + ["l"]
-    if has_lerf:
-        headers += ["LeRF AOPC", f"LeRF {ci}"]
-        align += ["r", "l"]
-    if has_abpc:
-        headers += ["ABPC", f"ABPC {ci}"]
-        align += ["r", "l"]
+    headers += ["Perturbation", "Settings", "Test recall (macro)", "F1 (macro)", "Accuracy"]
+    align += ["l", "l"] + ["r"] * 3
+    headers += [f"{c.header} [{ci}]" for c in shown]
+    align += ["r"] * len(shown)
     headers += [gain_name, "n images", "Eval time (s)"]
     align += ["r", "r", "r"]
     if has_flags:
@@ -718,22 +996,24 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[lis
         align += ["l"]
     rows: list[list[str]] = []
     for _, r in df.iterrows():
-        row = [str(r["dataset"]), str(r["model"]), str(r["weights"]), str(r["explainer"])]
+        role = r.get("role", METHOD_ROLE)
+        explainer = f"{r['explainer']} ({role})" if is_control(role) else str(r["explainer"])
+        row = [str(r["dataset"]), str(r["model"]), str(r["weights"]), explainer]
         if has_eparams:
             row += [str(r.get("explainer_params", "")) if str(r["explainer"]) in ambiguous else ""]
         row += [str(r["perturbation"]), str(r.get("settings", "")), _f(r["recall_macro"]), _f(r["f1_macro"]),
-                _f(r["accuracy"]), _f(r["aopc"], 4), _ci_text(r["aopc_ci_low"], r["aopc_ci_high"])]
-        if has_lerf:
-            row += [_f(r["lerf_aopc"], 4), _ci_text(r["lerf_ci_low"], r["lerf_ci_high"])]
-        if has_abpc:
-            row += [_f(r["abpc"], 4), _ci_text(r["abpc_ci_low"], r["abpc_ci_high"])]
+                _f(r["accuracy"])]
+        for c in shown:
+            value, interval = _f(r[c.id], 4), _ci_text(r[f"{c.id}_ci_low"], r[f"{c.id}_ci_high"])
+            row.append(f"{value} {interval}" if value and interval else value)
         n = r["n_images"]
         gain = _f(r["gain_over_baseline"], 4, signed=True)
         gain_ci = _ci_text(r.get("gain_ci_low"), r.get("gain_ci_high"))
         row += [f"{gain} {gain_ci}" if gain and gain_ci else gain,
                 "" if n is None or pd.isna(n) else str(int(n)), _f(r["evaluate_seconds"], 1)]
         if has_flags:
-            row += [constant_flag(r.get("constant_heatmaps"), n)]
+            flags = [constant_flag(r.get("constant_heatmaps"), n), str(r.get("metric_notes") or "")]
+            row += ["; ".join(f for f in flags if f)]
         rows.append(row)
     return headers, rows, align
 
@@ -783,6 +1063,8 @@ _LATEX_SPECIAL = {
     ">": r"\textgreater{}",
     "\n": " ",
     "\r": " ",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
 }
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
 
@@ -857,6 +1139,8 @@ def render(
         doc = {
             "schema": SCHEMA,
             "baseline": df.attrs.get("baseline", prov.get("baseline", "")),
+            "primary": df.attrs.get("primary", ""),
+            "metrics": [c.to_dict() for c in metric_columns_of(df)],
             "columns": list(public(df).columns),
             "rows": _json_safe(public(df)),
             "failed": _json_safe(failed),
@@ -872,6 +1156,19 @@ def render(
     return _render_tex(df, prov, failed)
 
 
+def _primary_header(df: pd.DataFrame) -> str:
+    head = primary_column(df)
+    return head.header if head is not None else "no metric"
+
+
+def primary_comparisons(comparisons: pd.DataFrame | None, df: pd.DataFrame) -> pd.DataFrame | None:
+    """The paired comparisons of the frame's primary metric (all of them when unlabelled)."""
+    if comparisons is None or comparisons.empty or "metric" not in comparisons.columns:
+        return comparisons
+    head = primary_column(df)
+    return comparisons[comparisons["metric"] == (head.id if head is not None else "")]
+
+
 def _render_md(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame,
                comparisons: pd.DataFrame | None, title: str) -> str:
     headers, rows, align = display_table(df)
@@ -880,10 +1177,12 @@ def _render_md(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame,
         out += [markdown_table(headers, rows, align), ""]
     else:
         out += ["_No finished cells yet._", ""]
+    comparisons = primary_comparisons(comparisons, df)
     if comparisons is not None and not comparisons.empty:
         from .report import comparisons_markdown
 
-        out += ["## Paired comparisons (MoRF AOPC, same images)", "", comparisons_markdown(comparisons), ""]
+        out += [f"## Paired comparisons ({_primary_header(df)}, same images)", "",
+                comparisons_markdown(comparisons), ""]
     if not failed.empty:
         out += ["## Failed cells (not on the leaderboard)", "", failed_markdown(failed), ""]
     out += ["## Provenance", ""] + [f"- {_md_cell(line)}" for line in provenance_lines(prov)]
@@ -980,16 +1279,17 @@ def _render_html(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame
     body = [f"<h1>{html_escape(title)}</h1>"]
     body.append(
         '<p class="note">One row per dataset, model, weights, explainer, perturbation and settings '
-        "fingerprint (the latest finished cell wins), sorted by AOPC within each dataset; rows are "
-        "paired and compared only within one settings fingerprint (legend under Provenance). Higher "
-        "AOPC = the heatmap's most relevant regions hurt the prediction most when perturbed (more "
-        "faithful).</p>"
+        f"fingerprint (the latest finished cell wins), sorted by {html_escape(_primary_header(df))} "
+        "within each dataset; rows are paired and compared only within one settings fingerprint "
+        "(legend under Provenance). Each metric column shows its value and bootstrap CI; the arrow "
+        "says which way is better (the metrics are described under Provenance).</p>"
     )
     body.append(html_table(headers, rows, align, group_col=0) if rows else "<p><em>No finished cells yet.</em></p>")
+    comparisons = primary_comparisons(comparisons, df)
     if comparisons is not None and not comparisons.empty:
         from .report import comparisons_html
 
-        body.append("<h2>Paired comparisons (MoRF AOPC, same images)</h2>")
+        body.append(f"<h2>Paired comparisons ({html_escape(_primary_header(df))}, same images)</h2>")
         body.append(comparisons_html(comparisons))
     if "_path" in df.columns and not df.empty:
         from .report import classification_tables
@@ -1063,7 +1363,8 @@ def _render_tex(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame)
     runs = ", ".join(prov.get("run_ids", [])) or "n/a"
     settings = ", ".join(prov.get("settings") or {}) or "n/a"
     caption = (
-        f"AOPC (MoRF) with {prov.get('ci_label', '95%')} bootstrap CIs; grid {grids}, sigma {sigmas}, seeds {seeds}; "
+        f"Metric means with {prov.get('ci_label', '95%')} bootstrap CIs (arrow: the better direction), "
+        f"ranked by {prov.get('primary_header') or 'the first metric'}; grid {grids}, sigma {sigmas}, seeds {seeds}; "
         f"settings fingerprints {settings} (rows compared only within one; legend in the comments above); "
         f"runs {runs}."
     )
@@ -1091,29 +1392,40 @@ def build_leaderboard(
     *,
     formats: Sequence[str] = FORMATS,
     out_dir: str | Path | None = None,
-    baseline: str | None = "random",
+    control: str | None = None,
     figures: bool = True,
     report: bool = True,
+    baseline: str | None = None,
+    primary: str | None = None,
+    metrics: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Write ``<out_dir>/leaderboard.<fmt>`` for every format (atomically) and return their paths.
 
     ``out_dir`` defaults to ``results_dir``. With ``figures`` the PNGs go to
     ``<out_dir>/figures/`` and are embedded in the HTML; with ``report``
     ``<out_dir>/report.md`` is written too (key ``"report"`` in the returned dict).
-    Paired comparisons between explainers are computed from the cells' curves files.
+    Paired comparisons between explainers are computed for every metric column from the
+    per-image values the records point to (the leaderboard pages show the primary
+    metric's, ``report.md`` and the JSON all of them).
+    ``control`` picks the gain reference (default: each family's null control, see
+    :func:`add_gain`); ``baseline=`` is its deprecated alias. ``primary`` names the metric
+    rows are ranked by and gains use (default: the first); ``metrics`` orders the metric
+    columns (the config's metrics; the rest follow by name).
     """
     from . import report as report_mod
 
     fmts = [_normalise_format(f) for f in formats]
     out = Path(out_dir) if out_dir is not None else Path(results_dir)
-    df = collect(results_dir, baseline=baseline)
+    control = _control_argument(control, baseline)
+    df = collect(results_dir, control=control, primary=primary, metrics=metrics)
     try:
         comparisons = report_mod.paired_comparisons(
-            df, confidence=confidence_of(df), n_resamples=bootstrap_resamples(df.attrs.get("manifests", {})))
+            df, confidence=confidence_of(df), n_resamples=bootstrap_resamples(df.attrs.get("manifests", {})),
+            metrics=[c.id for c in metric_columns_of(df)])
     except Exception as exc:  # the statistics must never cost the leaderboard itself
         warnings.warn(f"paired comparisons skipped: {type(exc).__name__}: {exc}", stacklevel=2)
         comparisons = pd.DataFrame(columns=list(report_mod.COMPARISON_COLUMNS))
-    df = report_mod.attach_gain_ci(df, comparisons, baseline)
+    df = report_mod.attach_gain_ci(df, primary_comparisons(comparisons, df), control)
     prov = provenance(df)
     figs: dict[str, list[Path]] = {}
     if figures and ("html" in fmts or report) and not df.empty:

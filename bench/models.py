@@ -312,6 +312,36 @@ class KerasModel:
         features, pre = self._graph(images, training=training)
         return features, self._to_logits(pre)
 
+    def logits_from_features(self, features: Any, training: bool = False) -> Any:
+        """Logits for a batch of (possibly modified) ``feature_layer`` outputs: the graph after it.
+
+        Raises ModelError when the head does not depend on the feature map alone (a
+        skip connection around the feature layer).
+        """
+        if getattr(self, "_head_graph", None) is None:
+            self._head_graph = self._build_head()
+        return self._to_logits(self._head_graph(features, training=training))
+
+    def _build_head(self) -> Any:
+        import keras
+
+        self._build()
+        sub, name = self._locate_feature_layer()
+        try:
+            if sub is None:
+                return keras.Model(self._feature_tensor(), self._pre_softmax()[0])
+            suffix = self._graph.suffix
+            if name == sub.layers[-1].name:
+                return suffix
+            rest = keras.Model(sub.get_layer(name).output, sub.outputs[0])
+            return lambda f, training=False: suffix(rest(f, training=training), training=training)
+        except Exception as exc:  # noqa: BLE001 - re-raised with context
+            raise ModelError(
+                f"model {self.name!r}: the layers after feature_layer {self.feature_layer!r} do not "
+                f"depend on its output alone, so the logits cannot be recomputed from a modified "
+                f"feature map ({exc})"
+            ) from exc
+
     @property
     def logits_keras(self) -> Any:
         if self._logits_model is None:

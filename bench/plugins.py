@@ -114,8 +114,14 @@ class Registered:
                 f"{self.spec.factory_reference!r}: {_format_error(exc)}"
             ) from exc
 
+    @property
+    def role(self) -> str | None:
+        """The explainer's role (see :data:`bench.specs.EXPLAINER_ROLES`); None for other kinds."""
+        role = getattr(self.spec, "role", None)
+        return role if isinstance(role, str) else None
+
     def provenance(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.kind,
             "name": self.name,
             "version": self.version,
@@ -124,6 +130,9 @@ class Registered:
             "distribution_version": self.plugin.version,
             "factory": self.spec.factory_reference,
         }
+        if self.role is not None:  # recorded in every cell: the leaderboard reads it back
+            out["role"] = self.role
+        return out
 
 
 @dataclass(frozen=True)

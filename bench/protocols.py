@@ -16,6 +16,7 @@ the region grid and the models are checked against its images at plan time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
 
     from .data import DatasetSplits
+    from .metrics import MetricData
 
 
 @runtime_checkable
@@ -40,7 +42,13 @@ class Validating(Protocol):
 
 @runtime_checkable
 class Dataset(Component, Protocol):
-    """Loads the splits. ``load()`` may be slow; the harness caches its result."""
+    """Loads the splits. ``load()`` may be slow; the harness caches its result.
+
+    Each :class:`~bench.data.Split` carries ``masks``: a dict name -> bool (N, H, W), names
+    of the dataset's choosing (component-style: lower-case letters, digits, '.', '_', '-'),
+    the same names in every split. ``DatasetSplits.metadata["positive_classes"]`` lists
+    the classes the ``disease_recall`` model-selection rule averages recall over.
+    """
 
     def load(self) -> DatasetSplits: ...
 
@@ -86,7 +94,9 @@ class Explainer(Component, Protocol):
 
     images: float32 (N, H, W, 3) in [0, 1]; targets: int (N,). An explainer that
     needs per-image identities (to seed, say) may accept an ``ids`` keyword; the
-    harness passes it when the signature has it.
+    harness passes it when the signature has it. Its spec declares its role
+    (:data:`bench.specs.EXPLAINER_ROLES`): a ``method``, or a control (whose maps must not
+    depend on the model; a ``null-control``'s not on the image either).
     """
 
     def explain(self, model: Model, images: np.ndarray, targets: np.ndarray) -> np.ndarray: ...
@@ -106,6 +116,23 @@ class Perturbation(Component, Protocol):
 
 @runtime_checkable
 class Metric(Component, Protocol):
-    """Scores perturbation curves: ``score(curves) -> per-image values`` (N,)."""
+    """``compute(data) -> {column: per-image values}``.
 
-    def score(self, curves: np.ndarray) -> np.ndarray: ...
+    The spec (:class:`bench.MetricSpec`) declares what the metric needs
+    (:class:`bench.MetricInputs`); ``data`` (:class:`bench.metrics.MetricData`) holds
+    exactly that, for the N explained images of one cell, aligned by row:
+    ``data.ids`` (N,) always; ``data.curves[order]`` float (N, L+1), ``f(x^(k))`` for
+    k = 0..L under the cell's perturbation; ``data.heatmaps`` float32 (N, h, w);
+    ``data.masks[name]`` bool (N, H, W); ``data.labels`` / ``data.targets`` int (N,)
+    (true / explained classes); ``data.model`` (a :class:`Model`); ``data.explainer``
+    (the cell's :class:`Explainer`, constructed with its parameters); ``data.images``
+    uint8 (N, H, W); ``data.grid`` the region grid (rows, cols). Reading an input the
+    spec did not declare raises. The arrays are read-only.
+
+    Returns named columns, each (N,) or (N, K) (one value per randomised layer, say);
+    the spec's headline column is (N,). Non-finite values are allowed: they are left
+    out of the statistics and counted (``n_excluded``). A metric that raises or
+    returns a wrong shape fails only itself in that cell, with its message.
+    """
+
+    def compute(self, data: MetricData) -> Mapping[str, np.ndarray]: ...

@@ -7,7 +7,8 @@ Ray instance is started (and stopped at the end); with ``auto`` or
 The stages of :mod:`bench.runner` become Ray tasks with their dependencies::
 
     dataset split -> trained model (one per model) -> heatmaps (one per model x explainer)
-        -> AOPC shards (slices of the explained images) -> merge (one per cell x order)
+        -> curve shards (slices of the explained images) -> merge (one per cell x order)
+        -> metrics (in the driver, on the merged curves)
 
 Every task is plain data in, plain data out: the resolved config, a few names and
 content keys. A worker rebuilds the plan (:func:`bench.runner.make_plan`) and runs
@@ -16,8 +17,11 @@ into the same content-addressed cache (``results/cache``), so a later local run
 reuses Ray's work and the other way round. The AOPC stage is sharded by image:
 the noise is keyed by image id (never by worker, batch or position), so a shard
 gives exactly the per-image curves the whole cell gives; the merge concatenates
-the shards in image order and computes the summary (AOPC, bootstrap CI) on the
-merged per-image values, stored under the curves key the local executor uses.
+the shards in image order and stores them under the curves key the local executor
+uses. Only the curve orders the selected metrics need are computed. The metrics
+then run in the driver, on the merged curves, through the same
+:func:`bench.runner.execute_cell` code as a local run (per-image values concatenate
+across shards, so nothing metric-specific happens here).
 
 The driver (the ``bench run`` process) checks cheaply which cells are already
 in the cache (those are not submitted), and writes every cell record into the
@@ -46,8 +50,7 @@ import ray
 
 from . import runner
 from .errors import BenchError, ConfigError, UnknownComponentError
-from .paths import safe_child
-from .store import Cache, content_key, write_json
+from .store import Cache, content_key
 
 #: Environment variable: GPUs declared per model task (when the config has no ``[run] ray_gpus``).
 GPUS_ENV = "BENCH_RAY_GPUS"
@@ -379,6 +382,11 @@ class _DriverStages(runner.Stages):
         self._check("evaluate")
         return self._cached("curves", lambda: super(_DriverStages, self).curves(name, order, *args, **kwargs))
 
+    def metric(self, name: str, inputs: Mapping[str, Any], **kwargs: Any) -> Any:
+        """Metrics run here, in the driver, on the merged curves: the same code as a local run."""
+        kwargs["cached_only"] = False
+        return super().metric(name, inputs, **kwargs)
+
 
 def is_cached(probe: runner.Stages, task: runner.CellTask) -> bool:
     """Whether every stage of ``task`` is in the cache (``probe`` has ``cached_only=True``)."""
@@ -389,7 +397,7 @@ def is_cached(probe: runner.Stages, task: runner.CellTask) -> bool:
         if len(index) == 0:
             return True  # nothing to compute: the record says so
         heatmaps, hkey, _, _ = probe.heatmaps(task.explainer, data, model, index)
-        for order in probe.plan.config["aopc"]["orders"]:
+        for order in probe.plan.orders:
             probe.curves(task.perturbation, order, data, model, index, heatmaps, hkey)
         return True
     except (KeyboardInterrupt, SystemExit):
@@ -536,13 +544,13 @@ class RayExecutor:
     # ---- the grid ----------------------------------------------------------------------
     def run_cells(
         self, stages: runner.Stages, tasks: list[runner.CellTask], run_dir: Path, run_id: str
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[runner.CellRecord]:
         plan = stages.plan
         cfg = plan.config
         quiet = stages.quiet
         driver = _DriverStages(stages)
 
-        def finish(task: runner.CellTask, failure: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        def finish(task: runner.CellTask, failure: Mapping[str, Any] | None = None) -> runner.CellRecord:
             driver.failures = {}
             if failure is not None:
                 where = failure["stage"]
@@ -550,9 +558,9 @@ class RayExecutor:
                     where = f"evaluate:{failure['order']}"
                 driver.failures[where] = RemoteStageError(failure["error"])
             record = runner.execute_cell(driver, task, run_dir, run_id)
-            if failure is not None and record["status"] == "failed" and failure.get("traceback"):
-                record["traceback"] = f"[on Ray worker {failure.get('host', '?')}]\n{failure['traceback']}"
-                write_json(safe_child(run_dir, "cells", f"{task.cell_id}.json"), record)
+            if failure is not None and record.status == "failed" and failure.get("traceback"):
+                record.traceback = f"[on Ray worker {failure.get('host', '?')}]\n{failure['traceback']}"
+                runner.write_record(run_dir, record)
             return record
 
         started = False
@@ -612,7 +620,7 @@ class RayExecutor:
             waiting: dict[str, set[str]] = {}  # cell_id -> orders not merged yet
             cells = {t.cell_id: t for t in todo}
             done: set[str] = set()
-            orders = list(cfg["aopc"]["orders"])
+            orders = list(plan.orders)  # the curves the selected metrics need
 
             def failure_of(kind: str, exc: BaseException, order: str | None = None) -> dict[str, Any]:
                 name, text = ray_error_text(exc)
@@ -659,7 +667,12 @@ class RayExecutor:
                                 ctx_ref, what, task.explainer, model_ref
                             )
                             submitted.append(heat_refs[task.explainer])
+                            if not orders:  # no metric reads curves: the cell is done with its heatmaps
+                                pending[heat_refs[task.explainer]] = ("heatmaps", [])
                         heat_ref = heat_refs[task.explainer]
+                        if not orders:
+                            pending[heat_ref][1].append(task.cell_id)
+                            continue
                         tdict = {"model": task.model, "explainer": task.explainer,
                                  "perturbation": task.perturbation}
                         waiting[task.cell_id] = set(orders)
@@ -680,6 +693,11 @@ class RayExecutor:
                         f"{len(bounds)} AOPC shard(s) of <= {size} per cell and order",
                         quiet=quiet,
                     )
+                elif kind == "heatmaps":
+                    for cell_id in what:
+                        if cell_id not in done:
+                            done.add(cell_id)
+                            yield finish(cells[cell_id], None if out["ok"] else out)
                 elif kind == "merge":
                     cell_id, order, _ = what
                     if cell_id in done:

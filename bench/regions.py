@@ -50,7 +50,7 @@ def derive_seed(seed: int, image_id: Any, purpose: str = "") -> int:
     """A 63-bit seed from ``(seed, image id, purpose)``: a hash, stable across runs and machines.
 
     ``purpose`` separates independent streams (the tie-break permutation, the
-    perturbation noise, a random explainer) that share a ``(seed, id)``.
+    perturbation noise, a seeded explainer) that share a ``(seed, id)``.
     """
     blob = f"{int(seed)}\x1f{id_key(image_id)}\x1f{purpose}".encode()
     return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little") >> 1

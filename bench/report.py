@@ -1,11 +1,12 @@
 """The statistics report: paired comparisons, per-class tables and figures from run folders.
 
-- :func:`paired_comparisons`: for each (dataset, model, weights, perturbation, settings
-  fingerprint), every pair of explainers compared on the SAME images (per-image MoRF
-  AOPC aligned by the image ids of the curves files, intersection of ids): mean
-  difference with a bootstrap CI, Wilcoxon signed-rank p, Holm correction across the
-  family. Rows of different settings fingerprints are never paired.
-- :func:`per_class_aopc`: AOPC per true class with a CI, per cell.
+- :func:`paired_comparisons`: per metric column, for each (dataset, model, weights,
+  perturbation, settings fingerprint), every pair of explainers compared on the SAME
+  images (the per-image values the cell records point to, aligned by image id,
+  intersection of ids): mean difference with a bootstrap CI, Wilcoxon signed-rank p, Holm
+  correction across the family. Rows of different settings fingerprints are never
+  paired, nor values of a metric under two parameter sets (two metric columns).
+- :func:`per_class_values`: a metric per true class with a CI, per cell.
 - :func:`classification_tables`: the study's per-class precision/recall/F1/support.
 - :func:`make_figures`: curves, overlays and per-class PNGs into ``results/figures/``.
 - :func:`render_report` / :func:`build_report`: ``results/report.md``.
@@ -28,11 +29,19 @@ import numpy as np
 import pandas as pd
 
 from . import statistics as st
-from .leaderboard import PAIR_COLUMNS, pair_columns
+from .leaderboard import (
+    PAIR_COLUMNS,
+    MetricColumn,
+    metric_columns_of,
+    pair_columns,
+    primary_column,
+    primary_comparisons,
+)
+from .record import MetricResult
 from .store import atomic_write_text, read_json, read_npz
 
 COMPARISON_COLUMNS: tuple[str, ...] = (
-    "dataset", "model", "weights", "perturbation", "settings", "order", "explainer_a", "explainer_b",
+    "dataset", "model", "weights", "perturbation", "settings", "metric", "explainer_a", "explainer_b",
     "params_a", "params_b", "n", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value", "p_holm",
     "significant", "family_size", "run_a", "run_b",
 )
@@ -61,17 +70,50 @@ def load_cell_arrays(row: Mapping[str, Any], kind: str = "curves") -> dict[str, 
         return None
 
 
-def per_image_values(row: Mapping[str, Any], order: str = "morf") -> pd.Series | None:
-    """Per-image ``<order>`` AOPC of a row, indexed by image id (duplicates: first kept)."""
-    arrays = load_cell_arrays(row, "curves")
-    key = f"{order}_per_image"
-    if arrays is None or key not in arrays or "ids" not in arrays:
+def metric_result(row: Mapping[str, Any], column: MetricColumn) -> MetricResult | None:
+    """The row's ok result of ``column`` (its metric under that parameter set), else None."""
+    metrics = row.get("_metrics")
+    m = metrics.get(column.name) if isinstance(metrics, Mapping) else None
+    if m is None or not m.ok or (m.params_key and m.params_key != column.params_key):
         return None
-    s = pd.Series(np.asarray(arrays[key], np.float64), index=np.asarray(arrays["ids"]).astype(str))
+    return m
+
+
+def metric_arrays(row: Mapping[str, Any], column: MetricColumn) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """(headline values (N,), the NPZ holding them) of a row's metric; None (warned) when unreadable."""
+    m = metric_result(row, column)
+    if m is None or not m.file or not m.key:
+        return None
+    path = _run_dir(row) / str(m.file)
+    try:
+        arrays = read_npz(path)
+    except (OSError, ValueError, KeyError) as exc:
+        warnings.warn(f"cannot read the per-image values of {column.id!r} of cell {row.get('cell_id')!r} "
+                      f"({path}): {exc}", stacklevel=2)
+        return None
+    if m.key not in arrays or m.ids_key not in arrays:
+        warnings.warn(f"cell {row.get('cell_id')!r}: {path} lacks {m.key!r} or {m.ids_key!r}: the "
+                      f"per-image values of {column.id!r} are not available", stacklevel=2)
+        return None
+    return np.asarray(arrays[m.key], np.float64), arrays
+
+
+def per_image_values(row: Mapping[str, Any], column: MetricColumn) -> pd.Series | None:
+    """A row's per-image values of one metric column, indexed by image id (duplicates: first kept).
+
+    Non-finite values are left out (with a warning naming how many).
+    """
+    got = metric_arrays(row, column)
+    if got is None:
+        return None
+    values, arrays = got
+    m = metric_result(row, column)
+    assert m is not None
+    s = pd.Series(values, index=np.asarray(arrays[m.ids_key]).astype(str))
     s = s[~s.index.duplicated(keep="first")]
     bad = ~np.isfinite(s.to_numpy())
     if bad.any():
-        warnings.warn(f"cell {row.get('cell_id')!r}: {int(bad.sum())} non-finite per-image {order} values "
+        warnings.warn(f"cell {row.get('cell_id')!r}: {int(bad.sum())} non-finite per-image {column.id} values "
                       "left out of the paired comparisons", stacklevel=2)
         s = s[~bad]
     return s
@@ -133,50 +175,44 @@ def _labels(group: pd.DataFrame) -> list[str]:
 def paired_comparisons(
     df: pd.DataFrame,
     *,
-    order: str = "morf",
+    metrics: Sequence[str] | None = None,
     confidence: float = 0.95,
     seed: int = 0,
     n_resamples: int = 10_000,
 ) -> pd.DataFrame:
-    """Paired comparisons of explainers within each :data:`FAMILY` of ``df``.
+    """Paired comparisons of explainers within each :data:`FAMILY` of ``df``, per metric column.
+
+    ``metrics``: the metric column ids to compare (default: the primary one,
+    :func:`bench.leaderboard.primary_column`); the ``metric`` column says which. Holm's
+    correction runs within one family and one metric.
 
     ``df`` is :func:`bench.leaderboard.collect`'s frame. A family is one (dataset, model,
     weights, perturbation, settings fingerprint): rows computed under different settings
     are never paired. An explainer's own parameters are not part of the family, so
-    Grad-CAM and a random control pair whatever their parameters; the same explainer with
+    a method and a control pair whatever their parameters; the same explainer with
     two parameter sets appears twice (``params_a``/``params_b`` tell them apart).
-    Explainers are taken in the frame's order (AOPC descending), so ``explainer_a`` is the
-    one with the higher AOPC. Columns: :data:`COMPARISON_COLUMNS`. Families with fewer
+    Explainers are taken in the frame's order (methods, then controls, each AOPC descending),
+    so ``explainer_a`` is mostly the method and ``explainer_b`` the control it is measured against. Columns: :data:`COMPARISON_COLUMNS`. Families with fewer
     than two explainers (or without curves files) give no rows.
     """
     frames = []
-    if df.empty or "_curves_file" not in df.columns:
+    if df.empty or "_metrics" not in df.columns:
         return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
+    by_id = {c.id: c for c in metric_columns_of(df)}
+    head = primary_column(df)
+    wanted = list(metrics) if metrics is not None else ([head.id] if head is not None else [])
+    unknown = [m for m in wanted if m not in by_id]
+    if unknown:
+        raise ValueError(f"no metric column {', '.join(map(repr, unknown))}; columns: {', '.join(by_id)}")
     family = pair_columns(df)
-    for key, group in df.groupby(family, sort=False, dropna=False):
-        if len(group) < 2:
-            continue
-        values: dict[str, pd.Series] = {}
-        meta: dict[str, tuple[str, str, str]] = {}  # label -> (explainer, params, run)
-        for label, (_, row) in zip(_labels(group), group.iterrows(), strict=True):
-            s = per_image_values(row, order)
-            if s is not None and len(s):
-                values[label] = s
-                meta[label] = (str(row["explainer"]), str(row.get("explainer_params", "")), str(row["run_id"]))
-        if len(values) < 2:
-            continue
-        comp = compare_explainers(values, confidence=confidence, seed=seed, n_resamples=n_resamples)
-        for col, val in zip(family, key, strict=True):
-            comp[col] = val
-        comp["order"] = order
-        labels_a, labels_b = list(comp["explainer_a"]), list(comp["explainer_b"])
-        comp["explainer_a"] = [meta[a][0] for a in labels_a]
-        comp["explainer_b"] = [meta[b][0] for b in labels_b]
-        comp["params_a"] = [meta[a][1] for a in labels_a]
-        comp["params_b"] = [meta[b][1] for b in labels_b]
-        comp["run_a"] = [meta[a][2] for a in labels_a]
-        comp["run_b"] = [meta[b][2] for b in labels_b]
-        frames.append(comp)
+    for column in (by_id[m] for m in wanted):
+        for key, group in df.groupby(family, sort=False, dropna=False):
+            comp = _family_comparisons(group, column, confidence=confidence, seed=seed, n_resamples=n_resamples)
+            if comp is None:
+                continue
+            for col, val in zip(family, key, strict=True):
+                comp[col] = val
+            frames.append(comp)
     if not frames:
         return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
     out = pd.concat(frames, ignore_index=True)
@@ -186,18 +222,46 @@ def paired_comparisons(
     return out[list(COMPARISON_COLUMNS)]
 
 
-def attach_gain_ci(df: pd.DataFrame, comparisons: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
-    """Put the paired (same-images) difference to ``baseline`` and its CI into the gain columns.
+def _family_comparisons(group: pd.DataFrame, column: MetricColumn, *, confidence: float, seed: int,
+                        n_resamples: int) -> pd.DataFrame | None:
+    """Every pair of one family's explainers on one metric column (None: fewer than two have values)."""
+    if len(group) < 2:
+        return None
+    values: dict[str, pd.Series] = {}
+    meta: dict[str, tuple[str, str, str]] = {}  # label -> (explainer, params, run)
+    for label, (_, row) in zip(_labels(group), group.iterrows(), strict=True):
+        s = per_image_values(row, column)
+        if s is not None and len(s):
+            values[label] = s
+            meta[label] = (str(row["explainer"]), str(row.get("explainer_params", "")), str(row["run_id"]))
+    if len(values) < 2:
+        return None
+    comp = compare_explainers(values, confidence=confidence, seed=seed, n_resamples=n_resamples)
+    comp["metric"] = column.id
+    labels_a, labels_b = list(comp["explainer_a"]), list(comp["explainer_b"])
+    comp["explainer_a"] = [meta[a][0] for a in labels_a]
+    comp["explainer_b"] = [meta[b][0] for b in labels_b]
+    comp["params_a"] = [meta[a][1] for a in labels_a]
+    comp["params_b"] = [meta[b][1] for b in labels_b]
+    comp["run_a"] = [meta[a][2] for a in labels_a]
+    comp["run_b"] = [meta[b][2] for b in labels_b]
+    return comp
 
-    Where a paired comparison with the baseline exists in the row's own family (same
-    settings fingerprint), ``gain_over_baseline`` becomes the mean per-image difference
-    on the shared images (equal to the AOPC difference when both cells scored the same
-    images) and ``gain_ci_low/high`` its bootstrap CI. Where the baseline ran with more
-    than one parameter set, the one :func:`bench.leaderboard.add_gain` chose
-    (``_baseline_params``) is used.
+
+def attach_gain_ci(df: pd.DataFrame, comparisons: pd.DataFrame, control: str | None = None) -> pd.DataFrame:
+    """Put the paired (same-images) difference to the reference control and its CI into the gain columns.
+
+    A row's reference is ``control`` when given, else its own ``baseline`` column (the
+    family's null control, filled by :func:`bench.leaderboard.add_gain`). Where a paired
+    comparison with the reference exists in the row's own family (same settings
+    fingerprint), ``gain_over_baseline`` becomes the mean per-image difference on the
+    shared images (equal to the AOPC difference when both cells scored the same images)
+    and ``gain_ci_low/high`` its bootstrap CI. Where the reference ran with more than one
+    parameter set, the one :func:`~bench.leaderboard.add_gain` chose (``_baseline_params``)
+    is used.
     """
     df = df.copy()
-    if df.empty or not baseline or comparisons.empty:
+    if df.empty or comparisons.empty or not (control or "baseline" in df.columns):
         return df
     family = [k for k in pair_columns(df) if k in comparisons.columns]
     by_params = {"params_a", "params_b"} <= set(comparisons.columns) and "explainer_params" in df.columns
@@ -205,24 +269,25 @@ def attach_gain_ci(df: pd.DataFrame, comparisons: pd.DataFrame, baseline: str | 
     def params(c: Any, side: str) -> str | None:
         return str(c[f"params_{side}"]) if by_params else None
 
+    # (*family, explainer, its params, reference, reference params) -> (diff, ci_low, ci_high)
     lookup: dict[tuple[Any, ...], tuple[float, float, float]] = {}
     for _, c in comparisons.iterrows():
         fam = tuple(c[k] for k in family)
-        if c["explainer_b"] == baseline:
-            lookup[(*fam, c["explainer_a"], params(c, "a"), params(c, "b"))] = (c["diff"], c["ci_low"], c["ci_high"])
-        if c["explainer_a"] == baseline:
-            lookup[(*fam, c["explainer_b"], params(c, "b"), params(c, "a"))] = (
-                -c["diff"], -c["ci_high"], -c["ci_low"])
+        a, b = c["explainer_a"], c["explainer_b"]
+        lookup[(*fam, a, params(c, "a"), b, params(c, "b"))] = (c["diff"], c["ci_low"], c["ci_high"])
+        lookup[(*fam, b, params(c, "b"), a, params(c, "a"))] = (-c["diff"], -c["ci_high"], -c["ci_low"])
     has_base = by_params and "_baseline_params" in df.columns
     for i, r in df.iterrows():
+        ref = control or r.get("baseline")
+        if not isinstance(ref, str) or not ref:
+            continue
         mine = str(r["explainer_params"]) if by_params else None
-        base = str(r["_baseline_params"]) if has_base else None
+        head = (*(r[k] for k in family), r["explainer"], mine, ref)
         if by_params and not has_base:
-            hits = [v for k, v in lookup.items()
-                    if k[:len(family) + 2] == (*(r[k2] for k2 in family), r["explainer"], mine)]
+            hits = [v for k, v in lookup.items() if k[:len(head)] == head]
             hit = hits[0] if len(hits) == 1 else None
         else:
-            hit = lookup.get((*(r[k] for k in family), r["explainer"], mine, base))
+            hit = lookup.get((*head, str(r["_baseline_params"]) if has_base else None))
         if hit is not None and not math.isnan(hit[0]):
             df.loc[i, ["gain_over_baseline", "gain_ci_low", "gain_ci_high"]] = list(hit)
     return df
@@ -239,8 +304,8 @@ def comparison_rows(comparisons: pd.DataFrame) -> tuple[list[str], list[list[str
     one parameter set is shown as ``name [params fingerprint]``."""
     from .leaderboard import format_ci, format_number
 
-    headers = ["Dataset", "Model", "Weights", "Perturbation", "Settings", "A", "B", "n", "AOPC A",
-               "AOPC B", "A - B", "CI of A - B", "Wilcoxon p", "Holm p", "Significant (Holm, 0.05)"]
+    headers = ["Dataset", "Model", "Weights", "Perturbation", "Settings", "A", "B", "n", "mean A",
+               "mean B", "A - B", "CI of A - B", "Wilcoxon p", "Holm p", "Significant (Holm, 0.05)"]
     align = ["l"] * 7 + ["r"] * 4 + ["l", "r", "r", "l"]
     has_params = {"params_a", "params_b"} <= set(comparisons.columns)
     seen: dict[str, set[str]] = {}
@@ -270,7 +335,7 @@ def comparisons_markdown(comparisons: pd.DataFrame) -> str:
     from .leaderboard import markdown_table
 
     headers, rows, align = comparison_rows(comparisons)
-    note = ("A - B: mean over the shared images of the per-image AOPC difference; 95% bootstrap CI; "
+    note = ("A - B: mean over the shared images of the per-image difference of the metric; 95% bootstrap CI; "
             "two-sided Wilcoxon signed-rank p; Holm-corrected within each "
             "dataset/model/weights/perturbation/settings family (rows of different settings are never paired).")
     return markdown_table(headers, rows, align) + "\n\n" + note
@@ -282,7 +347,7 @@ def comparisons_html(comparisons: pd.DataFrame) -> str:
     headers, rows, align = comparison_rows(comparisons)
     classes = [["sig" if j == len(r) - 1 and r[-1] == "yes" else "" for j in range(len(r))] for r in rows]
     note = ('<p class="note">A - B: mean over the shared images (aligned by image id) of the per-image '
-            "AOPC difference, with its 95% bootstrap CI; two-sided Wilcoxon signed-rank p; Holm "
+            "difference of the metric, with its 95% bootstrap CI; two-sided Wilcoxon signed-rank p; Holm "
             "correction within each dataset/model/weights/perturbation/settings family (rows of different "
             "settings are never paired).</p>")
     return html_table(headers, rows, align, group_col=1, classes=classes) + "\n" + note
@@ -307,18 +372,24 @@ def _class_names(row: Mapping[str, Any], manifests: Mapping[str, Any]) -> list[s
     return []
 
 
-def per_class_aopc(
+def per_class_values(
     row: Mapping[str, Any],
+    column: MetricColumn,
     class_names: Sequence[str] = (),
     *,
-    order: str = "morf",
     confidence: float = 0.95,
+    include_empty: bool = False,
 ) -> dict[str, tuple[float, float, float, int]]:
-    """``{class: (mean, ci_low, ci_high, n)}`` of a cell's per-image AOPC grouped by true label."""
-    arrays = load_cell_arrays(row, "curves")
-    if arrays is None or f"{order}_per_image" not in arrays or "labels" not in arrays:
+    """``{class: (mean, ci_low, ci_high, n)}`` of a cell's per-image values of one metric column,
+    grouped by true label (the ``labels`` stored beside them); non-finite values left out."""
+    got = metric_arrays(row, column)
+    if got is None or "labels" not in got[1]:
         return {}
-    return group_by_class(arrays[f"{order}_per_image"], arrays["labels"], class_names, confidence=confidence)
+    values, arrays = got
+    labels = np.asarray(arrays["labels"])
+    keep = np.isfinite(values)
+    return group_by_class(values[keep], labels[keep], class_names, confidence=confidence,
+                          include_empty=include_empty)
 
 
 def group_by_class(
@@ -350,12 +421,13 @@ def group_by_class(
     return out
 
 
-def per_class_markdown(df: pd.DataFrame, *, order: str = "morf") -> str:
+def per_class_markdown(df: pd.DataFrame, *, column: MetricColumn | None = None) -> str:
     """One table per :data:`FAMILY` (dataset, model, weights, perturbation, settings):
-    explainers x classes, "mean [lo, hi] (n)"."""
+    explainers x classes, "mean [lo, hi] (n)" of one metric column (default: the primary)."""
     from .leaderboard import confidence_of, format_ci, format_number, markdown_table, md_cell
 
-    if df.empty or "_curves_file" not in df.columns:
+    column = column or primary_column(df)
+    if df.empty or "_metrics" not in df.columns or column is None:
         return ""
     manifests = df.attrs.get("manifests", {})
     conf = confidence_of(df)
@@ -365,7 +437,7 @@ def per_class_markdown(df: pd.DataFrame, *, order: str = "morf") -> str:
         rows: list[list[str]] = []
         classes: list[str] = []
         for label, (_, row) in zip(_labels(group), group.iterrows(), strict=True):
-            stats = per_class_aopc(row, _class_names(row, manifests), order=order, confidence=conf)
+            stats = per_class_values(row, column, _class_names(row, manifests), confidence=conf)
             if not stats:
                 continue
             classes += [c for c in stats if c not in classes]
@@ -525,10 +597,12 @@ def make_figures(
 
     out = Path(out_dir)
     manifests = df.attrs.get("manifests", {})
+    head = primary_column(df)
+    per_class_title = f"{head.label} per class" if head is not None else "Per class"
     sections: dict[str, list[Path]] = {
         "Mean MoRF curves (AOPC graphs)": [],
         "Heatmap overlays": [],
-        "AOPC per class": [],
+        per_class_title: [],
     }
     if df.empty:
         return sections
@@ -540,22 +614,23 @@ def make_figures(
         mixed = {m for m in models if "settings" in group.columns
                  and group["settings"][[x == m for x in models]].nunique() > 1}
         for label, model_label, (_, row) in zip(_labels(group), models, group.iterrows(), strict=True):
+            panel = f"{model_label}, settings {row['settings']}" if model_label in mixed else model_label
+            if head is not None:
+                stats = per_class_values(row, head, _class_names(row, manifests),
+                                         confidence=confidence_of(df), include_empty=True)
+                if stats:
+                    per_class.setdefault(panel, {})[label] = stats
             arrays = load_cell_arrays(row, "curves")
             if arrays is None or "morf_curves" not in arrays:
                 continue
-            panel = f"{model_label}, settings {row['settings']}" if model_label in mixed else model_label
             curves.setdefault(panel, {})[label] = arrays["morf_curves"]
-            if "labels" in arrays and "morf_per_image" in arrays:
-                per_class.setdefault(panel, {})[label] = group_by_class(
-                    arrays["morf_per_image"], arrays["labels"], _class_names(row, manifests),
-                    confidence=confidence_of(df), include_empty=True)
         title = f"{dataset} / {pert}"
         try:
             if curves:
                 sections["Mean MoRF curves (AOPC graphs)"].append(fg.plot_curves(
                     curves, out / f"curves__{slug(dataset, pert)}.png", title=title))
             if per_class:
-                sections["AOPC per class"].append(fg.plot_per_class(
+                sections[per_class_title].append(fg.plot_per_class(
                     per_class, out / f"per_class__{slug(dataset, pert)}.png", title=title))
         except Exception as exc:  # a figure must never lose the leaderboard
             warnings.warn(f"figure for {title!r} failed: {type(exc).__name__}: {exc}", stacklevel=2)
@@ -695,15 +770,26 @@ def render_report(
                         markdown_table(["true / predicted", *names],
                                        [[names[i], *[str(v) for v in r]] for i, r in enumerate(cm)],
                                        ["l"] + ["r"] * len(names)), ""]
+    head = primary_column(df)
     per_class = per_class_markdown(df)
-    if per_class:
-        out += ["## AOPC per class (MoRF, mean [CI] (n) over the correctly classified test images)", "",
-                per_class, ""]
-    out += ["## Paired comparisons between explainers (MoRF AOPC, same images)", ""]
+    if per_class and head is not None:
+        out += [f"## {md_cell(head.header)} per class (mean [CI] (n) over the correctly classified test images)",
+                "", per_class, ""]
+    out += ["## Paired comparisons between explainers (same images)", ""]
+    shown = False
     if comparisons is not None and not comparisons.empty:
-        out += [comparisons_markdown(comparisons), ""]
-    else:
-        out += ["_Fewer than two explainers with curves for every model: nothing to compare._", ""]
+        columns = metric_columns_of(df)
+        labelled = "metric" in comparisons.columns
+        for column in columns if labelled else [head]:
+            part = comparisons[comparisons["metric"] == column.id] if labelled and column else comparisons
+            if part.empty:
+                continue
+            title = column.header if column is not None else "metric"
+            primary_note = " (the primary metric)" if head is not None and column is not None and column.id == head.id else ""
+            out += [f"### {md_cell(title)}{primary_note}", "", comparisons_markdown(part), ""]
+            shown = True
+    if not shown:
+        out += ["_Fewer than two explainers with values for every model: nothing to compare._", ""]
     if figures:
         base = Path(relative_to) if relative_to is not None else None
         for section, paths in figures.items():
@@ -724,18 +810,24 @@ def build_report(
     results_dir: str | Path = "results",
     *,
     out: str | Path | None = None,
-    baseline: str | None = "random",
+    control: str | None = None,
     figures: bool = True,
+    primary: str | None = None,
 ) -> Path:
-    """Write ``report.md`` (default ``<results_dir>/report.md``) and its figures; return its path."""
+    """Write ``report.md`` (default ``<results_dir>/report.md``) and its figures; return its path.
+
+    ``control``: the gain reference (default: each family's null control); ``primary``: the
+    metric rows are ranked by (default: the first). Paired comparisons cover every metric.
+    """
     from .leaderboard import collect, provenance
 
-    df = collect(results_dir, baseline=baseline)
+    df = collect(results_dir, control=control, primary=primary)
     from .leaderboard import bootstrap_resamples, confidence_of
 
     comparisons = paired_comparisons(df, confidence=confidence_of(df),
-                                     n_resamples=bootstrap_resamples(df.attrs.get("manifests", {})))
-    df = attach_gain_ci(df, comparisons, baseline)
+                                     n_resamples=bootstrap_resamples(df.attrs.get("manifests", {})),
+                                     metrics=[c.id for c in metric_columns_of(df)])
+    df = attach_gain_ci(df, primary_comparisons(comparisons, df), control)
     path = Path(out) if out is not None else Path(results_dir) / "report.md"
     figs = make_figures(df, path.parent / "figures") if figures else {}
     atomic_write_text(path, render_report(df, comparisons=comparisons, figures=figs,

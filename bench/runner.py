@@ -7,12 +7,14 @@ parameters and the contents of files they name + upstream keys + seed; see
 run killed at any point finishes only the remaining work when started again; a
 damaged cache entry is set aside and recomputed (:class:`bench.store.Cache`):
 
-    dataset split  -> trained model (+ test evaluation) -> heatmaps -> curves -> cell
+    dataset split  -> trained model (+ test evaluation) -> heatmaps
+        -> curves (only the orders the selected metrics need) -> metrics -> cell
 
-Cells are plain data in (:class:`CellTask` + the resolved config) and plain
-data out (a JSON-able record), so another executor can run them. A cell that
-raises, or whose component returns a wrong shape, dtype or NaN, is recorded as
-failed with its message; the other cells finish and are saved.
+Cells are plain data in (:class:`CellTask` + the resolved config) and a typed,
+versioned record out (:class:`bench.record.CellRecord`, JSON on disk), so another
+executor can run them. A cell that raises, or whose component returns a wrong shape,
+dtype or NaN, is recorded as failed with its message; the other cells finish and are
+saved. A metric that raises fails only itself; the cell's other results are kept.
 """
 
 from __future__ import annotations
@@ -32,10 +34,27 @@ from typing import Any
 import numpy as np
 
 from . import config as config_mod
+from .controls import (
+    CONTROL_KEY,
+    DEPRECATED_CONTROL_KEY,
+    control_setting,
+    registered_role,
+    resolve_control,
+)
 from .errors import BenchError, ComponentOutputError, ConfigError, did_you_mean
 from .keys import component_identity, param_files, stage_key
+from .metrics import (
+    MetricSkipped,
+    compute_columns,
+    masks_of,
+    metric_data,
+    metric_params_key,
+    required_orders,
+    summarise,
+)
 from .paths import safe_child
 from .plugins import accepted_params, check_params, registry
+from .record import CellRecord, MetricResult, Timings
 from .settings import (
     cell_settings,
     count_constant_heatmaps,
@@ -43,11 +62,12 @@ from .settings import (
     settings_key,
     weights_hash,
 )
+from .specs import MetricSpec
 from .store import Cache, content_key, write_json, write_npz
 
 #: Bumped when a stage's stored format or semantics change (invalidates caches).
 #: Every stage key also holds bench's version and the code digest of its plugin.
-STAGE_VERSION = {"dataset": 2, "model": 2, "evaluation": 2, "heatmaps": 2, "curves": 2}
+STAGE_VERSION = {"dataset": 2, "model": 2, "evaluation": 2, "heatmaps": 2, "curves": 3, "metric": 1}
 
 
 def log(message: str, *, quiet: bool = False) -> None:
@@ -85,6 +105,24 @@ class Plan:
     models: list[str]
     explainers: list[str]
     perturbations: list[str]
+    #: the selected metrics, in the config's order
+    metrics: list[str] = field(default_factory=list)
+
+    def metric_spec(self, name: str) -> MetricSpec:
+        spec = registry().get("metric", name).spec
+        assert isinstance(spec, MetricSpec)
+        return spec
+
+    @property
+    def orders(self) -> tuple[str, ...]:
+        """The curve orders every cell computes: the union of what the selected metrics need."""
+        return required_orders(self.metric_spec(name) for name in self.metrics)
+
+    @property
+    def primary(self) -> str:
+        """The metric the leaderboard ranks by (``leaderboard.primary``, else the first selected)."""
+        chosen = self.config["leaderboard"].get("primary") or ""
+        return chosen or (self.metrics[0] if self.metrics else "")
 
     @property
     def cells(self) -> list[CellTask]:
@@ -116,9 +154,10 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
       an exception attribute ``param``, else the first parameter the message names);
       other :class:`BenchError` exceptions (a missing weights file) pass unchanged.
 
-    ``aopc.baseline`` must be ``""`` (no gain column) or one of the selected explainers
-    (its built-in default is kept when unselected but registered: earlier runs' rows
-    in the same results folder may hold it).
+    ``leaderboard.control`` is resolved here (:func:`bench.controls.resolve_control`): empty,
+    it becomes the grid's only null-control explainer (``""`` when there is none); a name
+    must be a selected control; two null controls and no name are a ConfigError. The
+    deprecated ``aopc.baseline`` is read as its alias and cleared.
     """
     reg = registry()
     cfg = dict(cfg)
@@ -135,8 +174,9 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
         models=config_mod.resolve_names(cfg, "models", reg),
         explainers=config_mod.resolve_names(cfg, "explainers", reg),
         perturbations=config_mod.resolve_names(cfg, "perturbations", reg),
+        metrics=config_mod.resolve_names(cfg, "metrics", reg),
     )
-    for section in ("models", "explainers", "perturbations"):
+    for section in ("models", "explainers", "perturbations", "metrics"):
         kind = config_mod.SECTION_KIND[section]
         selected = getattr(plan, section)
         for name in cfg[section]["params"]:
@@ -148,36 +188,45 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
             if name in selected:
                 factory = reg.get(kind, name).load_factory()
                 check_params(factory, cfg[section]["params"][name], where=f"{section}.params.{name}")
-    _check_baseline(plan)
+    _resolve_control(plan)
     # each selected component, constructed with its params and validated (no heavy work)
     dparams = dataset_params(plan)  # validates dataset params and --data
     component = validated_component(
         "dataset", dataset, dparams, key="dataset.params", names=cfg["dataset"]["params"]
     )
-    for section in ("explainers", "perturbations"):
+    for section in ("explainers", "perturbations", "metrics"):
         kind = config_mod.SECTION_KIND[section]
         for name in getattr(plan, section):
             validated_component(
                 kind, name, cfg[section]["params"].get(name, {}), key=f"{section}.params.{name}"
             )
+    _check_primary(plan)
     image_shape = declared_image_shape(component, dataset)
     if image_shape is not None:
         check_image_fit(plan, image_shape)
     return plan
 
 
-def _check_baseline(plan: Plan) -> None:
-    baseline = plan.config["aopc"]["baseline"]
-    if not baseline or baseline in plan.explainers:
-        return
-    default = config_mod.SCHEMA["aopc"]["baseline"][1]
-    if baseline == default and baseline in registry().names("explainer"):
-        return  # the default, not selected: earlier runs in the results folder may hold it
-    raise ConfigError(
-        f"aopc.baseline = {baseline!r} is not a selected explainer"
-        f"{did_you_mean(baseline, plan.explainers)}; selected explainers: "
-        f"{', '.join(plan.explainers)} (or \"\" for no gain-over-baseline column)"
-    )
+def _check_primary(plan: Plan) -> None:
+    primary = plan.config["leaderboard"].get("primary") or ""
+    if primary and primary not in plan.metrics:
+        raise ConfigError(
+            f"leaderboard.primary = {primary!r} is not a selected metric"
+            f"{did_you_mean(primary, plan.metrics)}; selected metrics: {', '.join(plan.metrics)} "
+            "(or \"\" for the first of them)"
+        )
+
+
+def _resolve_control(plan: Plan) -> None:
+    """Write the resolved gain reference into ``plan.config["leaderboard"]["control"]``."""
+    cfg = plan.config
+    key = CONTROL_KEY if cfg["leaderboard"].get("control") or not cfg["aopc"].get("baseline") else (
+        DEPRECATED_CONTROL_KEY)
+    control = control_setting(cfg)
+    roles = {name: registered_role(name) for name in plan.explainers}
+    resolved = resolve_control(plan.explainers, roles, control, key=key)
+    cfg["leaderboard"] = {**cfg["leaderboard"], "control": resolved}
+    cfg["aopc"] = {**cfg["aopc"], "baseline": ""}
 
 
 def _required_params(factory: Any) -> list[str]:
@@ -554,11 +603,15 @@ class Stages:
         evaluator: Callable[..., Any] | None = None,
         store: bool = True,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
-        """AOPC curves of one (heatmaps, perturbation, order), cached under a content key.
+        """Perturbation curves of one (heatmaps, perturbation, order), cached under a content key.
 
-        ``evaluator`` replaces :func:`bench.aopc.evaluate_aopc` (same signature), e.g. to
-        merge shards computed elsewhere; ``store=False`` neither reads nor writes the
-        cache (a shard of the images is not the stage's result).
+        Returns (summary, arrays, resolved perturbation params): ``arrays`` holds
+        ``curves`` (N, L+1), the engine's per-image AOPC ``per_image`` (an engine detail;
+        metrics read the curves), the region ``order`` and ``ids``; ``summary`` the stage's
+        ``key``, forward passes, seconds and strategy. ``evaluator`` replaces
+        :func:`bench.aopc.evaluate_aopc` (same signature), e.g. to merge shards computed
+        elsewhere; ``store=False`` neither reads nor writes the cache (a shard of the images
+        is not the stage's result).
         """
         from .aopc import evaluate_aopc
 
@@ -571,16 +624,13 @@ class Stages:
         acfg = self.plan.config["aopc"]
         grid = config_mod.grid_shape(acfg["grid"])
         seed = self.plan.config["run"]["seed"]
-        key = _key(
-            "curves", "perturbation", name, resolved, heatmaps_key,
-            list(grid), order, seed, acfg["confidence"], acfg["bootstrap"],
-        )
+        key = _key("curves", "perturbation", name, resolved, heatmaps_key, list(grid), order, seed)
         summary = self.cache.get_json("curves", key) if store else None
         arrays = self.cache.get_npz(
             "curves", key, required=("curves", "per_image", "order", "ids")
         ) if store else None
         if summary is not None and arrays is not None:
-            return summary, arrays, resolved
+            return {**summary, "key": key}, arrays, resolved
         if self.cached_only:
             raise NotCached("curves", key)
         test = data.splits.test
@@ -604,14 +654,8 @@ class Stages:
             progress=self.progress,
             strategy=acfg["strategy"],
         )
-        from .statistics import bootstrap_ci
-
-        ci = bootstrap_ci(
-            result.per_image, confidence=acfg["confidence"], n_resamples=acfg["bootstrap"], seed=seed
-        ) if len(result.per_image) else (float("nan"), float("nan"))
         summary = {
             "aopc": float(result.aopc) if len(result.per_image) else float("nan"),
-            "ci": [float(ci[0]), float(ci[1])],
             "n": int(len(result.per_image)),
             "forward_passes": int(getattr(result, "forward_passes", len(ids) * (grid[0] * grid[1] + 1))),
             "seconds": float(getattr(result, "seconds", 0.0)),
@@ -628,7 +672,51 @@ class Stages:
         if store:
             self.cache.put_npz("curves", key, **arrays)
             self.cache.put_json("curves", key, summary)
-        return summary, arrays, resolved
+        return {**summary, "key": key}, arrays, resolved
+
+    # ---- metrics --------------------------------------------------------------------------
+    def metric(
+        self,
+        name: str,
+        inputs: Mapping[str, Any],
+        *,
+        heatmaps_key: str,
+        curve_keys: Mapping[str, str],
+        cached_only: bool | None = None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any], float]:
+        """The per-image columns of metric ``name`` on one cell, cached under a content key.
+
+        ``inputs`` are the cell's candidate inputs (``ids``, ``grid``, ``curves`` by order,
+        ``heatmaps``, ``masks`` by name, ``labels``, ``targets``, ``model``, ``explainer``,
+        ``images``, ``dataset``): :func:`bench.metrics.metric_data` hands the metric only
+        what its spec declares. The key holds the metric (name, version, code, parameters),
+        the heatmaps' key (which holds the model, dataset, explainer and images) and the
+        keys of the curves it reads. Returns (columns, resolved params, seconds). A metric
+        that raises, or returns a wrong shape, raises here; a declared mask the dataset
+        lacks raises :class:`bench.metrics.MetricSkipped`. ``cached_only`` overrides the
+        stages' own setting (the Ray driver computes metrics itself).
+        """
+        spec = self.plan.metric_spec(name)
+        params = dict(self.plan.config["metrics"]["params"].get(name, {}))
+        metric = _create("metric", name, params)
+        resolved = _component_params(metric) or params
+        data = metric_data(spec, **inputs)
+        used = {o: curve_keys[o] for o in spec.inputs.curves}
+        key = _key("metric", "metric", name, resolved, heatmaps_key, used, spec.inputs.to_dict())
+        meta = self.cache.get_json("metrics", key)
+        if meta is not None:
+            arrays = self.cache.get_npz("metrics", key, required=tuple(meta.get("columns", ())))
+            if arrays is not None:
+                return arrays, resolved, float(meta.get("seconds", 0.0))
+        if self.cached_only if cached_only is None else cached_only:
+            raise NotCached("metric", key)
+        t0 = time.perf_counter()
+        columns = compute_columns(metric, spec, data)
+        seconds = time.perf_counter() - t0
+        self.cache.put_npz("metrics", key, **columns)
+        self.cache.put_json("metrics", key, {"metric": name, "columns": list(columns), "seconds": seconds,
+                                             "params": resolved})
+        return columns, resolved, seconds
 
 
 def stratified_sample(index: np.ndarray, labels: np.ndarray, cap: int, *, seed: int) -> np.ndarray:
@@ -681,69 +769,63 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def execute_cell(stages: Stages, task: CellTask, run_dir: Path, run_id: str) -> dict[str, Any]:
-    """Run one cell and write its record (and arrays) under ``run_dir``. Never raises for plugin errors."""
-    cfg = stages.plan.config
+def execute_cell(stages: Stages, task: CellTask, run_dir: Path, run_id: str) -> CellRecord:
+    """Run one cell and write its record (and arrays) under ``run_dir``. Never raises for plugin errors.
+
+    The stages: dataset -> model -> heatmaps -> curves (the orders the plan's metrics need,
+    :attr:`Plan.orders`) -> metrics (each gets only its declared inputs). A metric that
+    raises or returns a wrong shape fails only itself (its result says why); a metric whose
+    declared mask the dataset lacks is skipped with the reason; the cell stays ok. Writes
+    ``cells/<cell>.json`` (:class:`bench.record.CellRecord`), ``curves/``, ``heatmaps/`` and
+    ``metrics/<cell>.npz`` (per-image columns as ``<metric>/<column>``, with ``ids``).
+    """
+    plan = stages.plan
+    cfg = plan.config
     acfg = cfg["aopc"]
     grid = config_mod.grid_shape(acfg["grid"])
-    record: dict[str, Any] = {
-        "cell_id": task.cell_id,
-        "run_id": run_id,
-        "status": "ok",
-        "error": None,
-        "stage": None,
-        "dataset": task.dataset,
-        "model": task.model,
-        "weights": None,
-        "explainer": task.explainer,
-        "perturbation": task.perturbation,
-        "params": {
+    orders = list(plan.orders)
+    record = CellRecord(
+        cell_id=task.cell_id,
+        run_id=run_id,
+        dataset=task.dataset,
+        model=task.model,
+        explainer=task.explainer,
+        perturbation=task.perturbation,
+        params={
             "aopc": {
                 "grid": list(grid),
-                "orders": list(acfg["orders"]),
+                "orders": orders,
                 "seed": cfg["run"]["seed"],
                 "batch_size": acfg["batch_size"],
                 "max_images": acfg["max_images"],
                 "confidence": acfg["confidence"],
-            }
+            },
+            "metrics": {name: dict(cfg["metrics"]["params"].get(name, {})) for name in plan.metrics},
         },
-        "provenance": {},
-        "classification": None,
-        "n_images": 0,
-        "results": {},
-        "abpc": None,
-        "timings": {},
-        "strategy": None,
-        "curves_file": None,
-        "heatmaps_file": None,
-        "keys": {},
-        "constant_heatmaps": None,
-        "settings": None,
-        "settings_key": None,
-        "explainer_params_key": None,
-    }
+        orders=orders,
+    )
     reg = registry()
-    facts: dict[str, Any] = {}  # settings inputs that are not in record["params"]
+    facts: dict[str, Any] = {}  # settings inputs that are not in record.params
     try:
         data = _stage("dataset", stages.dataset)
-        record["params"]["dataset"] = data.params
+        record.params["dataset"] = data.params
         facts["dataset_fingerprint"] = getattr(data.splits, "fingerprint", None)
-        record["provenance"]["dataset"] = reg.get("dataset", task.dataset).provenance()
+        record.provenance["dataset"] = reg.get("dataset", task.dataset).provenance()
         model = _stage("train", lambda: stages.model(task.model, data))
-        record["weights"] = model.record["weights"]
-        record["params"]["model"] = model.record["params"]
-        record["provenance"]["model"] = model.record["provenance"]
-        record["keys"]["model"] = model.key
+        record.weights = model.record["weights"]
+        record.params["model"] = model.record["params"]
+        record.provenance["model"] = model.record["provenance"]
+        record.keys["model"] = model.key
         facts["weights_hash"] = weights_hash(model.record)
         report = model.record["classification"]
-        record["classification"] = {
+        record.classification = {
             "recall_macro": report["macro avg"]["recall"],
             "f1_macro": report["macro avg"]["f1-score"],
             "precision_macro": report["macro avg"]["precision"],
             "accuracy": report["accuracy"],
         }
         index = stages.explained_subset(data, model)
-        record["n_images"] = int(len(index))
+        record.n_images = int(len(index))
         if len(index) == 0:
             raise CellFailure("explain", BenchError(
                 f"model {task.model!r} classified no test image correctly: nothing to explain"
@@ -751,54 +833,64 @@ def execute_cell(stages: Stages, task: CellTask, run_dir: Path, run_id: str) -> 
         heatmaps, hkey, eparams, explain_seconds = _stage(
             "explain", lambda: stages.heatmaps(task.explainer, data, model, index)
         )
-        record["params"]["explainer"] = eparams
-        record["provenance"]["explainer"] = reg.get("explainer", task.explainer).provenance()
-        record["provenance"]["perturbation"] = reg.get("perturbation", task.perturbation).provenance()
-        record["keys"]["heatmaps"] = hkey
-        record["constant_heatmaps"] = count_constant_heatmaps(heatmaps)
+        record.params["explainer"] = eparams
+        record.provenance["explainer"] = reg.get("explainer", task.explainer).provenance()
+        record.provenance["perturbation"] = reg.get("perturbation", task.perturbation).provenance()
+        record.keys["heatmaps"] = hkey
+        record.constant_heatmaps = count_constant_heatmaps(heatmaps)
         test = data.splits.test
         ids = test.ids[index].astype(str)
-        arrays: dict[str, np.ndarray] = {
-            "ids": ids,
-            "targets": model.predictions[index].astype(np.int64),
-            "labels": model.labels[index].astype(np.int64),
-        }
-        evaluate_seconds = 0.0
-        passes = 0
-        for order in acfg["orders"]:
+        targets = model.predictions[index].astype(np.int64)
+        labels = model.labels[index].astype(np.int64)
+        arrays: dict[str, np.ndarray] = {"ids": ids, "targets": targets, "labels": labels}
+        timings = Timings(explain_seconds=explain_seconds)
+        curves: dict[str, np.ndarray] = {}
+        curve_keys: dict[str, str] = {}
+        for order in orders:
             summary, carrays, pparams = _stage(
                 "evaluate",
                 lambda order=order: stages.curves(
                     task.perturbation, order, data, model, index, heatmaps, hkey
                 ),
             )
-            record["params"]["perturbation"] = pparams
-            record["results"][order] = {"aopc": summary["aopc"], "ci": summary["ci"], "n": summary["n"]}
-            record["strategy"] = summary["strategy"]
-            record.setdefault("strategy_info", {})[order] = summary.get("strategy_info", {})
-            evaluate_seconds += summary["seconds"]
-            passes += summary["forward_passes"]
+            record.params["perturbation"] = pparams
+            record.strategy = summary["strategy"]
+            record.strategy_info[order] = summary.get("strategy_info", {})
+            timings.evaluate_seconds += summary["seconds"]
+            timings.forward_passes += summary["forward_passes"]
+            curves[order] = carrays["curves"]
+            curve_keys[order] = summary["key"]
+            record.keys[f"curves:{order}"] = summary["key"]
             arrays[f"{order}_curves"] = carrays["curves"]
             arrays[f"{order}_per_image"] = carrays["per_image"]
             arrays[f"{order}_order"] = carrays["order"]
-        if "morf" in acfg["orders"] and "lerf" in acfg["orders"]:
-            from .statistics import abpc, bootstrap_ci
-
-            values = np.asarray(abpc(arrays["morf_curves"], arrays["lerf_curves"]), dtype=np.float64)
-            arrays["abpc_per_image"] = values
-            lo, hi = bootstrap_ci(
-                values, confidence=acfg["confidence"], n_resamples=acfg["bootstrap"], seed=cfg["run"]["seed"]
-            )
-            record["abpc"] = {"value": float(values.mean()), "ci": [float(lo), float(hi)], "n": int(len(values))}
-        record["timings"] = {
-            "explain_seconds": explain_seconds,
-            "evaluate_seconds": evaluate_seconds,
-            "forward_passes": passes,
-            "passes_per_second": passes / evaluate_seconds if evaluate_seconds > 0 else None,
+        if not orders:  # no metric reads curves: the perturbation's parameters, for the settings
+            pparams = dict(cfg["perturbations"]["params"].get(task.perturbation, {}))
+            record.params["perturbation"] = _stage("evaluate", lambda: _component_params(
+                _create("perturbation", task.perturbation, pparams)) or pparams)
+        record.curves_file = f"curves/{task.cell_id}.npz" if orders else None
+        record.heatmaps_file = f"heatmaps/{task.cell_id}.npz"
+        record.metrics_file = f"metrics/{task.cell_id}.npz"
+        inputs = {
+            "ids": ids, "grid": grid, "curves": curves, "heatmaps": heatmaps,
+            "masks": {name: m[index] for name, m in masks_of(test).items()},
+            "labels": labels, "targets": targets, "model": model.model,
+            "explainer": _LazyExplainer(task.explainer, cfg), "images": test.images[index],
+            "dataset": f"dataset {task.dataset!r}",
         }
-        record["curves_file"] = f"curves/{task.cell_id}.npz"
-        record["heatmaps_file"] = f"heatmaps/{task.cell_id}.npz"
-        write_npz(safe_child(run_dir, "curves", f"{task.cell_id}.npz"), **arrays)
+        columns: dict[str, np.ndarray] = {}
+        for name in plan.metrics:
+            result, mcols = _metric_result(stages, name, inputs, hkey, curve_keys, record.metrics_file)
+            record.metrics[name] = result
+            record.params["metrics"][name] = result.params
+            record.provenance.setdefault("metrics", {})[name] = reg.get("metric", name).provenance()
+            timings.metrics_seconds += result.seconds
+            columns.update({f"{name}/{c}": v for c, v in mcols.items()})
+        record.timings = timings
+        if orders:
+            write_npz(safe_child(run_dir, "curves", f"{task.cell_id}.npz"), **arrays)
+        write_npz(safe_child(run_dir, "metrics", f"{task.cell_id}.npz"), ids=ids, labels=labels,
+                  targets=targets, **columns)
         write_npz(safe_child(run_dir, "heatmaps", f"{task.cell_id}.npz"), ids=ids, heatmaps=heatmaps.astype(np.float32))
         write_json(safe_child(run_dir, "models", f"{task.model_id}.json"), {
             **{k: v for k, v in model.record.items()},
@@ -809,24 +901,88 @@ def execute_cell(stages: Stages, task: CellTask, run_dir: Path, run_id: str) -> 
             ids=model.ids.astype(str), labels=model.labels, predictions=model.predictions,
         )
     except CellFailure as failure:
-        record["status"] = "failed"
-        record["stage"] = failure.stage
-        record["error"] = _error_text(failure.exc)
-        record["traceback"] = "".join(
+        record.status = "failed"
+        record.stage = failure.stage
+        record.error = _error_text(failure.exc)
+        record.traceback = "".join(
             traceback.format_exception(type(failure.exc), failure.exc, failure.exc.__traceback__)
         )[-4000:]
-    record["settings"] = cell_settings(
-        record["params"],
+    record.settings = cell_settings(
+        record.params,
         dataset_fingerprint=facts.get("dataset_fingerprint"),
         weights_hash=facts.get("weights_hash"),
         training=cfg["training"],
         bootstrap=acfg["bootstrap"],
     )
-    record["settings_key"] = settings_key(record["settings"])
-    record["explainer_params_key"] = explainer_params_key(record["params"].get("explainer"))
-    record["finished"] = _now()
-    write_json(safe_child(run_dir, "cells", f"{task.cell_id}.json"), record)
+    record.settings_key = settings_key(record.settings)
+    record.explainer_params_key = explainer_params_key(record.params.get("explainer"))
+    record.finished = _now()
+    write_record(run_dir, record)
     return record
+
+
+def write_record(run_dir: Path, record: CellRecord) -> Path:
+    """Write ``cells/<cell>.json`` (the record's JSON form) under ``run_dir``."""
+    path = safe_child(run_dir, "cells", f"{record.cell_id}.json")
+    write_json(path, record.to_dict())
+    return path
+
+
+class _LazyExplainer:
+    """The cell's explainer, constructed with its parameters when a metric first uses it."""
+
+    def __init__(self, name: str, cfg: Mapping[str, Any]):
+        self.name = name
+        self.params = dict(cfg["explainers"]["params"].get(name, {}))
+        self._component: Any = None
+
+    def get(self) -> Any:
+        if self._component is None:
+            self._component = _create("explainer", self.name, self.params)
+        return self._component
+
+
+def _metric_result(
+    stages: Stages, name: str, inputs: Mapping[str, Any], heatmaps_key: str,
+    curve_keys: Mapping[str, str], metrics_file: str,
+) -> tuple[MetricResult, dict[str, np.ndarray]]:
+    """One metric of one cell: its columns and its result (ok, failed with the message, or skipped)."""
+    cfg = stages.plan.config
+    acfg = cfg["aopc"]
+    spec = stages.plan.metric_spec(name)
+    entry = registry().get("metric", name)
+    given = dict(cfg["metrics"]["params"].get(name, {}))
+    about = {
+        "name": name, "higher_is_better": spec.higher_is_better, "family": spec.family,
+        "label": spec.display_label, "description": spec.description, "headline": spec.headline_column,
+        "heatmap_transform": spec.heatmap_transform, "confidence": acfg["confidence"],
+        "version": entry.version,
+    }
+    lazy = inputs.get("explainer")
+    wanted = dict(inputs)
+    try:
+        if spec.inputs.explainer and isinstance(lazy, _LazyExplainer):
+            wanted["explainer"] = lazy.get()
+        elif isinstance(lazy, _LazyExplainer):
+            wanted["explainer"] = None
+        columns, params, seconds = stages.metric(name, wanted, heatmaps_key=heatmaps_key, curve_keys=curve_keys)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except MetricSkipped as exc:
+        return MetricResult(status="skipped", error=str(exc), params=given,
+                            params_key=metric_params_key(given), **about), {}
+    except BaseException as exc:  # noqa: BLE001 - a failing metric fails only itself
+        return MetricResult(status="failed", error=_error_text(exc), params=given,
+                            params_key=metric_params_key(given), **about), {}
+    stats = summarise(columns[spec.headline_column], confidence=acfg["confidence"],
+                      n_resamples=acfg["bootstrap"], seed=cfg["run"]["seed"])
+    result = MetricResult(
+        status="ok", value=stats.value, ci=stats.ci, n=stats.n, n_excluded=stats.n_excluded,
+        columns={c: list(v.shape) for c, v in columns.items()}, file=metrics_file,
+        key=f"{name}/{spec.headline_column}", ids_key="ids", params=params,
+        params_key=metric_params_key(params), seconds=seconds, **about,
+    )
+    return result, columns
 
 
 # --------------------------------------------------------------------------------------
@@ -839,7 +995,7 @@ class LocalExecutor:
 
     def run_cells(
         self, stages: Stages, tasks: list[CellTask], run_dir: Path, run_id: str
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[CellRecord]:
         for task in tasks:
             yield execute_cell(stages, task, run_dir, run_id)
 
@@ -899,42 +1055,45 @@ class RunResult:
 
     run_id: str
     run_dir: Path
-    cells: list[dict[str, Any]] = field(default_factory=list)
+    cells: list[CellRecord] = field(default_factory=list)
     leaderboard: dict[str, Path] = field(default_factory=dict)
     interrupted: bool = False
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [c for c in self.cells if c["status"] != "ok"]
+    def failed(self) -> list[CellRecord]:
+        return [c for c in self.cells if not c.ok]
 
     @property
     def ok(self) -> bool:
         return not self.failed and not self.interrupted
 
     def rows(self) -> list[dict[str, Any]]:
-        """One flat row per cell (and order): the table of the run."""
+        """One flat row per cell: the table of the run.
+
+        Per metric (in the config's order): ``<metric>``, ``<metric>_ci_low``,
+        ``<metric>_ci_high``, ``<metric>_n`` and ``<metric>_status``.
+        """
         rows = []
-        for c in self.cells:
-            base = {
-                "dataset": c["dataset"],
-                "model": c["model"],
-                "weights": c["weights"],
-                "explainer": c["explainer"],
-                "perturbation": c["perturbation"],
-                "status": c["status"],
-                "error": c["error"],
-                "recall_macro": (c["classification"] or {}).get("recall_macro"),
-                "f1_macro": (c["classification"] or {}).get("f1_macro"),
-                "accuracy": (c["classification"] or {}).get("accuracy"),
-                "n_images": c["n_images"],
+        for cell in self.cells:
+            c = cell if isinstance(cell, CellRecord) else CellRecord.from_dict(cell)
+            classification = c.classification or {}
+            base: dict[str, Any] = {
+                "dataset": c.dataset,
+                "model": c.model,
+                "weights": c.weights,
+                "explainer": c.explainer,
+                "perturbation": c.perturbation,
+                "status": c.status,
+                "error": c.error,
+                "recall_macro": classification.get("recall_macro"),
+                "f1_macro": classification.get("f1_macro"),
+                "accuracy": classification.get("accuracy"),
+                "n_images": c.n_images,
             }
-            for order in c["params"]["aopc"]["orders"]:
-                res = c["results"].get(order, {})
-                base[f"aopc_{order}"] = res.get("aopc")
-                ci = res.get("ci") or [None, None]
-                base[f"aopc_{order}_ci_low"], base[f"aopc_{order}_ci_high"] = ci
-            if c.get("abpc"):
-                base["abpc"] = c["abpc"]["value"]
+            for name, m in c.metrics.items():
+                lo, hi = m.ci if m.ci is not None else (None, None)
+                base.update({name: m.value if m.ok else None, f"{name}_ci_low": lo, f"{name}_ci_high": hi,
+                             f"{name}_n": m.n, f"{name}_status": m.status})
             rows.append(base)
         return rows
 
@@ -960,6 +1119,7 @@ def run(
     """
     cfg = config_mod.load_config(config, preset=preset, overrides=overrides)
     plan = make_plan(cfg)
+    cfg = plan.config  # as the plan resolved it (leaderboard.control: the grid's null control)
     executor = get_executor(cfg["run"]["executor"], address=cfg["run"]["ray_address"])
     results_dir = plan.results_dir
     from .runs import load_manifests, process_identity
@@ -986,7 +1146,9 @@ def run(
             "models": [reg.get("model", n).provenance() for n in plan.models],
             "explainers": [reg.get("explainer", n).provenance() for n in plan.explainers],
             "perturbations": [reg.get("perturbation", n).provenance() for n in plan.perturbations],
+            "metrics": [reg.get("metric", n).provenance() for n in plan.metrics],
         },
+        "metrics": {"names": list(plan.metrics), "orders": list(plan.orders), "primary": plan.primary},
         "seeds": {"run": cfg["run"]["seed"]},
         "process": process_identity(),
         "cells": [t.cell_id for t in plan.cells],
@@ -999,7 +1161,8 @@ def run(
     t0 = time.perf_counter()
     log(
         f"bench run {run_id}: {len(plan.cells)} cells = {len(plan.models)} models x "
-        f"{len(plan.explainers)} explainers x {len(plan.perturbations)} perturbations on {plan.dataset}",
+        f"{len(plan.explainers)} explainers x {len(plan.perturbations)} perturbations on {plan.dataset}; "
+        f"metrics {', '.join(plan.metrics)} (curves: {', '.join(plan.orders) or 'none'})",
         quiet=quiet,
     )
     previous_sigterm = _catch_sigterm()
@@ -1025,11 +1188,13 @@ def run(
             log(f"[dataset] failed: {_error_text(exc)}", quiet=quiet)
         for i, record in enumerate(executor.run_cells(stages, plan.cells, run_dir, run_id), 1):
             result.cells.append(record)
-            status = "ok" if record["status"] == "ok" else f"FAILED in {record['stage']}: {record['error']}"
-            morf = record["results"].get(cfg["aopc"]["orders"][0], {}).get("aopc")
-            shown = f" AOPC({cfg['aopc']['orders'][0]})={morf:.4f}" if morf is not None else ""
-            log(f"[{i}/{len(plan.cells)}] {record['cell_id']}: {status}{shown}", quiet=quiet)
-            if cfg["run"]["fail_fast"] and record["status"] != "ok":
+            status = "ok" if record.ok else f"FAILED in {record.stage}: {record.error}"
+            head = record.metric(plan.primary)
+            shown = f" {head.display_label}={head.value:.4f}" if head is not None and head.ok else ""
+            problems = [f"{m.name} {m.status}: {m.error}" for m in record.metrics.values() if not m.ok]
+            shown += "".join(f"; {text}" for text in problems)
+            log(f"[{i}/{len(plan.cells)}] {record.cell_id}: {status}{shown}", quiet=quiet)
+            if cfg["run"]["fail_fast"] and not record.ok:
                 break
     except KeyboardInterrupt as exc:
         result.interrupted = True
@@ -1041,22 +1206,24 @@ def run(
         raise
     finally:
         _restore_sigterm(previous_sigterm)
-        manifest["failed"] = [c["cell_id"] for c in result.failed]
+        manifest["failed"] = [c.cell_id for c in result.failed]
         manifest["finished"] = _now()
         if "error" in manifest:
             manifest["status"] = "error"
         else:
             manifest["status"] = "interrupted" if result.interrupted else ("failed" if result.failed else "ok")
         manifest["timings"]["total_seconds"] = time.perf_counter() - t0
-        manifest["cell_timings"] = {c["cell_id"]: c["timings"] for c in result.cells}
+        manifest["cell_timings"] = {c.cell_id: c.timings.to_dict() for c in result.cells}
         write_json(run_dir / "manifest.json", manifest)
-    if leaderboard and not result.interrupted and any(c["status"] == "ok" for c in result.cells):
+    if leaderboard and not result.interrupted and any(c.ok for c in result.cells):
         from .leaderboard import build_leaderboard
 
         result.leaderboard = build_leaderboard(
             results_dir,
             formats=tuple(cfg["leaderboard"]["formats"]),
-            baseline=cfg["aopc"]["baseline"],
+            control=cfg["leaderboard"]["control"],
+            primary=plan.primary,
+            metrics=plan.metrics,
         )
     return result
 
@@ -1067,5 +1234,8 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
         "models": plan.models,
         "explainers": plan.explainers,
         "perturbations": plan.perturbations,
+        "metrics": plan.metrics,
+        "orders": list(plan.orders),
+        "primary": plan.primary,
         "cells": [asdict(t) | {"cell_id": t.cell_id} for t in plan.cells],
     }

@@ -14,6 +14,18 @@ KIND_INFO = {
     "perturbation": ("PerturbationSpec", "perturbations", "Constant fill inside the mask (template)"),
     "model": ("ModelSpec", "models", "A small Keras CNN (template)"),
     "dataset": ("DatasetSpec", "datasets", "A tiny random two-class dataset (template)"),
+    "metric": ("MetricSpec", "metrics", "Mean drop of the MoRF curve over its first steps (template)"),
+}
+
+#: What a kind's spec declares beyond name, factory and description (rendered into ``__init__.py``):
+#: (extra names imported from bench, extra keyword arguments).
+SPEC_EXTRA: dict[str, tuple[str, str]] = {
+    "metric": (
+        "MetricInputs, ",
+        "\n            # what compute(data) gets: the MoRF curves of the cell's perturbation"
+        '\n            inputs=MetricInputs(curves=("morf",)),'
+        "\n            higher_is_better=True,",
+    ),
 }
 
 
@@ -40,6 +52,8 @@ def render_plugin(name: str, *, kind: str, directory: Path = Path(".")) -> Path:
         "spec": spec,
         "hook": hook,
         "description": description,
+        "spec_imports": f"{SPEC_EXTRA.get(kind, ('', ''))[0]}{spec}, ",
+        "spec_extra": SPEC_EXTRA.get(kind, ("", ""))[1],
     }
     root = Path(directory) / values["dist"]
     if root.exists():

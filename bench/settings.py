@@ -3,9 +3,17 @@
 Two cells are compared (paired differences, gain over a baseline, per-class tables)
 only when their settings blocks are equal: same dataset parameters and content, same
 model parameters and weights content, same training recipe, same perturbation
-parameters, grid, orders, image sample, confidence, bootstrap and seed. An
-explainer's own parameters are not in it (they are its row key only, so Grad-CAM and
-random still pair), nor are the component names (the leaderboard's key columns).
+parameters, grid, computed curve orders, selected metrics, image sample, confidence,
+bootstrap and seed. An explainer's own parameters are not in it (they are its row key
+only, so Grad-CAM and random still pair), nor are the component names (the
+leaderboard's key columns).
+
+The set of selected metrics is in it (a row is one cell record: a run that computed
+fewer metrics must not replace a row that holds more), but a metric's own parameters
+are not: they are part of that metric's column identity
+(:func:`bench.metrics.metric_params_key`), so changing one metric's parameters never
+stops the other metrics' rows from pairing, and values of one metric under two
+parameter sets are never compared (the leaderboard shows them as two columns).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import numpy as np
 from .store import content_key
 
 #: Bumped when the shape of a cell record's ``settings`` block changes.
-SETTINGS_VERSION = 1
+SETTINGS_VERSION = 2
 
 
 def cell_settings(
@@ -31,10 +39,12 @@ def cell_settings(
 ) -> dict[str, Any]:
     """The ``settings`` block of a cell record: every shared input that can change its numbers.
 
-    ``params`` is the record's ``params`` block (dataset, model, perturbation and
-    ``aopc`` parameters); the explainer's own parameters are left out (they are the
+    ``params`` is the record's ``params`` block (dataset, model, perturbation, ``aopc``
+    and ``metrics`` parameters); the explainer's own parameters are left out (they are the
     explainer's row key, :func:`explainer_params_key`), and so are the component names
-    (the leaderboard's key columns). Two cells whose blocks are equal may be paired.
+    (the leaderboard's key columns) and each metric's own parameters (its column's
+    identity): of ``metrics`` only the sorted names are kept. Two cells whose blocks are
+    equal may be paired.
     """
     aopc = params.get("aopc") or {}
     grid = aopc.get("grid")
@@ -51,6 +61,7 @@ def cell_settings(
             "confidence": aopc.get("confidence"),
             "bootstrap": bootstrap,
         },
+        "metrics": sorted(params.get("metrics") or {}),
         "seed": aopc.get("seed"),
     }
 

@@ -78,9 +78,41 @@ class ModelSpec(ComponentSpec):
     kind: ClassVar[str] = "model"
 
 
+#: What an explainer is in a benchmark. ``method``: a competitor, ranked. The others are
+#: controls, reference lines beside the ranking: ``positive-control`` (an oracle, e.g. the
+#: ground-truth mask), ``null-control`` (carries no information: random or constant maps;
+#: "gain over control" and the paired comparisons with it are measured against it),
+#: ``negative-control`` (an anti-oracle), ``other-control`` (a prior such as edges or the
+#: image centre).
+EXPLAINER_ROLES: tuple[str, ...] = (
+    "method", "positive-control", "null-control", "negative-control", "other-control",
+)
+METHOD_ROLE = "method"
+NULL_CONTROL_ROLE = "null-control"
+
+
+def role_problem(role: object) -> str | None:
+    """Why ``role`` is not an explainer role, or None when it is one."""
+    if isinstance(role, str) and role in EXPLAINER_ROLES:
+        return None
+    return f"role {role!r} is not one of {', '.join(repr(r) for r in EXPLAINER_ROLES)}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExplainerSpec(ComponentSpec):
     kind: ClassVar[str] = "explainer"
+    #: One of :data:`EXPLAINER_ROLES`; every explainer that is not a ``method`` is a control.
+    role: str = METHOD_ROLE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problem = role_problem(self.role)
+        if problem is not None:
+            raise ValueError(f"ExplainerSpec({self.name!r}): {problem}")
+
+    @property
+    def is_control(self) -> bool:
+        return self.role != METHOD_ROLE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,9 +124,136 @@ class PerturbationSpec(ComponentSpec):
     mask_local: bool = True
 
 
+#: The perturbation orders a metric may ask curves for (the same as :data:`bench.regions.ORDERS`).
+CURVE_ORDERS: tuple[str, ...] = ("morf", "lerf", "random")
+
+#: The families a metric belongs to (:attr:`MetricSpec.family`).
+METRIC_FAMILIES: tuple[str, ...] = (
+    "faithfulness", "localisation", "randomisation", "robustness", "complexity",
+)
+
+#: What a metric does to a heatmap before it reads it (:attr:`MetricSpec.heatmap_transform`;
+#: informational: it is shown with the metric, the metric itself applies it).
+HEATMAP_TRANSFORMS: dict[str, str] = {
+    "none": "the heatmap as the explainer returned it (signed)",
+    "abs": "absolute values",
+    "positive": "positive part, max(h, 0)",
+    "negative": "negative part, max(-h, 0)",
+    "rank": "only the order of the region scores matters (perturbation curves)",
+    "normalised": "divided by its total first (scale-free), signed",
+    "abs-normalised": "absolute values divided by their total",
+    "positive-normalised": "positive part divided by its total",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricInputs:
+    """What a metric needs; its ``compute(data)`` gets these and nothing else.
+
+    ``curves``: the perturbation orders (of :data:`CURVE_ORDERS`) whose curves
+    ``f(x^(k))`` (N, L+1) it reads, under the cell's perturbation; the run computes
+    only the orders its metrics ask for. ``masks``: the names of the dataset masks it
+    reads (bool (N, H, W)); a dataset without one of them leaves the metric out of
+    that cell, with the reason. The flags ask for the heatmaps (float32 (N, h, w)),
+    the true labels, the explained (predicted) classes, the model, the explainer
+    (constructed with its parameters) and the images (uint8 (N, H, W)).
+    """
+
+    curves: tuple[str, ...] = ()
+    heatmaps: bool = False
+    masks: tuple[str, ...] = ()
+    labels: bool = False
+    targets: bool = False
+    model: bool = False
+    explainer: bool = False
+    images: bool = False
+
+    def __post_init__(self) -> None:
+        for attr in ("curves", "masks"):
+            value = getattr(self, attr)
+            if isinstance(value, str) or not isinstance(value, (tuple, list)):
+                raise TypeError(f"MetricInputs.{attr} must be a tuple of names, got {value!r}")
+            object.__setattr__(self, attr, tuple(dict.fromkeys(value)))
+        for order in self.curves:
+            if order not in CURVE_ORDERS:
+                raise ValueError(
+                    f"MetricInputs.curves: {order!r} is not an order; orders: {', '.join(CURVE_ORDERS)}"
+                )
+        for mask in self.masks:
+            check_name(mask, what="MetricInputs.masks entry")
+        for attr in ("heatmaps", "labels", "targets", "model", "explainer", "images"):
+            if not isinstance(getattr(self, attr), bool):
+                raise TypeError(f"MetricInputs.{attr} must be True or False, got {getattr(self, attr)!r}")
+
+    def names(self) -> list[str]:
+        """The declared inputs, as ``curves:morf``, ``masks:<name>``, ``heatmaps``, ... (for messages)."""
+        out = [f"curves:{o}" for o in self.curves] + [f"masks:{m}" for m in self.masks]
+        out += [a for a in ("heatmaps", "labels", "targets", "model", "explainer", "images") if getattr(self, a)]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "curves": list(self.curves), "heatmaps": self.heatmaps, "masks": list(self.masks),
+            "labels": self.labels, "targets": self.targets, "model": self.model,
+            "explainer": self.explainer, "images": self.images,
+        }
+
+
 @dataclass(frozen=True, kw_only=True)
 class MetricSpec(ComponentSpec):
+    """A metric: what it needs (``inputs``), which way is better, and how to show it.
+
+    The component's ``compute(data)`` returns named per-image columns, each (N,) or
+    (N, K); the ``headline`` column (default: the metric's name) is (N,) and is the
+    one the statistics and the leaderboard use. A minimal spec::
+
+        MetricSpec(name="my-aopc", factory=MyAOPC, inputs=MetricInputs(curves=("morf",)))
+    """
+
     kind: ClassVar[str] = "metric"
+    #: faithfulness | localisation | randomisation | robustness | complexity
+    family: str = "faithfulness"
+    higher_is_better: bool = True
+    inputs: MetricInputs = field(default_factory=MetricInputs)
+    #: The headline column of ``compute``'s result; "" = the metric's name.
+    headline: str = ""
+    #: The column header on the leaderboard ("" = the name).
+    label: str = ""
+    #: A key of :data:`HEATMAP_TRANSFORMS`: what the metric does to a heatmap before reading it.
+    heatmap_transform: str = "none"
+    #: The metric's value on an all-zero heatmap (checked by bench.testing), or None
+    #: where it has none (a curve metric orders tied regions by a seeded tie-break).
+    zero_map_value: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.family not in METRIC_FAMILIES:
+            raise ValueError(
+                f"MetricSpec({self.name!r}).family = {self.family!r}; families: {', '.join(METRIC_FAMILIES)}"
+            )
+        if not isinstance(self.higher_is_better, bool):
+            raise TypeError(f"MetricSpec({self.name!r}).higher_is_better must be True or False")
+        if not isinstance(self.inputs, MetricInputs):
+            raise TypeError(
+                f"MetricSpec({self.name!r}).inputs must be a bench.MetricInputs, got {type(self.inputs).__name__}"
+            )
+        if self.heatmap_transform not in HEATMAP_TRANSFORMS:
+            raise ValueError(
+                f"MetricSpec({self.name!r}).heatmap_transform = {self.heatmap_transform!r}; "
+                f"transforms: {', '.join(HEATMAP_TRANSFORMS)}"
+            )
+        if self.headline:
+            check_name(self.headline, what=f"MetricSpec({self.name!r}).headline")
+        if self.zero_map_value is not None and not isinstance(self.zero_map_value, (int, float)):
+            raise TypeError(f"MetricSpec({self.name!r}).zero_map_value must be a number or None")
+
+    @property
+    def headline_column(self) -> str:
+        return self.headline or self.name
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.name
 
 
 SPEC_CLASSES: dict[str, type[ComponentSpec]] = {

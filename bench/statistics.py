@@ -6,8 +6,7 @@
   difference with its bootstrap CI and the Wilcoxon signed-rank p-value.
 - :func:`holm`: Holm-Bonferroni adjusted p-values (step-down, monotone).
 - :func:`pairwise_comparisons`: every pair of explainers of one model (or each
-  against a baseline such as ``random``), Holm-corrected over the family.
-- :func:`abpc`: per-image area between the LeRF and MoRF curves.
+  against a control), Holm-corrected over the family.
 - :func:`summarize`: mean, CI and n of one score, as every table needs.
 
 Only numpy and scipy.
@@ -171,7 +170,7 @@ def pairwise_comparisons(
 
     ``scores`` maps a name (an explainer) to its per-image values, all in the
     same image order. With ``baseline`` every other entry is compared with it
-    (``a = name, b = baseline``: the "gain over random" rows); otherwise every
+    (``a = name, b = baseline``: the "gain over control" rows); otherwise every
     unordered pair in insertion order. Each row is :func:`paired_comparison`'s
     dict plus ``"a"``, ``"b"`` and ``"p_holm"`` (adjusted over the rows returned).
     """
@@ -192,20 +191,3 @@ def pairwise_comparisons(
     for row, p in zip(rows, adjusted, strict=True):
         row["p_holm"] = float(p)
     return rows
-
-
-def abpc(morf_curves: Any, lerf_curves: Any) -> np.ndarray:
-    """Per-image ABPC: ``sum_{k=1..L} (f(x_LeRF^(k)) - f(x_MoRF^(k))) / (L+1)``.
-
-    Both curves are (N, L+1) on the same images (same rows) and the same grid.
-    The mean over images is the ABPC reported beside AOPC.
-    """
-    m = np.asarray(morf_curves, dtype=np.float64)
-    lr = np.asarray(lerf_curves, dtype=np.float64)
-    if m.ndim != 2 or m.shape != lr.shape:
-        raise ValueError(
-            f"ABPC needs MoRF and LeRF curves of the same shape (N, L+1), got {m.shape} and {lr.shape}"
-        )
-    if m.shape[1] < 2:
-        raise ValueError(f"curves need at least 2 points (L >= 1), got shape {m.shape}")
-    return (lr[:, 1:] - m[:, 1:]).sum(axis=1) / m.shape[1]

@@ -2,7 +2,8 @@
 
 Adam, categorical cross-entropy, ``epochs`` epochs, batch size ``batch_size``;
 after every epoch the validation split is scored and the epoch chosen by the
-selection rule (default: best macro recall over the disease classes, ties ->
+selection rule (default ``disease_recall``: best macro recall over the classes the
+dataset declares positive, ``DatasetSplits.positive_classes``, ties ->
 earlier epoch) has its weights restored.
 
 A model with ``frozen_backbone = True`` (the transfer models) exposes
@@ -102,7 +103,8 @@ class TrainingReport:
     from_cache: bool = False
     config: dict[str, Any] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
-    disease_classes: list[str] = field(default_factory=list)
+    #: the classes ``disease_recall`` averaged over (the dataset's positive classes, else all)
+    positive_classes: list[str] = field(default_factory=list)
     mode: str = "images"  # "features" (frozen backbone) or "images"
     fingerprint: str = ""
     model_file: str | None = None
@@ -124,7 +126,7 @@ class TrainingReport:
             "from_cache": self.from_cache,
             "config": self.config,
             "class_names": self.class_names,
-            "disease_classes": self.disease_classes,
+            "positive_classes": self.positive_classes,
             "mode": self.mode,
             "fingerprint": self.fingerprint,
             "model_file": self.model_file,
@@ -141,7 +143,7 @@ class TrainingReport:
             from_cache=bool(d.get("from_cache", False)),
             config=dict(d.get("config", {})),
             class_names=list(d.get("class_names", [])),
-            disease_classes=list(d.get("disease_classes", [])),
+            positive_classes=list(d.get("positive_classes", d.get("disease_classes", []))),
             mode=d.get("mode", "images"),
             fingerprint=d.get("fingerprint", ""),
             model_file=d.get("model_file"),
@@ -174,9 +176,10 @@ def select_epoch(history: list[dict[str, Any]], rule: str) -> int:
 
 
 def epoch_metrics(
-    probs: np.ndarray, labels: np.ndarray, class_names: list[str], disease_idx: list[int]
+    probs: np.ndarray, labels: np.ndarray, class_names: list[str], positive_idx: list[int]
 ) -> dict[str, Any]:
-    """val_loss, val_accuracy, per-class val recall, disease/macro recall from probabilities."""
+    """val_loss, val_accuracy, per-class val recall, macro recall over ``positive_idx``
+    (``disease_recall``) and over all classes (``macro_recall``) from probabilities."""
     n_classes = len(class_names)
     labels = np.asarray(labels, dtype=np.int64)
     p = np.clip(probs[np.arange(len(labels)), labels].astype(np.float64), 1e-7, 1.0)
@@ -186,12 +189,12 @@ def epoch_metrics(
         sel = labels == i
         recall[c] = float(np.mean(pred[sel] == i)) if sel.any() else float("nan")
     present = [recall[class_names[i]] for i in range(n_classes) if np.isfinite(recall[class_names[i]])]
-    disease = [recall[class_names[i]] for i in disease_idx if np.isfinite(recall[class_names[i]])]
+    positive = [recall[class_names[i]] for i in positive_idx if np.isfinite(recall[class_names[i]])]
     return {
         "val_loss": float(-np.mean(np.log(p))) if len(labels) else float("nan"),
         "val_accuracy": float(np.mean(pred == labels)) if len(labels) else float("nan"),
         "val_recall": recall,
-        "disease_recall": float(np.mean(disease)) if disease else float("nan"),
+        "disease_recall": float(np.mean(positive)) if positive else float("nan"),
         "macro_recall": float(np.mean(present)) if present else float("nan"),
     }
 
@@ -283,7 +286,7 @@ def _fingerprint(model: Any, splits: DatasetSplits, config: TrainingConfig) -> s
     winfo = model.weights_info() if hasattr(model, "weights_info") else {}
     return content_key(
         "train", TRAINER_VERSION, type(model).__name__, params, winfo.get("md5"),
-        splits.fingerprint, list(splits.class_names), list(splits.disease_classes),
+        splits.fingerprint, list(splits.class_names), list(splits.positive_classes),
         config.to_dict(),
     )
 
@@ -342,7 +345,7 @@ def train(
     t0 = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     class_names = list(splits.class_names)
-    disease_idx = list(splits.disease_class_indices) or list(range(splits.num_classes))
+    positive_idx = list(splits.positive_class_indices) or list(range(splits.num_classes))
     frozen = bool(getattr(model, "frozen_backbone", False))
     features_seconds = 0.0
     test_probs = None
@@ -365,7 +368,7 @@ def train(
         )
 
     history, best_epoch = _fit(
-        target, splits, config, train_x, val_x, class_names, disease_idx, progress=progress
+        target, splits, config, train_x, val_x, class_names, positive_idx, progress=progress
     )
     if frozen and len(splits.test):
         test_probs = _predict(target, len(splits.test), lambda sl: feats["test"][sl], 256)
@@ -378,7 +381,7 @@ def train(
         features_seconds=features_seconds,
         config=config.to_dict(),
         class_names=class_names,
-        disease_classes=[class_names[i] for i in disease_idx],
+        positive_classes=[class_names[i] for i in positive_idx],
         mode="features" if frozen else "images",
         fingerprint=fingerprint,
         test_probabilities=test_probs,
@@ -450,7 +453,7 @@ def _iter_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator
 def _fit(
     target: Any, splits: DatasetSplits, config: TrainingConfig,
     train_x: Callable[[Any], np.ndarray], val_x: Callable[[Any], np.ndarray],
-    class_names: list[str], disease_idx: list[int], *, progress: bool,
+    class_names: list[str], positive_idx: list[int], *, progress: bool,
 ) -> tuple[list[dict[str, Any]], int]:
     import keras
 
@@ -484,7 +487,7 @@ def _fit(
             "loss": float(np.average(losses, weights=w)),
             "accuracy": float(np.average(accs, weights=w)),
         }
-        row.update(epoch_metrics(val_probs, splits.val.labels, class_names, disease_idx))
+        row.update(epoch_metrics(val_probs, splits.val.labels, class_names, positive_idx))
         row["seconds"] = time.perf_counter() - t_ep
         history.append(row)
         snapshots.append([np.array(v) for v in target.get_weights()])

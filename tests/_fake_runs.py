@@ -1,7 +1,10 @@
 """Write fake run folders (the runner's format) with known numbers, for the leaderboard tests.
 
 Nothing here imports TensorFlow: the folders are plain JSON and NPZ files laid out
-exactly as ``bench.runner`` writes them (see the run folder format in the issue).
+exactly as ``bench.runner`` writes them: schema-2 cell records
+(:class:`bench.record.CellRecord`, per-image metric columns in ``metrics/<cell>.npz``),
+or, with ``FakeCell(schema=1)`` / ``legacy=True``, the schema-1 records of earlier
+versions (``results: {morf: {aopc, ci, n}, ...}``, ``abpc``), which must still load.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from bench.data import DatasetSplits, Split
+from bench.metrics import metric_params_key, summarise
+from bench.record import CellRecord, MetricResult, Timings
 from bench.settings import cell_settings, explainer_params_key, settings_key
 from bench.store import write_json, write_npz
 
@@ -50,8 +55,12 @@ class FakeCell:
     explainer_params: dict[str, Any] = field(default_factory=dict)
     #: how many of the cell's heatmaps are constant (written as ``constant_heatmaps``; None: left out)
     constant_heatmaps: int | None = None
-    #: an old record: no ``settings`` block, ``settings_key``, ``explainer_params_key``
+    #: an old record: schema 1 and no ``settings`` block, ``settings_key``, ``explainer_params_key``
     legacy: bool = False
+    #: the record's schema: 2 (today's) or 1 (``results``/``abpc`` blocks, per-image values in the curves file)
+    schema: int = 2
+    #: extra metric results of a schema-2 record: name -> (per-image values, higher is better, label)
+    metrics: dict[str, tuple[Sequence[float], bool, str]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -106,6 +115,35 @@ def _result(values: np.ndarray, ci: tuple[float, float] | None) -> dict[str, Any
     return {"aopc": mean, "ci": [lo, hi], "n": len(values)}
 
 
+def _metric(name: str, values: np.ndarray, *, cell_id: str, label: str, higher: bool,
+            ci: tuple[float, float] | None = None) -> MetricResult:
+    """A schema-2 metric result with known numbers (value = the mean, CI = ci or mean +- 0.02)."""
+    stats = summarise(values, n_resamples=50)
+    lo, hi = ci if ci is not None else (stats.value - 0.02, stats.value + 0.02)
+    return MetricResult(
+        name=name, value=stats.value, ci=(lo, hi), n=stats.n, n_excluded=stats.n_excluded, confidence=0.95,
+        higher_is_better=higher, label=label, headline=name, columns={name: [len(values)]},
+        file=f"metrics/{cell_id}.npz", key=f"{name}/{name}", params_key=metric_params_key({}),
+        description=f"fake {name}",
+    )
+
+
+def _schema_2(cell: dict[str, Any]) -> dict[str, Any]:
+    """The fake cell as the runner writes it: a :class:`CellRecord` through ``to_dict``."""
+    known = {k: v for k, v in cell.items() if k not in ("metrics", "timings")}
+    record = CellRecord(
+        **{k: v for k, v in known.items() if k in (
+            "cell_id", "run_id", "status", "error", "stage", "dataset", "model", "weights", "explainer",
+            "perturbation", "params", "classification", "n_images", "strategy", "curves_file",
+            "heatmaps_file", "metrics_file", "constant_heatmaps", "settings", "settings_key",
+            "explainer_params_key", "finished")},
+        orders=list(cell["params"]["aopc"]["orders"]),
+        metrics=cell.get("metrics") or {},
+        timings=Timings.from_dict(cell.get("timings")),
+    )
+    return record.to_dict()
+
+
 def write_run(
     results_dir: str | Path,
     run_id: str,
@@ -137,6 +175,12 @@ def write_run(
         s = splits_by_name[c.dataset]
         grid = [c.grid, c.grid]
         L = c.grid * c.grid
+        cell_orders = list(c.orders if c.orders is not None else orders)
+        schema = 1 if c.legacy else c.schema
+        metric_names = [m for m, order in (("aopc", "morf"), ("lerf-aopc", "lerf")) if order in cell_orders]
+        if "lerf-aopc" in metric_names:
+            metric_names.append("abpc")
+        metric_names += [m for m in c.metrics if m not in metric_names]
         cell: dict[str, Any] = {
             "cell_id": c.cell_id,
             "run_id": run_id,
@@ -153,8 +197,8 @@ def write_run(
                 "model": {},
                 "explainer": dict(c.explainer_params),
                 "perturbation": {"sigma": c.sigma, "clip": False},
-                "aopc": {"grid": grid, "orders": list(c.orders if c.orders is not None else orders),
-                         "seed": seed, "batch_size": 64},
+                "aopc": {"grid": grid, "orders": cell_orders, "seed": seed, "batch_size": 64},
+                **({"metrics": {m: {} for m in metric_names}} if schema == 2 else {}),
             },
             "finished": c.finished,
             "strategy": "full",
@@ -192,6 +236,23 @@ def write_run(
                 value = float(np.mean(morf - lerf))
                 abpc = {"value": value, "ci": [value - 0.01, value + 0.01], "n": n}
             write_npz(run_dir / "curves" / f"{c.cell_id}.npz", **arrays)
+            if schema == 2:
+                columns: dict[str, np.ndarray] = {}
+                metrics: dict[str, MetricResult] = {}
+                per_metric: dict[str, tuple[np.ndarray, bool, str, tuple[float, float] | None]] = {
+                    "aopc": (morf, True, "AOPC", c.ci)}
+                if c.lerf_per_image is not None:
+                    lerf = np.asarray(c.lerf_per_image, np.float64)
+                    per_metric["lerf-aopc"] = (lerf, False, "LeRF AOPC", None)
+                    per_metric["abpc"] = (morf - lerf, True, "ABPC", None)
+                for name, (vals, higher, label) in c.metrics.items():
+                    per_metric[name] = (np.asarray(vals, np.float64), higher, label, None)
+                for name, (vals, higher, label, ci) in per_metric.items():
+                    # the per-image values as float32, like the engine's curves
+                    columns[f"{name}/{name}"] = vals.astype(np.float32)
+                    metrics[name] = _metric(name, vals, cell_id=c.cell_id, label=label, higher=higher, ci=ci)
+                write_npz(run_dir / "metrics" / f"{c.cell_id}.npz", ids=ids.astype(str), labels=labels,
+                          targets=labels, **columns)
             # heatmaps: a blob whose position depends on the explainer and the image
             hm = np.zeros((n, c.grid * 3, c.grid * 3), np.float32)
             for i in range(n):
@@ -207,8 +268,6 @@ def write_run(
                     "accuracy": c.accuracy,
                 },
                 n_images=n,
-                results=results,
-                abpc=abpc,
                 timings={
                     "explain_seconds": 1.5,
                     "evaluate_seconds": c.evaluate_seconds,
@@ -218,6 +277,12 @@ def write_run(
                 curves_file=f"curves/{c.cell_id}.npz",
                 heatmaps_file=f"heatmaps/{c.cell_id}.npz",
             )
+            if schema == 1:
+                cell.update(results=results, abpc=abpc)
+            else:
+                cell.update(metrics=metrics, metrics_file=f"metrics/{c.cell_id}.npz")
+        if schema == 2:
+            cell = _schema_2(cell)
         cell.update(c.extra)
         write_json(run_dir / "cells" / f"{c.cell_id}.json", cell)
 

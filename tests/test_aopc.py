@@ -10,6 +10,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from bench_metrics.curve_metrics import abpc_per_image as abpc  # noqa: E402
+
 import bench  # noqa: E402
 from bench import aopc as aopc_mod  # noqa: E402
 from bench.aopc import AOPCResult, correctly_classified, evaluate_aopc  # noqa: E402
@@ -17,7 +19,7 @@ from bench.errors import ComponentOutputError, ConfigError, DataError  # noqa: E
 from bench.explain import compute_heatmaps  # noqa: E402
 from bench.forward import FullForward  # noqa: E402
 from bench.regions import region_boxes  # noqa: E402
-from bench.statistics import abpc, paired_comparison  # noqa: E402
+from bench.statistics import paired_comparison  # noqa: E402
 
 
 class ZeroFill:

@@ -31,7 +31,8 @@ TINY = {
     "training": {"epochs": 3, "batch_size": 16},
     "explainers": {"names": ["random"]},
     "perturbations": {"names": ["gaussian-noise"]},
-    "aopc": {"grid": 2, "orders": ["morf"], "max_images": 3, "bootstrap": 20, "baseline": ""},
+    "aopc": {"grid": 2, "max_images": 3, "bootstrap": 20, "baseline": ""},
+    "metrics": {"names": ["aopc"]},
 }
 
 
@@ -52,8 +53,9 @@ def _digest_memo(tmp_path, monkeypatch):
 def _run(cfg: dict) -> dict:
     runner.clear_memo()  # as a fresh process would be
     result = bench.run(cfg, quiet=True, leaderboard=False)
-    assert result.ok, [c["error"] for c in result.failed]
-    (cell,) = result.cells
+    assert result.ok, [c.error for c in result.failed]
+    (record,) = result.cells
+    cell = record.to_dict()
     model_json = result.run_dir / "models" / f"{cell['dataset']}__{cell['model']}.json"
     return {"cell": cell, "model": read_json(model_json), "run_dir": result.run_dir}
 

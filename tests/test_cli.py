@@ -33,7 +33,8 @@ def test_data_describe_json_is_the_stable_format(capsys):
     assert info["classes"] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
     assert info["splits"]["train"] == {c: 8 for c in info["classes"]}
     assert info["splits"]["val"] == info["splits"]["test"] == {c: 1 for c in info["classes"]}
-    assert info["masks"] == {"lung": True, "lesion": True}
+    assert info["masks"] == {"lesion": 0.75, "lung": 1.0}  # name -> fraction of images with one
+    assert info["positive_classes"] == ["COVID", "Lung_Opacity", "Viral Pneumonia"]
     assert main(args[:-1]) == 0  # the table form
     assert "fingerprint" in capsys.readouterr().out
 

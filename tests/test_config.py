@@ -56,7 +56,9 @@ def test_unknown_section():
     "layer, fragment",
     [
         ({"training": {"epochs": "20"}}, "training.epochs must be integer"),
-        ({"aopc": {"orders": ["morf", "lref"]}}, "did you mean 'lerf'"),
+        ({"aopc": {"orders": ["morf"]}}, r"aopc.orders was removed.*\[metrics\] names"),
+        ({"metrics": {"names": "aopc"}}, "metrics.names must be array"),
+        ({"leaderboard": {"primary": 3}}, "leaderboard.primary must be string"),
         ({"aopc": {"grid": [3, 0]}}, "aopc.grid"),
         ({"aopc": {"strategy": "fast"}}, "aopc.strategy"),
         ({"run": {"executor": "rey"}}, "did you mean 'ray'"),

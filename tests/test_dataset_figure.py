@@ -8,7 +8,7 @@ from bench_datasets.synthetic import SyntheticCXR
 from PIL import Image
 
 from bench.data import DatasetSplits, Split
-from bench.dataset_figure import LESION_COLOUR, LUNG_COLOUR, write_dataset_grid
+from bench.dataset_figure import MASK_COLOURS, mask_colours, write_dataset_grid
 from bench.errors import ConfigError
 
 
@@ -33,8 +33,9 @@ def test_grid_has_rows_per_class_and_both_mask_outlines(synthetic_small, tmp_pat
         png = np.asarray(im.convert("RGB"))
     h, w, _ = png.shape
     assert h > w * 0.8  # 4 rows of 3 images: taller than a single row
-    assert _count_colour(png, LUNG_COLOUR) > 100
-    assert _count_colour(png, LESION_COLOUR) > 20
+    colours = mask_colours(synthetic_small.mask_names)  # by order: lesion, lung
+    assert _count_colour(png, colours["lung"]) > 100
+    assert _count_colour(png, colours["lesion"]) > 20
     assert not list((tmp_path / "sub").glob("*.tmp"))  # atomic write left nothing behind
 
 
@@ -69,7 +70,7 @@ def test_dataset_without_masks_and_an_absent_class(tmp_path):
     out = write_dataset_grid(d, tmp_path / "plain.png", per_class=2)
     with Image.open(out) as im:
         png = np.asarray(im.convert("RGB"))
-    assert _count_colour(png, LUNG_COLOUR, tol=20) == 0
+    assert all(_count_colour(png, c, tol=20) == 0 for c in MASK_COLOURS)
 
 
 @pytest.mark.parametrize(

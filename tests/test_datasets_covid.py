@@ -149,10 +149,10 @@ def test_current_release_layout_nested_twice(tmp_path):
     assert all(i.split("/")[1] == "images" for i in ids)
     assert d.metadata["files"]["test"] == d.test.ids.tolist()
     # lung masks (16x16 on disk) resized to the image size and binary
-    assert d.train.lung_masks is not None and d.train.lung_masks.shape == d.train.images.shape
-    assert d.train.lung_masks.any(axis=(1, 2)).all()
-    assert d.describe()["masks"] == {"lung": True, "lesion": False}
-    assert d.disease_classes == ("COVID", "Lung_Opacity", "Viral Pneumonia")
+    assert list(d.train.masks) == ["lung"] and d.train.masks["lung"].shape == d.train.images.shape
+    assert d.train.masks["lung"].any(axis=(1, 2)).all()
+    assert d.describe()["masks"] == {"lung": 1.0}
+    assert d.positive_classes == ("COVID", "Lung_Opacity", "Viral Pneumonia")
 
 
 def test_every_mode_becomes_the_same_gray(tmp_path):
@@ -192,8 +192,8 @@ def test_flat_2021_layout_with_aliases_and_spaces(tmp_path):
     make_db(tmp_path / "COVID-19 Radiography Database", folders=folders, flat=True, counts={c: 5 for c in CLASS_NAMES})
     d = CovidRadiography(root=str(tmp_path), per_class=5).load()
     assert d.counts()["train"] == {c: 4 for c in CLASS_NAMES}
-    assert d.train.lung_masks is None
-    assert d.describe()["masks"]["lung"] is False
+    assert d.train.masks == {}
+    assert d.describe()["masks"] == {}
     assert d.metadata["layout"].startswith("flat")
     assert "Lung Opacity/Lung Opacity-1.png" in np.concatenate([s.ids for s in d.splits().values()]).tolist()
 
@@ -327,7 +327,7 @@ def test_missing_masks_are_allowed_and_recorded(tmp_path):
     assert d.metadata["missing_lung_masks"] == ["COVID/images/COVID-1.png"]
     for s in d.splits().values():
         for i, image_id in enumerate(s.ids):
-            assert s.lung_masks[i].any() == (image_id != "COVID/images/COVID-1.png")
+            assert s.masks["lung"][i].any() == (image_id != "COVID/images/COVID-1.png")
 
 
 def test_mask_binarised_whatever_its_scale(tmp_path):
@@ -338,7 +338,7 @@ def test_mask_binarised_whatever_its_scale(tmp_path):
     d = CovidRadiography(root=str(tmp_path), per_class=2, split=(0.5, 0.5, 0.0)).load()
     where = {i: (s, k) for s in d.splits().values() for k, i in enumerate(s.ids)}
     s, k = where["Normal/images/Normal-1.png"]
-    np.testing.assert_array_equal(s.lung_masks[k], m.astype(bool))
+    np.testing.assert_array_equal(s.masks["lung"][k], m.astype(bool))
 
 
 def test_native_sizes_must_agree_unless_resized(tmp_path):
@@ -348,7 +348,7 @@ def test_native_sizes_must_agree_unless_resized(tmp_path):
         CovidRadiography(root=str(tmp_path), per_class=3).load()
     d = CovidRadiography(root=str(tmp_path), per_class=3, image_size=32).load()
     assert d.image_shape == (32, 32)
-    assert d.train.lung_masks.shape == d.train.images.shape
+    assert d.train.masks["lung"].shape == d.train.images.shape
 
 
 def test_parameters_are_stored_and_validated(tmp_path):

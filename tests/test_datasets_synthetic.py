@@ -22,6 +22,9 @@ def small() -> DatasetSplits:
 
 
 def _all(d: DatasetSplits, attr: str) -> np.ndarray:
+    """Concatenated over the splits: a Split field, or ``"masks:<name>"`` for a mask."""
+    if attr.startswith("masks:"):
+        return np.concatenate([s.masks[attr[6:]] for s in d.splits().values()])
     return np.concatenate([getattr(s, attr) for s in d.splits().values()])
 
 
@@ -29,8 +32,11 @@ def test_same_parameters_give_bit_identical_data(small):
     again = SyntheticCXR(image_size=SIZE, per_class=10, seed=3).load()
     for name, s in small.splits().items():
         t = again.splits()[name]
-        for attr in ("images", "labels", "ids", "lung_masks", "lesion_masks"):
+        for attr in ("images", "labels", "ids"):
             np.testing.assert_array_equal(getattr(s, attr), getattr(t, attr), err_msg=f"{name}.{attr}")
+        assert list(s.masks) == list(t.masks) == ["lesion", "lung"]
+        for mask_name in s.masks:
+            np.testing.assert_array_equal(s.masks[mask_name], t.masks[mask_name], err_msg=f"{name}.{mask_name}")
     assert again.fingerprint == small.fingerprint
     other = SyntheticCXR(image_size=SIZE, per_class=10, seed=4).load()
     assert not np.array_equal(other.train.images, small.train.images)
@@ -48,7 +54,7 @@ def test_an_image_does_not_depend_on_per_class_or_split(small):
 def test_class_balance_split_counts_and_ids(small):
     assert small.name == "synthetic-cxr"
     assert small.class_names == ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
-    assert small.disease_classes == ("COVID", "Lung_Opacity", "Viral Pneumonia")
+    assert small.positive_classes == ("COVID", "Lung_Opacity", "Viral Pneumonia")
     assert small.counts() == {
         "train": {c: 8 for c in CLASS_NAMES},
         "val": {c: 1 for c in CLASS_NAMES},
@@ -75,7 +81,7 @@ def test_images_are_uint8_and_model_input_is_built_per_batch(small):
 
 
 def test_masks_lesions_inside_the_lungs(small):
-    lung, lesion, labels = _all(small, "lung_masks"), _all(small, "lesion_masks"), _all(small, "labels")
+    lung, lesion, labels = _all(small, "masks:lung"), _all(small, "masks:lesion"), _all(small, "labels")
     assert lung.dtype == np.bool_ and lesion.dtype == np.bool_
     area = lung.mean(axis=(1, 2))
     assert ((area > 0.15) & (area < 0.6)).all(), area
@@ -129,7 +135,7 @@ def test_shortcut_marker_is_class_specific_and_outside_the_lungs():
     ids = _all(d, "ids").tolist()
     assert set(boxes) == set(ids)
     assert d.metadata["marker_text"] == MARKER_TEXT
-    lung = _all(d, "lung_masks")
+    lung = _all(d, "masks:lung")
     for k, i in enumerate(ids):
         r0, c0, r1, c1 = boxes[i]
         assert not lung[k, r0:r1, c0:c1].any(), "the marker overlaps the lungs"
@@ -223,13 +229,16 @@ def test_describe_and_npz_round_trip(small, tmp_path):
     desc = small.describe()
     assert desc["dataset"] == "synthetic-cxr"
     assert desc["splits"]["test"] == {c: 1 for c in CLASS_NAMES}
-    assert desc["masks"] == {"lung": True, "lesion": True}
+    assert desc["masks"]["lung"] == 1.0  # every image has a lung mask
+    assert list(desc["masks"]) == ["lesion", "lung"]
+    assert desc["masks"]["lesion"] == pytest.approx(0.75)  # every diseased image, no Normal one
     assert desc["image_size"] == [SIZE, SIZE]
     path = tmp_path / "d.npz"
     small.save(path)
     back = DatasetSplits.load_file(path)
     assert back.fingerprint == small.fingerprint and back.metadata == small.metadata
-    np.testing.assert_array_equal(back.test.lesion_masks, small.test.lesion_masks)
+    assert list(back.test.masks) == ["lesion", "lung"]
+    np.testing.assert_array_equal(back.test.masks["lesion"], small.test.masks["lesion"])
     np.testing.assert_array_equal(back.train.images, small.train.images)
 
 

@@ -117,7 +117,8 @@ def known_answer_run(tmp_path_factory):
             "training": {"epochs": 1, "batch_size": 32},
             "explainers": {"names": ["t-oracle", "random", "t-anti-oracle"]},
             "perturbations": {"names": ["gaussian-noise"]},
-            "aopc": {"grid": GRID, "orders": ["morf", "lerf"], "max_images": 12, "bootstrap": 500},
+            "aopc": {"grid": GRID, "max_images": 12, "bootstrap": 500},
+            "metrics": {"names": ["aopc", "lerf-aopc", "abpc"]},
         }
         runner.clear_memo()
         result = bench.run(json.loads(json.dumps(cfg)), quiet=True, leaderboard=False)
@@ -128,12 +129,12 @@ def known_answer_run(tmp_path_factory):
 
 
 def _cells(result):
-    assert result.ok, [c["error"] for c in result.failed]
-    return {c["explainer"]: c for c in result.cells}
+    assert result.ok, [c.error for c in result.failed]
+    return {c.explainer: c for c in result.cells}
 
 
 def _arrays(result, cell):
-    with np.load(result.run_dir / cell["curves_file"], allow_pickle=False) as z:
+    with np.load(result.run_dir / cell.curves_file, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -155,7 +156,7 @@ def test_oracle_beats_random_beats_anti_oracle_by_margins_far_above_machine_nois
     from bench.statistics import paired_comparison
 
     cells = _cells(known_answer_run)
-    aopc = {name: c["results"]["morf"]["aopc"] for name, c in cells.items()}
+    aopc = {name: c.metrics["aopc"].value for name, c in cells.items()}
     L = GRID * GRID
     f0 = _arrays(known_answer_run, cells["t-oracle"])["morf_curves"][:, 0].mean()
     # the known answers, to within what the last step's residual confidence can move them
@@ -174,7 +175,7 @@ def test_oracle_beats_random_beats_anti_oracle_by_margins_far_above_machine_nois
 def test_abpc_and_lerf_agree_with_the_construction(known_answer_run):
     cells = _cells(known_answer_run)
     # LeRF removes the least relevant first: the oracle's block goes last, the anti-oracle's first
-    assert cells["t-oracle"]["results"]["lerf"]["aopc"] < 0.1
-    assert cells["t-anti-oracle"]["results"]["lerf"]["aopc"] > 0.6
-    assert cells["t-oracle"]["abpc"]["ci"][0] > 0.5
-    assert cells["t-anti-oracle"]["abpc"]["ci"][1] < -0.5
+    assert cells["t-oracle"].metrics["lerf-aopc"].value < 0.1
+    assert cells["t-anti-oracle"].metrics["lerf-aopc"].value > 0.6
+    assert cells["t-oracle"].metrics["abpc"].ci[0] > 0.5
+    assert cells["t-anti-oracle"].metrics["abpc"].ci[1] < -0.5

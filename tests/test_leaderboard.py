@@ -15,11 +15,11 @@ from _fake_runs import FakeCell, write_run
 
 from bench.errors import BenchError, DataError
 from bench.leaderboard import (
-    COLUMNS,
     FORMATS,
     SCHEMA,
     build_leaderboard,
     collect,
+    columns_of,
     latex_escape,
     render,
 )
@@ -91,12 +91,16 @@ def test_failed_cells_listed_not_ranked(results):
     assert "ValueError: NaN heatmap" in set(failed.error)
 
 
-def test_sorted_by_aopc_within_dataset(results):
+def test_sorted_by_aopc_within_dataset_controls_after_the_methods(results):
     df = collect(results)
     assert list(df.dataset) == ["alpha", "alpha", "covid", "covid", "covid"]
     for _, g in df.groupby("dataset"):
-        assert list(g.aopc) == sorted(g.aopc, reverse=True)
+        methods = g[g.role == "method"]
+        assert list(methods.aopc) == sorted(methods.aopc, reverse=True)
+        assert list(g.role)[-1] == "null-control"  # a reference line, not ranked among the methods
     assert list(df[df.dataset == "covid"].explainer) == ["gradcam", "occlusion", "random"]
+    # alpha: random (0.3) beats gradcam (0.2) and is still listed after it
+    assert list(df[df.dataset == "alpha"].explainer) == ["gradcam", "random"]
 
 
 def test_gain_over_random_by_hand(results):
@@ -107,12 +111,15 @@ def test_gain_over_random_by_hand(results):
     assert df.loc[("alpha", "gradcam"), "gain_over_baseline"] == pytest.approx(0.2 - 0.3)
 
 
-def test_gain_baseline_is_a_parameter_and_blank_when_absent(results):
-    df = collect(results, baseline="occlusion").set_index(["dataset", "explainer"])
+def test_gain_control_is_a_parameter_and_blank_when_absent(results):
+    df = collect(results, control="occlusion").set_index(["dataset", "explainer"])
     assert df.loc[("covid", "gradcam"), "gain_over_baseline"] == pytest.approx(np.mean(GRADCAM) - np.mean(OCCL))
     assert np.isnan(df.loc[("alpha", "gradcam"), "gain_over_baseline"])
-    md = render(collect(results, baseline="occlusion"), "md")
+    md = render(collect(results, control="occlusion"), "md")
     assert "Gain over occlusion" in md
+    with pytest.warns(FutureWarning, match="baseline= is deprecated"):
+        old = collect(results, baseline="occlusion").set_index(["dataset", "explainer"])
+    assert old.loc[("covid", "gradcam"), "gain_over_baseline"] == df.loc[("covid", "gradcam"), "gain_over_baseline"]
 
 
 def test_build_writes_five_files_and_report(built):
@@ -140,9 +147,11 @@ def test_markdown_columns_and_footer(results):
     md = paths["md"].read_text()
     header = next(line for line in md.splitlines() if line.startswith("| Dataset"))
     for col in ["Model", "Weights", "Explainer", "Perturbation", "Test recall (macro)", "F1 (macro)",
-                "Accuracy", "AOPC", "95% CI", "Gain over random", "n images", "Eval time (s)",
-                "LeRF AOPC", "ABPC"]:
+                "Accuracy", "AOPC ↑ [95% CI]", "Gain over random (AOPC ↑) [95% CI]", "n images",
+                "Eval time (s)", "LeRF AOPC ↓ [95% CI]", "ABPC ↑ [95% CI]"]:
         assert f" {col} " in header, col
+    # the metric columns in the records' metric order, each with its direction
+    assert header.index("AOPC ↑") < header.index("LeRF AOPC ↓") < header.index("ABPC ↑")
     assert re.search(r"^\|-+\|", md, re.M)  # github style separator
     for text in ("run-1", "run-2", "run-3", "TensorFlow 2.21.0", "Keras 3.99.0", "seeds", "Grid: 3x3",
                  "sigma: 0.1"):
@@ -157,14 +166,16 @@ def test_lerf_and_abpc_columns_only_when_present(results):
     only_alpha.attrs = df.attrs
     assert "LeRF AOPC" not in render(only_alpha, "md")
     g = df[(df.dataset == "covid") & (df.explainer == "gradcam")].iloc[0]
-    assert g.lerf_aopc == pytest.approx(0.05, abs=1e-6)
+    assert g["lerf-aopc"] == pytest.approx(0.05, abs=1e-6)
     assert g.abpc == pytest.approx(np.mean(GRADCAM) - 0.05, abs=1e-6)
 
 
 def test_csv_parses_back(results):
-    text = render(collect(results), "csv")
+    df = collect(results)
+    text = render(df, "csv")
     back = pd.read_csv(io.StringIO(text))
-    assert list(back.columns) == list(COLUMNS)
+    assert list(back.columns) == columns_of(df)
+    assert [c for c in back.columns if c in ("aopc", "lerf-aopc", "abpc")] == ["aopc", "lerf-aopc", "abpc"]
     assert len(back) == 5
     g = back[(back.dataset == "covid") & (back.explainer == "gradcam")].iloc[0]
     assert g.aopc == pytest.approx(np.mean(GRADCAM))
@@ -174,7 +185,10 @@ def test_csv_parses_back(results):
 def test_json_schema_and_rows(results):
     paths = build_leaderboard(results, figures=False, report=False)
     doc = json.loads(paths["json"].read_text())
-    assert doc["schema"] == SCHEMA == "bench.leaderboard/1"
+    assert doc["schema"] == SCHEMA == "bench.leaderboard/2"
+    assert doc["primary"] == "aopc" and [m["id"] for m in doc["metrics"]] == ["aopc", "lerf-aopc", "abpc"]
+    assert {m["id"]: m["higher_is_better"] for m in doc["metrics"]} == {
+        "aopc": True, "lerf-aopc": False, "abpc": True}
     assert len(doc["rows"]) == 5 and set(doc["rows"][0]) >= {"dataset", "aopc", "aopc_ci_low", "run_id"}
     assert doc["provenance"]["run_ids"] == ["run-1", "run-2", "run-3"]
     assert doc["provenance"]["grids"] == ["3x3"] and doc["provenance"]["sigmas"] == [0.1]
@@ -182,7 +196,7 @@ def test_json_schema_and_rows(results):
                                                       "covid__densenet201__gradcam__gaussian-noise"}
     assert doc["comparisons"], "paired comparisons are in the JSON"
     alpha_gradcam = next(r for r in doc["rows"] if r["dataset"] == "alpha" and r["explainer"] == "gradcam")
-    assert alpha_gradcam["lerf_aopc"] is None  # NaN -> null, valid JSON
+    assert alpha_gradcam["lerf-aopc"] is None  # NaN -> null, valid JSON
 
 
 def test_latex_booktabs(results):
@@ -279,9 +293,7 @@ def test_only_failed_cells_still_renders(tmp_path):
 
 
 def test_missing_n_is_blank_not_a_sentinel(tmp_path):
-    write_run(tmp_path, "r", [FakeCell("d", "m", "e", per_image=[0.5, 0.4],
-                                       extra={"results": {"morf": {"aopc": 0.45, "ci": [0.4, 0.5]}},
-                                              "n_images": None})])
+    write_run(tmp_path, "r", [FakeCell("d", "m", "e", per_image=[0.5, 0.4], extra={"n_images": None})])
     df = collect(tmp_path)
     assert pd.isna(df.n_images.iloc[0])
     doc = json.loads(render(df, "json"))

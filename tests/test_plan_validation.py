@@ -48,7 +48,9 @@ CONFIG_ERRORS = [
     (["--set", "models.params.vgg16.pool_size=abc"], "models.params.vgg16.pool_size"),
     (["--set", "models.params.densenet201.pool_size=abc"], "models.params.densenet201.pool_size"),
     (["--set", "models.params.vgg16.pool_size=4"], "models.params.vgg16.pool_size"),  # 2x2 features at 64 px
-    (["--set", "aopc.baseline=nosuch"], "aopc.baseline"),
+    (["--set", "aopc.baseline=nosuch"], "aopc.baseline"),  # the deprecated alias of leaderboard.control
+    (["--set", "leaderboard.control=nosuch"], "leaderboard.control"),
+    (["--set", "leaderboard.control=gradcam"], "leaderboard.control"),  # a method, not a control
     (["--set", "dataset.params.image_size=abc"], "dataset.params.image_size"),
 ]
 
@@ -63,18 +65,21 @@ def test_config_error_exits_2_at_dry_run_naming_its_key(flags, key, tmp_path, ca
     assert not (tmp_path / "results").exists()
 
 
-def test_baseline_error_lists_the_selected_explainers(capsys):
-    assert main(["run", "--dry-run", "--explainer", "gradcam", "--set", "aopc.baseline=gradcm"]) == 2
+def test_control_error_lists_the_selected_explainers(capsys):
+    assert main(["run", "--dry-run", "--explainer", "gradcam", "--set", "leaderboard.control=gradcm"]) == 2
     err = _err(capsys)
-    assert "aopc.baseline" in err and "did you mean 'gradcam'" in err and "selected explainers: gradcam" in err
+    assert "leaderboard.control" in err and "did you mean 'gradcam'" in err and "selected explainers: gradcam" in err
+    # the deprecated alias names itself
+    assert main(["run", "--dry-run", "--explainer", "gradcam", "--set", "aopc.baseline=gradcm"]) == 2
+    assert "aopc.baseline = 'gradcm'" in _err(capsys)
 
 
 @pytest.mark.parametrize(
     "flags",
     [
-        ["--set", 'aopc.baseline=""'],  # no gain column
-        ["--set", "aopc.baseline=gradcam"],  # a selected explainer
-        ["--explainer", "gradcam"],  # the default baseline, not selected: kept for earlier runs' rows
+        ["--set", 'aopc.baseline=""'],  # the deprecated alias, unset
+        ["--set", 'leaderboard.control=""'],  # the grid's only null control
+        ["--explainer", "gradcam"],  # no null control selected: no gain column
         ["--set", "aopc.grid=64"],  # as large as the images, no larger
         ["--seed", "4294967295"],
     ],

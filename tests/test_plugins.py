@@ -298,7 +298,7 @@ def test_a_run_not_using_a_conflicting_name_succeeds(tmp_path, monkeypatch, caps
         'preset = "demo"\n[dataset]\nname = "synthetic-cxr"\nparams = { image_size = 32, per_class = 8 }\n'
         '[models]\nnames = ["simple-cnn"]\n[training]\nepochs = 1\nbatch_size = 16\n'
         '[explainers]\nnames = ["random"]\n[perturbations]\nnames = ["gaussian-noise"]\n'
-        '[aopc]\ngrid = 2\norders = ["morf"]\nmax_images = 2\nbootstrap = 50\n'
+        '[aopc]\ngrid = 2\nmax_images = 2\nbootstrap = 50\n[metrics]\nnames = ["aopc"]\n'
         '[leaderboard]\nformats = ["json"]\nfigures = false\n'
     )
     code = main(["run", "--config", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])

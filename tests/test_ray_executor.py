@@ -33,7 +33,9 @@ TINY = {
     "training": {"epochs": 1, "batch_size": 16},
     "explainers": {"names": ["gradcam", "random", "t-ray-raise"]},
     "perturbations": {"names": ["gaussian-noise"]},
-    "aopc": {"grid": 3, "orders": ["morf", "lerf"], "max_images": 4, "bootstrap": 200},
+    "aopc": {"grid": 3, "max_images": 4, "bootstrap": 200},
+    # the built-in curve metrics and the installed plugin's mask metric (t-ray-mass)
+    "metrics": {"names": ["aopc", "all"]},
 }
 
 RAISING_PLUGIN = """
@@ -42,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import ExplainerSpec, hookimpl
+from bench import ExplainerSpec, MetricInputs, MetricSpec, hookimpl
 
 
 class Crashing:
@@ -71,6 +73,31 @@ class Raising:
 
     def explain(self, model, images, targets):
         raise RuntimeError("explainer blew up on purpose")
+
+
+class MaskMass:
+    # the share of a heatmap's positive relevance inside the lesion mask (nearest-neighbour upsampled)
+
+    def get_params(self):
+        return {}
+
+    def compute(self, data):
+        maps = np.clip(np.asarray(data.heatmaps, np.float64), 0, None)
+        mask = data.mask("lesion")
+        n, h, w = mask.shape
+        rows = np.arange(h) * maps.shape[1] // h
+        cols = np.arange(w) * maps.shape[2] // w
+        up = maps[:, rows][:, :, cols]
+        total = up.sum(axis=(1, 2))
+        inside = (up * mask).sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {"t-ray-mass": inside / total}
+
+
+@hookimpl
+def bench_register_metrics():
+    return [MetricSpec(name="t-ray-mass", factory=MaskMass, family="localisation",
+                       inputs=MetricInputs(heatmaps=True, masks=("lesion",)), heatmap_transform="positive")]
 
 
 @hookimpl
@@ -137,7 +164,7 @@ def runs(ray_instance, tmp_path_factory):
 
 
 def _by_id(result):
-    return {c["cell_id"]: c for c in result.cells}
+    return {c.cell_id: c for c in result.cells}
 
 
 def test_ray_grid_equals_local(runs):
@@ -147,16 +174,25 @@ def test_ray_grid_equals_local(runs):
     assert set(lcells) == set(rcells) and len(rcells) == 3
     for cell_id in (CELL.format("gradcam"), CELL.format("random")):
         lc, rc = lcells[cell_id], rcells[cell_id]
-        assert lc["status"] == rc["status"] == "ok", rc["error"]
-        assert rc["n_images"] == lc["n_images"] >= 3  # so the AOPC ran in 2 shards
-        assert rc["classification"] == lc["classification"]
-        for order in ("morf", "lerf"):
-            np.testing.assert_allclose(rc["results"][order]["aopc"], lc["results"][order]["aopc"], atol=1e-5)
-            np.testing.assert_allclose(rc["results"][order]["ci"], lc["results"][order]["ci"], atol=1e-5)
-            assert rc["results"][order]["n"] == lc["results"][order]["n"]
-        np.testing.assert_allclose(rc["abpc"]["value"], lc["abpc"]["value"], atol=1e-5)
-        larr = np.load(local.run_dir / lc["curves_file"], allow_pickle=False)
-        rarr = np.load(on_ray.run_dir / rc["curves_file"], allow_pickle=False)
+        assert lc.status == rc.status == "ok", rc.error
+        assert rc.n_images == lc.n_images >= 3  # so the curves ran in 2 shards
+        assert rc.classification == lc.classification
+        assert rc.orders == lc.orders == ["morf", "lerf"]
+        assert list(rc.metrics) == list(lc.metrics) and {"aopc", "lerf-aopc", "abpc", "t-ray-mass"} <= set(rc.metrics)
+        for name, lm in lc.metrics.items():
+            rm = rc.metrics[name]
+            assert rm.status == lm.status == "ok", (name, rm.error)
+            np.testing.assert_allclose(rm.value, lm.value, atol=1e-5)
+            np.testing.assert_allclose(rm.ci, lm.ci, atol=1e-5)
+            assert rm.n == lm.n and rm.n_excluded == lm.n_excluded
+        lmet = np.load(local.run_dir / lc.metrics_file, allow_pickle=False)
+        rmet = np.load(on_ray.run_dir / rc.metrics_file, allow_pickle=False)
+        assert set(lmet.files) == set(rmet.files)
+        for key in lmet.files:
+            if key != "ids":
+                np.testing.assert_allclose(rmet[key], lmet[key], atol=1e-5)
+        larr = np.load(local.run_dir / lc.curves_file, allow_pickle=False)
+        rarr = np.load(on_ray.run_dir / rc.curves_file, allow_pickle=False)
         assert set(larr.files) == set(rarr.files)
         np.testing.assert_array_equal(rarr["ids"], larr["ids"])
         for order in ("morf", "lerf"):
@@ -164,14 +200,14 @@ def test_ray_grid_equals_local(runs):
             np.testing.assert_allclose(rarr[f"{order}_per_image"], larr[f"{order}_per_image"], atol=1e-5)
             np.testing.assert_array_equal(rarr[f"{order}_order"], larr[f"{order}_order"])
         # the same record layout: the leaderboard cannot tell the executors apart
-        assert set(rc) == set(lc)
+        assert set(rc.to_dict()) == set(lc.to_dict())
     # the published leaderboards carry the same numbers
     lb_local = pd.read_csv(local_out / "leaderboard.csv")
     lb_ray = pd.read_csv(ray_out / "leaderboard.csv")
     assert list(lb_local.columns) == list(lb_ray.columns) and len(lb_ray) == len(lb_local) >= 2
     timing = {"evaluate_seconds", "explain_seconds", "passes_per_second"}
     numeric = [c for c in lb_local.columns if pd.api.types.is_numeric_dtype(lb_local[c]) and c not in timing]
-    assert {"aopc", "aopc_ci_low", "lerf_aopc", "abpc", "gain_over_baseline", "n_images"} <= set(numeric)
+    assert {"aopc", "aopc_ci_low", "lerf-aopc", "abpc", "t-ray-mass", "gain_over_baseline", "n_images"} <= set(numeric)
     lb_local, lb_ray = lb_local.sort_values("cell_id"), lb_ray.sort_values("cell_id")
     np.testing.assert_allclose(lb_ray[numeric].to_numpy(float), lb_local[numeric].to_numpy(float), atol=1e-5)
 
@@ -179,11 +215,11 @@ def test_ray_grid_equals_local(runs):
 def test_raising_explainer_fails_its_cell_only(runs):
     _, local, _, on_ray = runs
     failed = _by_id(on_ray)[CELL.format("t-ray-raise")]
-    assert failed["status"] == "failed"
-    assert failed["stage"] == "explain"
-    assert failed["error"] == _by_id(local)[CELL.format("t-ray-raise")]["error"]
-    assert "explainer blew up on purpose" in failed["error"]
-    assert "Ray worker" in failed["traceback"] and "blew up" in failed["traceback"]
+    assert failed.status == "failed"
+    assert failed.stage == "explain"
+    assert failed.error == _by_id(local)[CELL.format("t-ray-raise")].error
+    assert "explainer blew up on purpose" in failed.error
+    assert "Ray worker" in failed.traceback and "blew up" in failed.traceback
     on_disk = read_json(on_ray.run_dir / "cells" / f"{CELL.format('t-ray-raise')}.json")
     assert on_disk["status"] == "failed" and on_disk["stage"] == "explain"
     assert not on_ray.ok and len(on_ray.failed) == 1
@@ -205,13 +241,27 @@ def test_cached_cells_are_not_submitted_and_caches_are_shared(runs, monkeypatch)
     assert again.ok
     for cell_id, cell in _by_id(again).items():
         first = _by_id(on_ray)[cell_id]
-        assert cell["results"] == first["results"]
-        assert cell["timings"]["forward_passes"] == first["timings"]["forward_passes"]
+        assert {n: (m.value, m.ci, m.n) for n, m in cell.metrics.items()} == {
+            n: (m.value, m.ci, m.n) for n, m in first.metrics.items()}
+        assert cell.timings.forward_passes == first.timings.forward_passes
     # Ray's work sits under the very keys the local executor looks up, and the other way round
     for out in (ray_out, local_out):
         plan = runner.make_plan(config_mod.load_config(tiny(out, explainers=ok_only)))
         probe = runner.Stages(plan, quiet=True, cached_only=True)
         assert all(is_cached(probe, task) for task in plan.cells)
+
+
+def test_metrics_that_need_no_curves_finish_on_the_heatmaps(runs):
+    """A grid whose metrics read no curves submits no curve shards; its cells finish with their heatmaps."""
+    _, _, ray_out, _ = runs
+    runner.clear_memo()
+    cfg = tiny(ray_out, "ray", explainers={"names": ["random"], "params": {"random": {"seed": 7}}},
+               metrics={"names": ["t-ray-mass"]})
+    result = bench.run(cfg, quiet=True, leaderboard=False)
+    assert result.ok, [c.error for c in result.failed]
+    (cell,) = result.cells
+    assert cell.orders == [] and cell.curves_file is None and cell.timings.forward_passes == 0
+    assert cell.metrics["t-ray-mass"].ok and 0 <= cell.metrics["t-ray-mass"].value <= 1
 
 
 def test_dead_worker_is_retried_then_its_cell_recorded_failed(runs, monkeypatch):
@@ -225,12 +275,13 @@ def test_dead_worker_is_retried_then_its_cell_recorded_failed(runs, monkeypatch)
     once, always = (_by_id(result)[CELL.format(e)] for e in crashing["names"])
     markers = os.environ["BENCH_RAY_TEST_MARKERS"]
     assert os.path.exists(os.path.join(markers, "once"))  # it did kill a worker, then Ray retried it
-    assert once["status"] == "ok", once["error"]
-    assert once["n_images"] >= 3 and set(once["results"]) == {"morf", "lerf"}
-    assert always["status"] == "failed"
-    assert always["stage"] == "explain"
-    assert always["error"].startswith("Ray task (heatmaps) failed after 1 retries: WorkerCrashedError: ")
-    assert "\x1b" not in always["error"]
+    assert once.status == "ok", once.error
+    assert once.n_images >= 3 and once.orders == ["morf", "lerf"]
+    assert all(m.ok for m in once.metrics.values())
+    assert always.status == "failed"
+    assert always.stage == "explain"
+    assert always.error.startswith("Ray task (heatmaps) failed after 1 retries: WorkerCrashedError: ")
+    assert "\x1b" not in always.error
 
 
 def test_sharded_aopc_merged_equals_unsharded(runs):
@@ -263,7 +314,7 @@ def test_sharded_aopc_merged_equals_unsharded(runs):
             evaluator=merged_evaluator(merged), store=False,
         )
         np.testing.assert_allclose(summary["aopc"], whole["aopc"], atol=1e-5)
-        np.testing.assert_allclose(summary["ci"], whole["ci"], atol=1e-5)
+        assert summary["key"] == whole["key"]  # stored under the key the local executor reads
         np.testing.assert_allclose(arrays["per_image"], warr["per_image"], atol=1e-5)
     # shards that do not tile the images, or cover other images, are refused
     bad = [dict(shards[0]), dict(shards[2])]
@@ -304,8 +355,8 @@ def test_in_process_plugin_cells_run_on_the_driver(runs, monkeypatch):
         )
     finally:
         bench.unregister_plugin("ray-inproc-test")
-    assert result.ok, [c["error"] for c in result.failed]
-    assert result.cells[0]["n_images"] >= 3
+    assert result.ok, [c.error for c in result.failed]
+    assert result.cells[0].n_images >= 3
 
 
 def test_executor_params_and_gpu_request(monkeypatch):

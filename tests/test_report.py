@@ -8,7 +8,7 @@ import pytest
 from _fake_runs import CLASS_NAMES, FakeCell, write_run
 from scipy import stats
 
-from bench.leaderboard import build_leaderboard, collect
+from bench.leaderboard import build_leaderboard, collect, primary_column
 from bench.report import (
     attach_gain_ci,
     build_report,
@@ -17,7 +17,7 @@ from bench.report import (
     compare_explainers,
     group_by_class,
     paired_comparisons,
-    per_class_aopc,
+    per_class_values,
     render_report,
     slug,
 )
@@ -151,7 +151,7 @@ def test_group_by_class_by_hand():
 def test_per_class_aopc_from_a_cell(results):
     df = collect(results)
     row = df[(df.model == "vgg16") & (df.explainer == "gradcam")].iloc[0]
-    out = per_class_aopc(row, CLASS_NAMES)
+    out = per_class_values(row, primary_column(df), CLASS_NAMES)
     # fake labels cycle over the 4 classes: class c gets images c and c + 4
     for c, name in enumerate(CLASS_NAMES):
         assert out[name][0] == pytest.approx((A[c] + A[c + 4]) / 2, abs=1e-6)
@@ -177,7 +177,7 @@ def test_report_md(results):
         assert heading in text, heading
     assert "ZeroDivisionError: oops" in text
     # per-class AOPC: vgg16/gradcam, class COVID = images 0 and 4 of A
-    per_class = text[text.index("## AOPC per class"):text.index("## Paired comparisons")]
+    per_class = text[text.index("## AOPC ↑ per class"):text.index("## Paired comparisons")]
     gradcam_row = next(line for line in per_class.splitlines() if line.startswith("| gradcam"))
     assert f"| {(A[0] + A[4]) / 2:.4f} [" in gradcam_row and "(2)" in gradcam_row
     assert "| Viral Pneumonia " in text

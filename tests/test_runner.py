@@ -20,7 +20,7 @@ TINY = {
     "training": {"epochs": 2, "batch_size": 16},
     "explainers": {"names": ["gradcam", "random"]},
     "perturbations": {"names": ["gaussian-noise"]},
-    "aopc": {"grid": 3, "orders": ["morf", "lerf"], "max_images": 3, "bootstrap": 200},
+    "aopc": {"grid": 3, "max_images": 3, "bootstrap": 200},
 }
 
 
@@ -89,8 +89,8 @@ def first_run(tmp_path_factory):
 
 def test_run_writes_cells_manifest_and_leaderboards(first_run):
     out, result = first_run
-    assert result.ok, [c["error"] for c in result.failed]
-    assert [c["cell_id"] for c in result.cells] == [
+    assert result.ok, [c.error for c in result.failed]
+    assert [c.cell_id for c in result.cells] == [
         "synthetic-cxr__simple-cnn__gradcam__gaussian-noise",
         "synthetic-cxr__simple-cnn__random__gaussian-noise",
     ]
@@ -107,20 +107,28 @@ def test_run_writes_cells_manifest_and_leaderboards(first_run):
     assert cell["status"] == "ok"
     assert cell["params"]["perturbation"] == {"sigma": 0.1, "clip": False}
     assert cell["provenance"]["explainer"]["distribution"] == "saliency-bench"
-    assert set(cell["results"]) == {"morf", "lerf"}
-    assert cell["abpc"] is not None
+    assert cell["schema"] == 2 and cell["orders"] == ["morf", "lerf"]  # what the metrics need
+    assert list(cell["metrics"]) == ["aopc", "abpc", "deletion-auc", "lerf-aopc"]  # "aopc", then "all"
+    assert all(m["status"] == "ok" for m in cell["metrics"].values())
     curves = np.load(result.run_dir / cell["curves_file"], allow_pickle=False)
     n = cell["n_images"]
     assert curves["morf_curves"].shape == (n, 10)
     assert curves["morf_order"].shape == (n, 9)
-    np.testing.assert_allclose(curves["morf_per_image"].mean(), cell["results"]["morf"]["aopc"], atol=1e-9)
+    # AOPC per image by hand from the curves: sum_k (f0 - fk) / (L+1)
+    c = curves["morf_curves"].astype(np.float64)
+    by_hand = (c[:, :1] - c[:, 1:]).sum(axis=1) / c.shape[1]
+    aopc = cell["metrics"]["aopc"]
+    assert aopc["value"] == pytest.approx(by_hand.mean(), abs=1e-9) and aopc["n"] == n
+    per_image = np.load(result.run_dir / aopc["file"], allow_pickle=False)
+    np.testing.assert_allclose(per_image[aopc["key"]], by_hand, atol=1e-9)
+    assert per_image["ids"].tolist() == curves["ids"].tolist()
     for fmt in ("md", "csv", "json", "html", "tex"):
         assert (out / f"leaderboard.{fmt}").exists(), fmt
     table = pd.read_csv(out / "leaderboard.csv")
     assert len(table) == 2
     frame = result.to_frame()
     assert set(frame["explainer"]) == {"gradcam", "random"}
-    assert {"aopc_morf", "aopc_lerf", "recall_macro", "f1_macro"} <= set(frame.columns)
+    assert {"aopc", "aopc_ci_low", "lerf-aopc", "abpc", "recall_macro", "f1_macro"} <= set(frame.columns)
 
 
 def test_rerun_recomputes_nothing(first_run, counting_plugin, monkeypatch):
@@ -152,13 +160,13 @@ def test_failing_cells_are_isolated(first_run, counting_plugin, capsys):
     cfg = tiny(out, explainers={"names": ["t-raise", "t-center", "t-nan", "t-shape"]})
     runner.clear_memo()
     result = bench.run(cfg, quiet=True)
-    status = {c["explainer"]: c for c in result.cells}
-    assert status["t-center"]["status"] == "ok"
-    assert status["t-raise"]["status"] == "failed"
-    assert status["t-raise"]["stage"] == "explain"
-    assert "explainer blew up on purpose" in status["t-raise"]["error"]
-    assert "t-nan" in status["t-nan"]["error"] and "NaN" in status["t-nan"]["error"]
-    assert "t-shape" in status["t-shape"]["error"]
+    status = {c.explainer: c for c in result.cells}
+    assert status["t-center"].status == "ok"
+    assert status["t-raise"].status == "failed"
+    assert status["t-raise"].stage == "explain"
+    assert "explainer blew up on purpose" in status["t-raise"].error
+    assert "t-nan" in status["t-nan"].error and "NaN" in status["t-nan"].error
+    assert "t-shape" in status["t-shape"].error
     assert not result.ok
     manifest = read_json(result.run_dir / "manifest.json")
     assert manifest["status"] == "failed" and len(manifest["failed"]) == 3
@@ -174,7 +182,7 @@ def test_cli_exit_status_and_summary_for_failed_cells(first_run, counting_plugin
         'preset = "demo"\n[dataset]\nname = "synthetic-cxr"\nparams = { image_size = 48, per_class = 20, lesion_contrast = 2.0 }\n'
         '[models]\nnames = ["simple-cnn"]\n[training]\nepochs = 2\nbatch_size = 16\n'
         '[explainers]\nnames = ["t-raise", "t-center"]\n[perturbations]\nnames = ["gaussian-noise"]\n'
-        '[aopc]\ngrid = 3\norders = ["morf", "lerf"]\nmax_images = 3\nbootstrap = 200\n'
+        '[aopc]\ngrid = 3\nmax_images = 3\nbootstrap = 200\n'
     )
     code = main(["run", "--config", str(cfg_file), "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
@@ -189,7 +197,7 @@ def test_ctrl_c_keeps_finished_cells(first_run, counting_plugin):
     runner.clear_memo()
     result = bench.run(cfg, quiet=True)
     assert result.interrupted
-    assert [c["explainer"] for c in result.cells] == ["t-center"]
+    assert [c.explainer for c in result.cells] == ["t-center"]
     assert (result.run_dir / "cells" / "synthetic-cxr__simple-cnn__t-center__gaussian-noise.json").exists()
     assert read_json(result.run_dir / "manifest.json")["status"] == "interrupted"
 

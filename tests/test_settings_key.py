@@ -11,14 +11,14 @@ import io
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from _fake_runs import FakeCell, default_ids, make_splits, write_run
+from _fake_runs import FakeCell, curves_for, default_ids, make_splits, write_run
 
+import bench
 from bench import config as config_mod
 from bench.leaderboard import (
     KEY_COLUMNS,
@@ -28,8 +28,9 @@ from bench.leaderboard import (
     render,
     short_keys,
 )
+from bench.metrics import compute_columns, metric_data
 from bench.report import attach_gain_ci, paired_comparisons
-from bench.runner import CellTask, DatasetArtifact, ModelArtifact, execute_cell
+from bench.runner import CellTask, DatasetArtifact, ModelArtifact, Plan, execute_cell
 from bench.settings import (
     cell_settings,
     count_constant_heatmaps,
@@ -52,7 +53,9 @@ class StubStages:
     def __init__(self, cfg: dict[str, Any], per_image: dict[str, list[float]],
                  explainer_params: dict[str, dict[str, Any]], heatmaps: dict[str, np.ndarray] | None = None,
                  sigma: float = 0.1, weights_md5: str = "a" * 32):
-        self.plan = SimpleNamespace(config=cfg)
+        reg = bench.registry()
+        self.plan = Plan(config=cfg, dataset="synthetic-cxr", models=["simple-cnn"], explainers=list(per_image),
+                         perturbations=["gaussian-noise"], metrics=config_mod.resolve_names(cfg, "metrics", reg))
         self.per_image = per_image
         self.explainer_params = explainer_params
         self.maps = heatmaps or {}
@@ -89,16 +92,23 @@ class StubStages:
         values = np.asarray(self.per_image[explainer], np.float64)
         grid = config_mod.grid_shape(self.plan.config["aopc"]["grid"])
         L = grid[0] * grid[1]
-        summary = {"aopc": float(values.mean()), "ci": [float(values.min()), float(values.max())], "n": N,
+        summary = {"aopc": float(values.mean()), "n": N, "key": f"c-{explainer}-{order}",
                    "strategy": "full", "seconds": 1.0, "forward_passes": N * (L + 1)}
-        arrays = {"curves": np.zeros((N, L + 1), np.float32), "per_image": values,
+        # curves whose AOPC is the known per-image value (LeRF: a fifth of it)
+        arrays = {"curves": curves_for(values if order == "morf" else values / 5, L), "per_image": values,
                   "order": np.tile(np.arange(L), (N, 1)), "ids": np.asarray(default_ids(N))}
         return summary, arrays, {"sigma": self.sigma, "clip": True}
+
+    def metric(self, name: str, inputs: dict[str, Any], **_: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], float]:
+        spec = self.plan.metric_spec(name)
+        metric = bench.create("metric", name)
+        return compute_columns(metric, spec, metric_data(spec, **inputs)), metric.get_params(), 0.0
 
 
 def _config(**aopc: Any) -> dict[str, Any]:
     cfg = config_mod.defaults()
-    cfg["aopc"].update({"grid": 3, "orders": ["morf"], "max_images": 0, "bootstrap": 200, **aopc})
+    cfg["aopc"].update({"grid": 3, "max_images": 0, "bootstrap": 200, **aopc})
+    cfg["metrics"]["names"] = ["aopc"]
     return cfg
 
 
@@ -108,9 +118,9 @@ def _run(results: Path, run_id: str, stages: StubStages, explainers: list[str], 
     records = []
     for name in explainers:
         rec = execute_cell(stages, CellTask("synthetic-cxr", "simple-cnn", name, "gaussian-noise"), run_dir, run_id)
-        assert rec["status"] == "ok", rec.get("traceback")
+        assert rec.ok, rec.traceback
         # a deterministic "latest" order for the leaderboard
-        cell_file = run_dir / "cells" / f"{rec['cell_id']}.json"
+        cell_file = run_dir / "cells" / f"{rec.cell_id}.json"
         data = read_json(cell_file)
         data["finished"] = finished
         cell_file.write_text(json.dumps(data))
@@ -141,7 +151,8 @@ def test_execute_cell_records_settings_block_key_and_constant_heatmaps(tmp_path)
 
 @pytest.mark.parametrize("change", [
     {"aopc": {"grid": 5}},
-    {"aopc": {"orders": ["morf", "lerf"]}},
+    {"metrics": {"names": ["aopc", "lerf-aopc"]}},  # other metrics, and so other curve orders
+    {"metrics": {"names": ["aopc", "deletion-auc"]}},  # other metrics, the same curve orders
     {"aopc": {"max_images": 4}},
     {"aopc": {"bootstrap": 500}},
     {"aopc": {"confidence": 0.9}},
@@ -153,7 +164,7 @@ def test_execute_cell_records_settings_block_key_and_constant_heatmaps(tmp_path)
 def test_every_setting_that_changes_a_number_changes_the_key(tmp_path, change):
     base = StubStages(_config(), {"gradcam": GRADCAM}, PARAMS)
     cfg = _config()
-    for section in ("aopc", "run", "training"):
+    for section in ("aopc", "run", "training", "metrics"):
         cfg[section].update(change.get(section, {}))
     other = StubStages(cfg, {"gradcam": GRADCAM}, PARAMS, sigma=change.get("sigma", 0.1),
                        weights_md5=change.get("weights_md5", "a" * 32))

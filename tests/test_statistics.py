@@ -7,7 +7,6 @@ import pytest
 from scipy import stats
 
 from bench.statistics import (
-    abpc,
     bootstrap_ci,
     holm,
     paired_comparison,
@@ -87,15 +86,6 @@ def test_holm_by_hand():
     assert np.isnan(out[1])
     np.testing.assert_allclose(out[[0, 2]], [0.02, 0.02])
     assert holm([]).shape == (0,)
-
-
-def test_abpc_by_hand():
-    morf = np.array([[1.0, 0.5, 0.2, 0.0]])
-    lerf = np.array([[1.0, 0.9, 0.8, 0.0]])
-    # sum_{k=1..3} (lerf - morf) / 4 = (0.4 + 0.6 + 0) / 4
-    np.testing.assert_allclose(abpc(morf, lerf), [0.25])
-    with pytest.raises(ValueError, match="same shape"):
-        abpc(morf, lerf[:, :3])
 
 
 def test_pairwise_comparisons_against_baseline_and_all_pairs():

@@ -65,23 +65,23 @@ def _split(n, size=8, offset=0):
         images=rng.integers(0, 255, (n, size, size), dtype=np.uint8),
         labels=np.arange(n) % 2,
         ids=np.array([f"img-{offset + i}" for i in range(n)]),
-        lung_masks=lung,
+        masks={"lung": lung},
     )
 
 
 def test_dataset_splits_round_trip_and_describe(tmp_path):
     ds = DatasetSplits(
         name="toy", class_names=("a", "b"), train=_split(4), val=_split(2, offset=10),
-        test=_split(2, offset=20), fingerprint="abc", disease_classes=("b",), metadata={"k": [1]},
+        test=_split(2, offset=20), fingerprint="abc", metadata={"k": [1], "positive_classes": ["b"]},
     )
     ds.save(tmp_path / "d.npz")
     back = DatasetSplits.load_file(tmp_path / "d.npz")
     assert back.describe() == ds.describe()
     assert back.describe()["splits"]["train"] == {"a": 2, "b": 2}
-    assert back.describe()["masks"] == {"lung": True, "lesion": False}
-    np.testing.assert_array_equal(back.train.lung_masks, ds.train.lung_masks)
+    assert set(back.describe()["masks"]) == {"lung"}
+    np.testing.assert_array_equal(back.train.masks["lung"], ds.train.masks["lung"])
     np.testing.assert_array_equal(back.test.images, ds.test.images)
-    assert back.disease_class_indices == (1,)
+    assert back.positive_class_indices == (1,)
 
 
 def test_split_validation():

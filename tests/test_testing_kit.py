@@ -12,7 +12,7 @@ from bench.testing import check_component, checks_for, tiny_model
 @pytest.mark.parametrize(
     "kind, name",
     [("explainer", "gradcam"), ("explainer", "random"), ("perturbation", "gaussian-noise"),
-     ("metric", "aopc"), ("metric", "deletion-auc")],
+     ("metric", "aopc"), ("metric", "lerf-aopc"), ("metric", "abpc"), ("metric", "deletion-auc")],
 )
 def test_builtins_pass_their_conformance_checks(kind, name):
     component = bench.create(kind, name)
@@ -58,3 +58,47 @@ def test_checks_catch_broken_components():
         check_component(_Sloppy())
     with pytest.raises(TypeError, match="not a bench component"):
         check_component(object())
+
+
+# ---- datasets: masks ------------------------------------------------------------------------
+def test_synthetic_dataset_passes_the_dataset_checks_masks_included():
+    ds = bench.create("dataset", "synthetic-cxr", image_size=16, per_class=5)
+    assert [n for n, _ in checks_for(ds)][-1] == "check_dataset_splits"
+    check_component(ds)
+
+
+class _MaskedDataset:
+    """A dataset whose masks are given per split (to break the mask checks on purpose)."""
+
+    def __init__(self, *, masks_by_split: dict | None = None, metadata: dict | None = None):
+        self.masks_by_split = masks_by_split or {}
+        self.metadata = metadata or {}
+
+    def get_params(self):
+        return {"masks_by_split": self.masks_by_split, "metadata": self.metadata}
+
+    def fingerprint(self):
+        return "masked"
+
+    def load(self):
+        from bench.data import DatasetSplits, Split
+
+        def split(name, n):
+            return Split(
+                images=np.zeros((n, 4, 4), np.uint8), labels=np.arange(n) % 2,
+                ids=np.array([f"{name}-{i}" for i in range(n)]),
+                masks={m: np.ones((n, 4, 4), bool) for m in self.masks_by_split.get(name, ())},
+            )
+
+        return DatasetSplits(name="masked", class_names=("a", "b"), train=split("train", 4),
+                             val=split("val", 2), test=split("test", 2), fingerprint="masked",
+                             metadata=self.metadata)
+
+
+def test_dataset_checks_catch_masks_missing_from_a_split_and_unsaveable_metadata():
+    every = {s: ("roi",) for s in ("train", "val", "test")}
+    check_component(_MaskedDataset(masks_by_split=every))
+    with pytest.raises(AssertionError, match=r"split 'test' carries masks \[\]"):
+        check_component(_MaskedDataset(masks_by_split={"train": ("roi",), "val": ("roi",)}))
+    with pytest.raises(AssertionError, match="metadata must be JSON-able"):
+        check_component(_MaskedDataset(masks_by_split=every, metadata={"x": object()}))

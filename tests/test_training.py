@@ -40,7 +40,7 @@ def make_splits(n_train=48, n_val=16, n_test=16, size=32) -> DatasetSplits:
         val=_split(n_val, size, 1),
         test=_split(n_test, size, 2),
         fingerprint=f"synthetic-{n_train}-{n_val}-{n_test}-{size}",
-        disease_classes=DISEASES,
+        metadata={"positive_classes": list(DISEASES)},
     )
 
 
@@ -133,7 +133,7 @@ def test_report_contents_and_json(tmp_path):
     d = json.loads(json.dumps(report.to_dict()))
     assert d["selection"] == "disease_recall" and d["mode"] == "images"
     assert 1 <= d["best_epoch"] <= 2 and d["from_cache"] is False
-    assert d["disease_classes"] == list(DISEASES)
+    assert d["positive_classes"] == list(DISEASES)
     assert d["config"]["epochs"] == 2
     for row in d["history"]:
         assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_recall",
@@ -232,7 +232,7 @@ def test_training_errors_name_the_problem():
     splits = make_splits()
     empty_val = DatasetSplits(
         name="no-val", class_names=CLASSES, train=splits.train, val=splits.val.subset(np.arange(0)),
-        test=splits.test, fingerprint="x", disease_classes=DISEASES,
+        test=splits.test, fingerprint="x", metadata={"positive_classes": list(DISEASES)},
     )
     with pytest.raises(TrainingError, match="'no-val' has an empty val split"):
         train(cnn(), empty_val, TrainingConfig(epochs=1), progress=False)

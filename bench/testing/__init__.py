@@ -9,7 +9,8 @@ In your plugin's tests::
     def test_conformance(check):
         check()
 
-or call ``check_explainer(MyExplainer())`` directly. Fixtures (``tiny_model``,
+or call ``check_explainer(MyExplainer())`` directly. A metric is checked on synthetic
+inputs of exactly what its registered ``MetricSpec`` declares (or pass ``spec=``). Fixtures (``tiny_model``,
 ``tiny_images``) are available with ``pytest_plugins = ["bench.testing.fixtures"]``.
 """
 
@@ -17,9 +18,11 @@ from .checks import (
     check_component,
     check_dataset,
     check_explainer,
+    check_metric,
     check_model,
     check_perturbation,
     checks_for,
+    metric_inputs,
     parametrize_with_checks,
 )
 from .tiny import tiny_images, tiny_model
@@ -28,9 +31,11 @@ __all__ = [
     "check_component",
     "check_dataset",
     "check_explainer",
+    "check_metric",
     "check_model",
     "check_perturbation",
     "checks_for",
+    "metric_inputs",
     "parametrize_with_checks",
     "tiny_images",
     "tiny_model",

@@ -93,6 +93,64 @@ def check_explainer_batch_independent(explainer: Any, model: Any = None) -> None
     )
 
 
+# ---- explainers by role (what follows from the role a spec declares) ---------------------
+def check_control_ignores_the_model(explainer: Any, model: Any = None) -> None:
+    """A control (any role but ``method``) is a reference line: its maps do not depend on the model.
+
+    Two models with different weights give the same maps of the same images.
+    """
+    first = model or tiny_model()
+    other = tiny_model(seed=12345)
+    images, targets = tiny_images(3), np.array([0, 1, 2])
+    np.testing.assert_allclose(
+        _explain(explainer, first, images, targets), _explain(explainer, other, images, targets), atol=1e-6,
+        err_msg=f"{_name(explainer)} is registered as a control, but its maps change with the model "
+                "(register it with role='method')",
+    )
+
+
+def check_null_control_ignores_the_image(explainer: Any, model: Any = None) -> None:
+    """A null control carries no information: an image's map (given its id) ignores its pixels."""
+    model = model or tiny_model()
+    targets = np.array([0, 1, 2])
+    a = _explain(explainer, model, tiny_images(3, seed=1), targets)
+    b = _explain(explainer, model, tiny_images(3, seed=2), targets)
+    np.testing.assert_allclose(
+        a, b, atol=1e-6,
+        err_msg=f"{_name(explainer)} is registered as a null-control, but its maps depend on the image "
+                "content (a null control must carry no information about the image)",
+    )
+
+
+def registered_role(component: Any) -> str | None:
+    """The role the registered explainer spec of ``component``'s class declares (None: not registered).
+
+    Matched on the factory (the class itself, or its ``module:qualname`` string), so no
+    lazy factory is imported.
+    """
+    from ..plugins import registry
+
+    cls = type(component)
+    reference = f"{cls.__module__}:{cls.__qualname__}"
+    for entry in registry()["explainer"].values():
+        factory = entry.spec.factory
+        if factory is cls or (isinstance(factory, str) and factory == reference):
+            return entry.role
+    return None
+
+
+def role_checks(role: str | None) -> list[Callable[..., None]]:
+    """The explainer checks a role adds: every control ignores the model, a null control the image."""
+    from ..controls import NULL_CONTROL_ROLE, is_control
+
+    checks: list[Callable[..., None]] = []
+    if is_control(role):
+        checks.append(check_control_ignores_the_model)
+    if role == NULL_CONTROL_ROLE:
+        checks.append(check_null_control_ignores_the_image)
+    return checks
+
+
 # ---- perturbations ----------------------------------------------------------------------
 def _masks(n: int, size: int, frac_rows: int) -> np.ndarray:
     m = np.zeros((n, size, size), bool)
@@ -151,6 +209,7 @@ def check_model_outputs(model: Any) -> None:
 
 # ---- datasets ---------------------------------------------------------------------------
 def check_dataset_splits(dataset: Any) -> None:
+    """load() -> DatasetSplits, stable fingerprint, unique ids, well-formed masks, saveable."""
     from ..data import DatasetSplits
 
     fp1 = dataset.fingerprint()
@@ -159,28 +218,238 @@ def check_dataset_splits(dataset: Any) -> None:
     assert dataset.fingerprint() == fp1, "fingerprint() is not stable"
     ids = np.concatenate([s.ids for s in splits.splits().values()])
     assert len(set(ids.tolist())) == len(ids), "image ids are not unique across splits"
+    check_dataset_masks(splits, name=_name(dataset))
+    check_dataset_round_trip(splits, name=_name(dataset))
 
 
-# ---- metrics ----------------------------------------------------------------------------
-def check_metric_scores(metric: Any) -> None:
-    """score(curves (N, L+1)) -> finite float (N,), one value per image, order-preserving."""
-    rng = np.random.default_rng(0)
-    curves = np.sort(rng.random((5, 10)), axis=1)[:, ::-1].astype(np.float32)
-    scores = np.asarray(metric.score(curves))
-    assert scores.shape == (5,), f"{_name(metric)}.score must return (N,), got {scores.shape}"
-    assert np.all(np.isfinite(scores)), f"{_name(metric)}.score returned NaN or inf"
-    np.testing.assert_allclose(
-        np.asarray(metric.score(curves[::-1].copy()))[::-1], scores, atol=1e-6,
-        err_msg=f"{_name(metric)}.score of an image depends on the other images",
+def check_dataset_masks(splits: Any, *, name: str = "dataset") -> None:
+    """Masks: a dict name -> bool (N, H, W) per split, valid names, the same names in every split.
+
+    A mask the dataset carries in one split and not in another would leave a
+    mask-reading metric with nothing to read on that split.
+    """
+    from ..paths import name_problem
+
+    names = None
+    for split_name, s in splits.splits().items():
+        assert isinstance(s.masks, dict), f"{name}: {split_name}.masks must be a dict, got {type(s.masks).__name__}"
+        for mask_name, m in s.masks.items():
+            problem = name_problem(mask_name)
+            assert problem is None, f"{name}: {split_name} mask name {mask_name!r} is invalid: {problem}"
+            assert isinstance(m, np.ndarray) and m.dtype == np.bool_ and m.shape == s.images.shape, (
+                f"{name}: {split_name}.masks[{mask_name!r}] must be bool {s.images.shape}, "
+                f"got {getattr(m, 'dtype', type(m).__name__)} {getattr(m, 'shape', '')}"
+            )
+        if len(s):
+            if names is None:
+                names = list(s.masks)
+            assert sorted(s.masks) == sorted(names), (
+                f"{name}: split {split_name!r} carries masks {sorted(s.masks)}, another split {sorted(names)}"
+            )
+    coverage = splits.mask_coverage()
+    for mask_name in splits.mask_names:
+        assert coverage[mask_name] > 0, f"{name}: mask {mask_name!r} is empty on every image; leave it out"
+
+
+def check_dataset_round_trip(splits: Any, *, name: str = "dataset") -> None:
+    """DatasetSplits.save/load_file give back the same images, labels, ids, masks and metadata."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from ..data import DatasetSplits
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "splits.npz"
+        try:
+            splits.save(path)
+        except TypeError as exc:  # json.dumps of the metadata
+            raise AssertionError(f"{name}: the splits cannot be saved (metadata must be JSON-able): {exc}") from exc
+        back = DatasetSplits.load_file(path)
+    assert back.metadata == json.loads(json.dumps(splits.metadata)), (
+        f"{name}: metadata does not survive save/load (use JSON types, str keys)"
+    )
+    assert back.positive_classes == splits.positive_classes
+    for split_name, s in splits.splits().items():
+        t = back.splits()[split_name]
+        np.testing.assert_array_equal(t.images, s.images, err_msg=f"{name}: {split_name}.images")
+        np.testing.assert_array_equal(t.labels, s.labels, err_msg=f"{name}: {split_name}.labels")
+        assert t.ids.tolist() == s.ids.tolist(), f"{name}: {split_name}.ids do not survive save/load"
+        assert list(t.masks) == list(s.masks), f"{name}: {split_name} mask names/order do not survive save/load"
+        for mask_name, m in s.masks.items():
+            np.testing.assert_array_equal(t.masks[mask_name], m, err_msg=f"{name}: {split_name}.masks[{mask_name!r}]")
+
+
+# ---- metrics (driven by the inputs the spec declares) -------------------------------------
+class _TinyExplainer:
+    """A deterministic stand-in explainer for metrics that declare ``explainer``: image intensity."""
+
+    def get_params(self) -> dict[str, Any]:
+        return {}
+
+    def explain(self, model: Any, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return np.asarray(images, np.float32).mean(axis=-1)
+
+
+def registered_metric_spec(component: Any) -> Any:
+    """The registered :class:`bench.MetricSpec` whose factory is ``component``'s class (None: not found).
+
+    Matched on the factory (the class itself, or its ``module:qualname`` string), so no
+    lazy factory is imported.
+    """
+    from ..plugins import registry
+
+    cls = type(component)
+    reference = f"{cls.__module__}:{cls.__qualname__}"
+    for entry in registry()["metric"].values():
+        factory = entry.spec.factory
+        if factory is cls or (isinstance(factory, str) and factory == reference):
+            return entry.spec
+    return None
+
+
+def metric_inputs(spec: Any, n: int = 5, *, model: Any = None, seed: int = 0) -> dict[str, Any]:
+    """Well-formed synthetic inputs of N images for every input ``spec`` declares.
+
+    Curves (N, 10) that fall (MoRF) or stay high (LeRF, random); heatmaps (N, 8, 8); a box
+    mask per declared name (N, 32, 32); labels and targets in 0..3; uint8 images (N, 32, 32);
+    the tiny model (or ``model``) and a deterministic explainer where declared.
+    """
+    rng = np.random.default_rng(seed)
+    declared = spec.inputs
+    out: dict[str, Any] = {"ids": np.array([f"img-{i}" for i in range(n)]), "grid": (3, 3)}
+    curves = {}
+    for order in declared.curves:
+        start = 0.9 + 0.1 * rng.random((n, 1))
+        inc = rng.random((n, 9))
+        drop = np.cumsum(inc, axis=1) / inc.sum(axis=1, keepdims=True) * (0.8 if order == "morf" else 0.2)
+        curves[order] = np.concatenate([start, start * (1 - drop)], axis=1)
+    out["curves"] = {o: c.astype(np.float32) for o, c in curves.items()}
+    out["heatmaps"] = rng.random((n, 8, 8)).astype(np.float32)
+    masks = {}
+    for name in declared.masks:
+        m = np.zeros((n, 32, 32), bool)
+        for i in range(n):
+            y, x = rng.integers(0, 20, size=2)
+            m[i, y:y + 8 + i % 4, x:x + 8] = True
+        masks[name] = m
+    out["masks"] = masks
+    out["labels"] = np.arange(n) % 4
+    out["targets"] = (np.arange(n) + 1) % 4
+    out["images"] = (tiny_images(n, seed=seed)[..., 0] * 255).astype(np.uint8)
+    out["model"] = (model or tiny_model()) if declared.model else None
+    out["explainer"] = _TinyExplainer() if declared.explainer else None
+    return out
+
+
+def _permuted(inputs: dict[str, Any], perm: np.ndarray) -> dict[str, Any]:
+    out = dict(inputs)
+    for key in ("ids", "heatmaps", "labels", "targets", "images"):
+        out[key] = np.asarray(inputs[key])[perm]
+    out["curves"] = {o: c[perm] for o, c in inputs["curves"].items()}
+    out["masks"] = {m: a[perm] for m, a in inputs["masks"].items()}
+    return out
+
+
+def _compute(metric: Any, spec: Any, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    from ..errors import ComponentOutputError
+    from ..metrics import MetricInputError, compute_columns, metric_data
+
+    try:
+        return compute_columns(metric, spec, metric_data(spec, **inputs))
+    except MetricInputError as exc:
+        raise AssertionError(str(exc)) from exc
+    except ComponentOutputError as exc:
+        raise AssertionError(str(exc)) from exc
+
+
+def check_metric_output(metric: Any, spec: Any, model: Any = None) -> None:
+    """compute(data) on the declared inputs -> named columns (N,) or (N, K), headline (N,), finite here.
+
+    The data holds only what the spec declares: reading anything else fails this check.
+    """
+    cols = _compute(metric, spec, metric_inputs(spec, model=model))
+    head = cols[spec.headline_column]
+    assert np.all(np.isfinite(head)), (
+        f"{_name(metric)}: the headline column {spec.headline_column!r} is not finite on well-formed inputs: {head}"
     )
 
 
+def check_metric_deterministic(metric: Any, spec: Any, model: Any = None) -> None:
+    inputs = metric_inputs(spec, model=model)
+    a, b = _compute(metric, spec, inputs), _compute(metric, spec, inputs)
+    for column in a:
+        np.testing.assert_allclose(a[column], b[column], atol=1e-6,
+                                   err_msg=f"{_name(metric)} is not deterministic (column {column!r})")
+
+
+def check_metric_image_independent(metric: Any, spec: Any, model: Any = None) -> None:
+    """Permuting the images permutes the per-image values: an image's value depends on it alone."""
+    inputs = metric_inputs(spec, model=model)
+    perm = np.array([3, 0, 4, 1, 2])
+    whole = _compute(metric, spec, inputs)
+    shuffled = _compute(metric, spec, _permuted(inputs, perm))
+    for column, values in whole.items():
+        np.testing.assert_allclose(
+            shuffled[column], values[perm], atol=1e-5,
+            err_msg=f"{_name(metric)}: the value of an image depends on the other images (column {column!r})",
+        )
+
+
+def check_metric_zero_map(metric: Any, spec: Any, model: Any = None) -> None:
+    """On all-zero heatmaps the headline is the spec's ``zero_map_value``."""
+    inputs = metric_inputs(spec, model=model)
+    inputs["heatmaps"] = np.zeros_like(inputs["heatmaps"])
+    head = _compute(metric, spec, inputs)[spec.headline_column]
+    np.testing.assert_allclose(
+        head, float(spec.zero_map_value), atol=1e-6,
+        err_msg=f"{_name(metric)}: on all-zero heatmaps the spec says {spec.zero_map_value}, got {head}",
+    )
+
+
+def metric_checks(spec: Any) -> list[Callable[..., None]]:
+    """The metric checks ``spec`` calls for (the zero-map check only where it declares a value)."""
+    checks = [check_metric_output, check_metric_deterministic, check_metric_image_independent]
+    if spec.zero_map_value is not None and spec.inputs.heatmaps:
+        checks.append(check_metric_zero_map)
+    return checks
+
+
 # ---- dispatch ---------------------------------------------------------------------------
-def checks_for(component: Any, model: Any = None) -> Iterator[tuple[str, Callable[[], None]]]:
-    """(name, zero-argument check) for every check that applies to ``component``."""
+def checks_for(
+    component: Any, model: Any = None, *, role: str | None = None, spec: Any = None
+) -> Iterator[tuple[str, Callable[[], None]]]:
+    """(name, zero-argument check) for every check that applies to ``component``.
+
+    An explainer also gets the checks its role implies (:func:`role_checks`): ``role``,
+    else the role its registered spec declares (``method`` when it is not registered).
+    A metric (``compute``) is checked on synthetic inputs of exactly what its spec
+    declares: ``spec``, else its registered :class:`bench.MetricSpec`.
+    """
     generic = [check_get_params, check_clone]
+    if hasattr(component, "compute"):
+        spec = spec if spec is not None else registered_metric_spec(component)
+        if spec is None:
+            raise TypeError(
+                f"{_name(component)} is a metric but no registered MetricSpec has it as factory: pass "
+                "spec=MetricSpec(...) (its declared inputs drive the checks)"
+            )
+        for fn in generic:
+            yield fn.__name__, functools.partial(fn, component)
+        for fn in metric_checks(spec):
+            yield fn.__name__, functools.partial(fn, component, spec, model)
+        return
     if hasattr(component, "explain"):
         specific = [check_explainer_output, check_explainer_deterministic, check_explainer_batch_independent]
+        if role is None:
+            role = registered_role(component)
+        else:
+            from ..specs import role_problem
+
+            problem = role_problem(role)
+            if problem is not None:
+                raise ValueError(f"checks_for({_name(component)}): {problem}")
+        specific += role_checks(role)
         for fn in generic:
             yield fn.__name__, functools.partial(fn, component)
         for fn in specific:
@@ -194,28 +463,28 @@ def checks_for(component: Any, model: Any = None) -> Iterator[tuple[str, Callabl
         specific = [check_model_outputs]
     elif hasattr(component, "load") and hasattr(component, "fingerprint"):
         specific = [check_dataset_splits]
-    elif hasattr(component, "score"):
-        specific = [check_metric_scores]
     else:
         raise TypeError(
-            f"{_name(component)} is not a bench component (explain/perturb/features_and_logits/load/score)"
+            f"{_name(component)} is not a bench component (explain/perturb/features_and_logits/load/compute)"
         )
     for fn in generic + specific:
         yield fn.__name__, functools.partial(fn, component)
 
 
-def check_component(component: Any, model: Any = None) -> None:
+def check_component(component: Any, model: Any = None, *, role: str | None = None, spec: Any = None) -> None:
     """Run every applicable check; raise on the first failure."""
-    for _, check in checks_for(component, model):
+    for _, check in checks_for(component, model, role=role, spec=spec):
         check()
 
 
-check_explainer = check_perturbation = check_model = check_dataset = check_component
+check_explainer = check_perturbation = check_model = check_dataset = check_metric = check_component
 
 
-def parametrize_with_checks(component: Any, model: Any = None) -> Callable[[Callable[..., Any]], Any]:
+def parametrize_with_checks(
+    component: Any, model: Any = None, *, role: str | None = None, spec: Any = None
+) -> Callable[[Callable[..., Any]], Any]:
     """Decorate a ``test(check)`` to run once per applicable check, ids = check names."""
     import pytest
 
-    pairs = list(checks_for(component, model))
+    pairs = list(checks_for(component, model, role=role, spec=spec))
     return pytest.mark.parametrize("check", [c for _, c in pairs], ids=[n for n, _ in pairs])

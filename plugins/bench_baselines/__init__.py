@@ -12,5 +12,6 @@ def bench_register_explainers():
             name="random",
             factory="bench_baselines.random_explainer:RandomExplainer",
             description="Seeded uniform random heatmap per image (same image id -> same map): the floor",
+            role="null-control",
         ),
     ]

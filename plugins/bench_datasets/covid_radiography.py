@@ -589,7 +589,9 @@ class CovidRadiography:
                 masks = None if masks is None else masks[keep]
             ids = np.array([e.rel for e in entries], dtype=str) if entries else np.zeros(0, dtype="<U1")
             missing_masks.extend(e.rel for e in entries if e.mask is None)
-            splits[split_name] = Split(images=images, labels=labels, ids=ids, lung_masks=masks)
+            splits[split_name] = Split(
+                images=images, labels=labels, ids=ids, masks={} if masks is None else {"lung": masks}
+            )
             digest.update(split_name.encode())
             digest.update(np.ascontiguousarray(images).data)  # no copy of the pixels
             digest.update("\n".join(ids.tolist()).encode())
@@ -611,6 +613,8 @@ class CovidRadiography:
             "source_modes": dict(sorted(modes.items())),
             "content_hash": digest.hexdigest(),
             "loader_version": LOADER_VERSION,
+            # the classes whose recall the `disease_recall` selection rule averages
+            "positive_classes": list(DISEASE_CLASSES),
         }
         return DatasetSplits(
             name=NAME,
@@ -619,7 +623,6 @@ class CovidRadiography:
             val=splits["val"],
             test=splits["test"],
             fingerprint=fp,
-            disease_classes=DISEASE_CLASSES,
             metadata=metadata,
         )
 

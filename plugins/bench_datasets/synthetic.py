@@ -540,8 +540,7 @@ class SyntheticCXR:
                 images=images,
                 labels=labels[idx].copy(),
                 ids=ids if m else np.zeros(0, dtype="<U1"),
-                lung_masks=lung,
-                lesion_masks=lesion,
+                masks={"lesion": lesion, "lung": lung},
             )
 
         metadata = {
@@ -550,6 +549,7 @@ class SyntheticCXR:
             "neutral_marker": NEUTRAL_MARKER,
             "marker_boxes": dict(sorted(markers.items())),
             "files": {s: splits[s].ids.tolist() for s in SPLIT_NAMES},
+            "positive_classes": list(DISEASE_CLASSES),
         }
         return DatasetSplits(
             name=NAME,
@@ -558,7 +558,6 @@ class SyntheticCXR:
             val=splits["val"],
             test=splits["test"],
             fingerprint=self.fingerprint(),
-            disease_classes=DISEASE_CLASSES,
             metadata=metadata,
         )
 

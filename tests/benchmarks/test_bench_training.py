@@ -49,7 +49,7 @@ def _splits(n_train: int = 128, n_val: int = 32, n_test: int = 8) -> DatasetSpli
         val=_split(n_val, 1),
         test=_split(n_test, 2),
         fingerprint=f"bench-{n_train}-{n_val}-{n_test}-{SIZE}",
-        disease_classes=("COVID", "Lung_Opacity", "Viral Pneumonia"),
+        metadata={"positive_classes": ["COVID", "Lung_Opacity", "Viral Pneumonia"]},
     )
 
 

@@ -26,6 +26,7 @@ from .specs import (
     EXPLAINER_ROLES,
     ComponentSpec,
     DatasetSpec,
+    ExecutorSpec,
     ExplainerSpec,
     MetricInputs,
     MetricSpec,
@@ -40,7 +41,7 @@ _LAZY = {
     "CorruptFileError": ("bench.store", "CorruptFileError"),
     "evaluate_aopc": ("bench.aopc", "evaluate_aopc"),
     "AOPCResult": ("bench.aopc", "AOPCResult"),
-    "run": ("bench.runner", "run"),
+    "run": ("bench.pipeline.driver", "run"),
     "load_config": ("bench.config", "load_config"),
     "Split": ("bench.data", "Split"),
     "DatasetSplits": ("bench.data", "DatasetSplits"),
@@ -54,7 +55,8 @@ _LAZY = {
     "IncrementalForward": ("bench.incremental", "IncrementalForward"),
     "predicted_gain": ("bench.incremental", "predicted_gain"),
     "MetricData": ("bench.metrics", "MetricData"),
-    "CellRecord": ("bench.record", "CellRecord"),
+    "CellRecord": ("bench.pipeline.record", "CellRecord"),
+    "RunContext": ("bench.pipeline.executors", "RunContext"),
 }
 
 
@@ -96,6 +98,7 @@ __all__ = [
     "ComponentSpec",
     "EXPLAINER_ROLES",
     "DatasetSpec",
+    "ExecutorSpec",
     "ModelSpec",
     "ExplainerSpec",
     "PerturbationSpec",
@@ -103,6 +106,7 @@ __all__ = [
     "MetricInputs",
     "MetricData",
     "CellRecord",
+    "RunContext",
     "BenchError",
     "ConfigError",
     "DataError",

@@ -33,7 +33,7 @@ import numpy as np
 
 from .data import to_model_input
 from .errors import ComponentOutputError, ConfigError, DataError
-from .forward import ForwardBatch, get_strategy, strategy_name
+from .forward import ForwardBatch
 from .regions import (
     check_heatmaps,
     check_ids,
@@ -47,6 +47,7 @@ from .regions import (
     region_scores,
 )
 from .statistics import bootstrap_ci
+from .strategies import get_strategy, strategy_name
 
 DEFAULT_BATCH_SIZE = 64
 RESULT_SCHEMA = 1

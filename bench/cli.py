@@ -1,12 +1,12 @@
 """The ``bench`` command line.
 
     bench plugins [--json]
-    bench list {datasets,models,explainers,perturbations,metrics}
+    bench list {datasets,models,explainers,perturbations,metrics,executors}
     bench run [--all] [--dataset D] [--model M ...] [--explainer E ...] [--perturbation P ...]
               [--config FILE] [--preset NAME] [--data PATH] [--weights imagenet|none|PATH]
-              [--executor local|ray] [--out DIR] [--set section.key=value ...] [--dry-run] [--quiet]
+              [--executor NAME] [--out DIR] [--set section.key=value ...] [--dry-run] [--quiet]
     bench leaderboard [--format md|csv|json|html|latex] [--out FILE] [--results DIR]
-    bench new-plugin NAME --kind explainer|perturbation|model|dataset|metric [--dir DIR]
+    bench new-plugin NAME --kind explainer|perturbation|model|dataset|metric|executor [--dir DIR]
     bench data describe [--dataset NAME] [--data PATH] [--json]
     bench data show NAME [--data PATH] --out FILE.png
     bench config [--preset NAME] [--config FILE] [--set section.key=value ...]  (print the resolved config)
@@ -95,15 +95,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     kind = normalise_kind(args.kind)
     table = registry()[kind]
     if args.json:
-        print(json.dumps([r.provenance() | {"description": r.spec.description} for r in table.values()], indent=2))
+        extra = {"explainer": "masks", "executor": "requires"}.get(kind)
+        print(json.dumps([r.provenance() | {"description": r.spec.description}
+                          | ({extra: list(getattr(r.spec, extra, ()))} if extra else {})
+                          for r in table.values()], indent=2))
         return EXIT_OK
     from tabulate import tabulate
 
     entries = sorted(table.values(), key=lambda r: r.name)
     if kind == "explainer":  # methods first, then the controls (reference lines, not competitors)
         entries.sort(key=lambda r: r.role not in (None, "method"))
-        rows = [[r.name, r.role or "", r.version, r.plugin.name, r.spec.description] for r in entries]
-        print(tabulate(rows, headers=[kind, "role", "version", "plugin", "description"]))
+        rows = [[r.name, r.role or "", ", ".join(getattr(r.spec, "masks", ())), r.version, r.plugin.name,
+                 r.spec.description] for r in entries]
+        print(tabulate(rows, headers=[kind, "role", "masks", "version", "plugin", "description"]))
+        return EXIT_OK
+    if kind == "executor":  # what each needs installed
+        rows = [[r.name, ", ".join(getattr(r.spec, "requires", ())), r.version, r.plugin.name, r.spec.description]
+                for r in entries]
+        print(tabulate(rows, headers=[kind, "requires", "version", "plugin", "description"]))
         return EXIT_OK
     if kind == "metric":  # what each needs, and which way is better
         rows = [[r.name, getattr(r.spec, "family", ""),
@@ -150,7 +159,10 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         o.setdefault(section, {})[key] = value
 
     if args.all:
-        for section in ("models", "explainers", "perturbations"):
+        # every competitor: models x explainers. A perturbation is a setting of the
+        # perturbation metrics (the study's Gaussian noise), not a competitor: the
+        # config's perturbations and metrics stay (--perturbation all for every one)
+        for section in ("models", "explainers"):
             put(section, "names", [ALL])
     if args.dataset:
         put("dataset", "name", args.dataset)
@@ -206,8 +218,8 @@ def refuse_conflicting_names(cfg: Mapping[str, Any], reg: Registry) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .pipeline import make_plan, plan_summary, run
     from .plugins import registry
-    from .runner import make_plan, plan_summary, run
 
     reg = registry()
     warn_plugin_problems(reg)
@@ -285,8 +297,8 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 def _dataset_component(name: str, data: str | None, params: Sequence[str]) -> Any:
     """The dataset, constructed and validated as the plan does (bad input: ConfigError, exit 2)."""
+    from .pipeline import validated_component
     from .plugins import accepted_params, registry
-    from .runner import validated_component
 
     kwargs: dict[str, Any] = {}
     for key, value in _parse_set([f"p.{item}" for item in params]).get("p", {}).items():
@@ -357,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="run the benchmark grid")
-    p.add_argument("--all", action="store_true", help="every registered model x explainer x perturbation")
+    p.add_argument("--all", action="store_true", help="every registered model x explainer, under the config's perturbations and metrics "
+                   "(add --perturbation all for every perturbation)")
     p.add_argument("--dataset")
     p.add_argument("--model", action="append", metavar="M")
     p.add_argument("--explainer", action="append", metavar="E")
@@ -368,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", metavar="NAME", help="built-in preset: demo (default), covid-radiography")
     p.add_argument("--data", metavar="PATH", help="dataset folder (for datasets read from disk)")
     p.add_argument("--weights", metavar="imagenet|none|PATH")
-    p.add_argument("--executor", choices=["local", "ray"])
+    p.add_argument("--executor", metavar="NAME", help="who runs the cells: local (default), ray, or an "
+                   "installed executor plugin (`bench list executors`)")
     p.add_argument("--ray-address", metavar="ADDRESS", help="'auto', ray://host:port; none = a local Ray")
     p.add_argument("--ray-gpus", type=float, metavar="N", help="GPUs per model task on Ray")
     p.add_argument("--out", metavar="DIR", help="results folder (default: results)")
@@ -393,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("new-plugin", help="write a ready-to-install plugin package")
     p.add_argument("name")
-    p.add_argument("--kind", required=True, choices=["explainer", "perturbation", "model", "dataset", "metric"])
+    p.add_argument("--kind", required=True,
+                   choices=["explainer", "perturbation", "model", "dataset", "metric", "executor"])
     p.add_argument("--dir", default=".", metavar="DIR")
     p.set_defaults(func=cmd_new_plugin)
 

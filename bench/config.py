@@ -61,6 +61,10 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "names": ((list,), [ALL]),
         "params": ((dict,), {}),
     },
+    #: the parameters of each executor (``run.executor`` picks the one a run uses)
+    "executors": {
+        "params": ((dict,), {}),
+    },
     "aopc": {
         "grid": ((int, list), 9),
         "batch_size": ((int,), 64),
@@ -232,11 +236,8 @@ def validate_values(cfg: Mapping[str, Any]) -> None:
     _validate_training(cfg["training"])
     if cfg["aopc"]["max_images"] < 0:
         raise ConfigError(f"aopc.max_images must be >= 0 (0 = all), got {cfg['aopc']['max_images']!r}")
-    if cfg["run"]["executor"] not in ("local", "ray"):
-        raise ConfigError(
-            f"run.executor must be 'local' or 'ray', got {cfg['run']['executor']!r}"
-            f"{did_you_mean(cfg['run']['executor'], ('local', 'ray'))}"
-        )
+    if not cfg["run"]["executor"]:
+        raise ConfigError("run.executor is empty: name an executor (`bench list executors`), e.g. \"local\"")
     formats = ("md", "csv", "json", "html", "tex")
     for i, fmt in enumerate(cfg["leaderboard"]["formats"]):
         if fmt not in formats:

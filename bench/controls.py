@@ -103,10 +103,16 @@ def resolve_control(explainers: Sequence[str], roles: Mapping[str, str], control
     """The gain reference of a grid: ``control`` checked, or the grid's only null control.
 
     ``explainers``: the selected explainers; ``roles``: name -> role. Returns ``""`` when the
-    grid has no null control (no gain column). A ``control`` that is not a selected control,
-    or two null controls and no ``control``, is a :class:`ConfigError` naming ``key``.
+    grid has no null control (no gain column). A registered ``control`` the grid did not select
+    is a preference: with at most one null control selected, that one (or none) is used. A
+    ``control`` that is unknown, not a control, or unselected while several null controls are,
+    and two null controls with no ``control``, are :class:`ConfigError` naming ``key``.
     """
     nulls = [e for e in explainers if roles.get(e) == NULL_CONTROL_ROLE]
+    if control and control not in explainers and len(nulls) <= 1 and is_control(roles.get(control)):
+        # a preference (a preset's choice among several null controls) for a control this
+        # grid did not select: the grid's only null control, or none, is the reference
+        return nulls[0] if nulls else ""
     if control:
         if control not in explainers:
             raise ConfigError(

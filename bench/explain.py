@@ -3,7 +3,9 @@
 ``compute_heatmaps(explainer, model, images, targets)`` converts each batch to
 the model's input form (float32 (B, H, W, 3) in [0, 1]) with
 :func:`bench.data.to_model_input` (never the whole set as float32), passes
-``ids=`` only to explainers whose ``explain`` accepts it, and checks every
+``ids=`` only to explainers whose ``explain`` accepts it, passes ``masks=`` (each
+mask sliced to the batch, aligned with its images) when masks are given (the run
+gives the masks the explainer's spec declares), and checks every
 batch's output: a wrong ndim, shape, count, dtype or a NaN/inf raises
 :class:`bench.errors.ComponentOutputError` naming the explainer and the batch.
 """
@@ -11,12 +13,13 @@ batch's output: a wrong ndim, shape, count, dtype or a NaN/inf raises
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .data import to_model_input
-from .errors import ComponentOutputError, ConfigError, DataError
+from .errors import ComponentOutputError, ConfigError, DataError, PluginError
 from .regions import check_ids
 
 
@@ -79,6 +82,27 @@ def check_explainer_output(
     return hm
 
 
+def check_masks(
+    masks: Mapping[str, Any] | None, n: int, hw: tuple[int, ...], *, name: str = "explainer"
+) -> dict[str, np.ndarray] | None:
+    """``masks`` as ``{name: bool (n, H, W)}`` aligned with ``n`` images of size ``hw``, or None."""
+    if masks is None:
+        return None
+    if not isinstance(masks, Mapping):
+        raise DataError(f"masks for explainer {name!r} must be a mapping name -> bool (N, H, W), "
+                        f"got {type(masks).__name__}")
+    out: dict[str, np.ndarray] = {}
+    for key, value in masks.items():
+        m = np.asarray(value)
+        if m.dtype != np.bool_ or m.shape != (n, *tuple(hw)[:2]):
+            raise DataError(
+                f"mask {key!r} for explainer {name!r} must be bool {(n, *tuple(hw)[:2])} like the images, "
+                f"got {m.dtype} {m.shape}"
+            )
+        out[str(key)] = m
+    return out
+
+
 def _resolve_explainer(explainer: Any, name: str) -> tuple[Any, str]:
     if isinstance(explainer, str):
         from .plugins import create
@@ -98,6 +122,7 @@ def compute_heatmaps(
     targets: Any,
     *,
     ids: Any = None,
+    masks: Mapping[str, Any] | None = None,
     batch_size: int = 32,
     progress: bool = False,
     name: str = "explainer",
@@ -111,6 +136,10 @@ def compute_heatmaps(
     images: uint8 (N, H, W) / (N, H, W, C) or float in [0, 1]; converted per batch.
     targets: int (N,), the class to explain per image.
     ids: per-image ids passed to explainers that accept ``ids`` (default ``0..N-1``).
+    masks: name -> bool (N, H, W), aligned with ``images``; when given, each batch's
+        explain call gets ``masks={name: mask[batch]}`` (the explainer must accept a
+        ``masks`` keyword). A run passes the masks the explainer's spec declares
+        (:attr:`bench.ExplainerSpec.masks`).
     """
     from .models import as_bench_model
 
@@ -127,6 +156,13 @@ def compute_heatmaps(
     if bs < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
     pass_ids = accepts_keyword(expl.explain, "ids")
+    mask_arrays = check_masks(masks, n, x.shape[1:3], name=name)
+    if mask_arrays is not None and not accepts_keyword(expl.explain, "masks"):
+        raise PluginError(
+            f"explainer {name!r} declares the dataset masks {', '.join(map(repr, mask_arrays))} "
+            f"(ExplainerSpec.masks), but its explain() takes no masks keyword: "
+            "def explain(self, model, images, targets, *, masks=None)"
+        )
 
     out: np.ndarray | None = None
     bar = None
@@ -138,7 +174,9 @@ def compute_heatmaps(
         for start in range(0, n, bs):
             stop = min(start + bs, n)
             xb = to_model_input(x[start:stop])
-            kwargs = {"ids": ids_arr[start:stop]} if pass_ids else {}
+            kwargs: dict[str, Any] = {"ids": ids_arr[start:stop]} if pass_ids else {}
+            if mask_arrays is not None:
+                kwargs["masks"] = {k: v[start:stop] for k, v in mask_arrays.items()}
             try:
                 raw = expl.explain(bm, xb, t[start:stop], **kwargs)
             except ComponentOutputError:

@@ -21,8 +21,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import ConfigError, did_you_mean
-
 
 @dataclass(frozen=True)
 class ForwardBatch:
@@ -149,46 +147,3 @@ def traced_call(keras_model: Any, input_shape: tuple[Any, ...], *, jit_compile: 
             fn = tf.function(call, input_signature=[spec], jit_compile=jit_compile or None)
             per_model[key] = fn
         return fn
-
-
-def _incremental(mode: str) -> Any:
-    def make() -> Any:
-        from .incremental import IncrementalForward  # lazy: imports nothing heavy until used
-
-        return IncrementalForward(mode=mode)
-
-    return make
-
-
-STRATEGIES: dict[str, Any] = {
-    "full": FullForward,
-    "incremental": _incremental("incremental"),
-    "auto": _incremental("auto"),
-}
-
-
-def get_strategy(strategy: str | ForwardStrategy) -> ForwardStrategy:
-    """A strategy instance from a name (``"full"``, ``"incremental"``, ``"auto"``) or an object.
-
-    ``"incremental"`` reuses the previous step's activations (:mod:`bench.incremental`);
-    ``"auto"`` uses it where the model and perturbation allow a real predicted gain and
-    full passes otherwise (the choice and reason are in the strategy's ``info``).
-    """
-    if isinstance(strategy, str):
-        key = strategy.lower()
-        if key not in STRATEGIES:
-            raise ConfigError(
-                f"unknown forward strategy {strategy!r}{did_you_mean(key, STRATEGIES)}; "
-                f"strategies: {', '.join(sorted(STRATEGIES))}"
-            )
-        return STRATEGIES[key]()
-    if not (hasattr(strategy, "forward") and hasattr(strategy, "prepare")):
-        raise ConfigError(
-            f"strategy must be a name ({', '.join(sorted(STRATEGIES))}) or an object with "
-            f"prepare() and forward(), got {type(strategy).__name__}"
-        )
-    return strategy
-
-
-def strategy_name(strategy: Any) -> str:
-    return str(getattr(strategy, "name", type(strategy).__name__))

@@ -10,7 +10,14 @@ from collections.abc import Iterable
 
 import pluggy
 
-from .specs import DatasetSpec, ExplainerSpec, MetricSpec, ModelSpec, PerturbationSpec
+from .specs import (
+    DatasetSpec,
+    ExecutorSpec,
+    ExplainerSpec,
+    MetricSpec,
+    ModelSpec,
+    PerturbationSpec,
+)
 
 PROJECT_NAME = "bench"
 
@@ -30,7 +37,11 @@ def bench_register_models() -> Iterable[ModelSpec]:
 
 @hookspec
 def bench_register_explainers() -> Iterable[ExplainerSpec]:
-    """Return the explainer specs this plugin contributes."""
+    """Return the explainer specs this plugin contributes.
+
+    Each :class:`bench.ExplainerSpec` declares its role (method or a control) and the dataset
+    masks its ``explain`` receives as ``masks=`` (:attr:`bench.ExplainerSpec.masks`).
+    """
 
 
 @hookspec
@@ -48,6 +59,20 @@ def bench_register_metrics() -> Iterable[MetricSpec]:
     """
 
 
+@hookspec
+def bench_register_executors() -> Iterable[ExecutorSpec]:
+    """Return the executor specs this plugin contributes.
+
+    An executor runs the cells of a plan: its ``run_cells(context, tasks)`` walks the stage
+    graph (:data:`bench.pipeline.STAGE_GRAPH`) through the :class:`bench.pipeline.RunContext`
+    it is given and yields one :class:`bench.CellRecord` per task
+    (:class:`bench.protocols.Executor`). ``run.executor`` (``--executor``) selects it by name;
+    ``[executors.params.<name>]`` are its constructor's keyword parameters. The built-in
+    ``local`` and ``ray`` executors are registered through this hook by the ``bench_executors``
+    plugin, like a third party's.
+    """
+
+
 #: hook name -> component kind it registers
 REGISTRATION_HOOKS: dict[str, str] = {
     "bench_register_datasets": "dataset",
@@ -55,4 +80,5 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "bench_register_explainers": "explainer",
     "bench_register_perturbations": "perturbation",
     "bench_register_metrics": "metric",
+    "bench_register_executors": "executor",
 }

@@ -51,7 +51,7 @@ from .controls import (
 )
 from .errors import BenchError, ConfigError, DataError
 from .metrics import metric_params_key
-from .record import CellRecord, MetricResult, RecordError
+from .pipeline.record import CellRecord, MetricResult, RecordError
 from .runs import load_manifests, runs_dir
 from .settings import cell_settings, explainer_params_key, settings_key, weights_hash
 from .store import atomic_write_text, read_json
@@ -90,6 +90,8 @@ TAIL_COLUMNS: tuple[str, ...] = (
     "metric_notes",
     "n_images",
     "constant_heatmaps",
+    "seconds_per_map",
+    "passes_per_map",
     "evaluate_seconds",
     "explain_seconds",
     "forward_passes",
@@ -293,6 +295,8 @@ def _cell_row(path: Path, cell: CellRecord, manifests: Mapping[str, Any]) -> dic
         "metric_notes": "; ".join(_metric_notes(cell)),
         "n_images": cell.n_images,
         "constant_heatmaps": cell.constant_heatmaps,
+        "seconds_per_map": _num(timings.seconds_per_map),
+        "passes_per_map": _num(timings.passes_per_map),
         "evaluate_seconds": _num(timings.evaluate_seconds),
         "explain_seconds": _num(timings.explain_seconds),
         "forward_passes": int(timings.forward_passes or 0),
@@ -967,7 +971,10 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[lis
     ``Explainer params`` only when an explainer ran with more than one parameter set;
     ``Flags`` only when some row has constant heatmaps or a metric that failed, was left
     out or left non-finite values out. A control's explainer cell carries its role
-    (``<name> (null-control)``). The gain column is the primary metric's.
+    (``<name> (null-control)``). The gain column is the primary metric's. ``s/map`` and
+    ``passes/map`` are the explainer's cost per heatmap: seconds (when the maps were
+    computed) and forward-pass equivalents (its ``passes_per_map()``; empty when it does
+    not say).
     """
     baseline = baseline if baseline is not None else (df.attrs.get("baseline") or reference_name(df))
     ci = f"{ci_label(df)} CI"
@@ -989,8 +996,8 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[lis
     align += ["l", "l"] + ["r"] * 3
     headers += [f"{c.header} [{ci}]" for c in shown]
     align += ["r"] * len(shown)
-    headers += [gain_name, "n images", "Eval time (s)"]
-    align += ["r", "r", "r"]
+    headers += [gain_name, "s/map", "passes/map", "n images", "Eval time (s)"]
+    align += ["r", "r", "r", "r", "r"]
     if has_flags:
         headers += ["Flags"]
         align += ["l"]
@@ -1009,13 +1016,25 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> tuple[lis
         n = r["n_images"]
         gain = _f(r["gain_over_baseline"], 4, signed=True)
         gain_ci = _ci_text(r.get("gain_ci_low"), r.get("gain_ci_high"))
-        row += [f"{gain} {gain_ci}" if gain and gain_ci else gain,
-                "" if n is None or pd.isna(n) else str(int(n)), _f(r["evaluate_seconds"], 1)]
+        row += [f"{gain} {gain_ci}" if gain and gain_ci else gain, cost_text(r.get("seconds_per_map")),
+                cost_text(r.get("passes_per_map")), "" if n is None or pd.isna(n) else str(int(n)),
+                _f(r["evaluate_seconds"], 1)]
         if has_flags:
             flags = [constant_flag(r.get("constant_heatmaps"), n), str(r.get("metric_notes") or "")]
             row += ["; ".join(f for f in flags if f)]
         rows.append(row)
     return headers, rows, align
+
+
+def cost_text(value: Any) -> str:
+    """A cost per map (seconds or forward passes) with 3 significant digits; "" when unknown."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return ""
+    if not math.isfinite(v):
+        return ""
+    return f"{v:.3g}" if v else "0"
 
 
 def _md_cell(text: Any) -> str:

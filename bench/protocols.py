@@ -16,7 +16,7 @@ the region grid and the models are checked against its images at plan time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .data import DatasetSplits
     from .metrics import MetricData
+    from .pipeline.executors import RunContext
+    from .pipeline.plan import CellTask
+    from .pipeline.record import CellRecord
 
 
 @runtime_checkable
@@ -97,9 +100,25 @@ class Explainer(Component, Protocol):
     harness passes it when the signature has it. Its spec declares its role
     (:data:`bench.specs.EXPLAINER_ROLES`): a ``method``, or a control (whose maps must not
     depend on the model; a ``null-control``'s not on the image either).
+
+    Dataset annotations: a spec that declares ``masks=("<name>", ...)``
+    (:attr:`bench.ExplainerSpec.masks`) gets ``masks={name: bool (N, H, W)}`` as a keyword,
+    aligned row by row with ``images`` (the same images, in the same order, at the images'
+    size): ``explain(model, images, targets, *, ids=None, masks=None)``. A dataset without
+    a declared mask cannot run the explainer: named in the config, its cells fail with the
+    reason (the mask and the dataset); selected through ``all``, it is left out of the grid
+    with a warning when the dataset is loaded.
+
+    Cost (optional): ``passes_per_map() -> float | None``, the forward-pass equivalents one
+    map costs (a forward + backward pass through the model counts as one; 0 for a map that
+    never calls the model; None: unknown). It is called after the maps are computed (so it
+    may report what the last call measured) and recorded with the seconds per map in every
+    cell (:class:`bench.record.Timings`); the leaderboard shows both next to the scores.
     """
 
     def explain(self, model: Model, images: np.ndarray, targets: np.ndarray) -> np.ndarray: ...
+
+    # optional: def passes_per_map(self) -> float | None
 
 
 @runtime_checkable
@@ -136,3 +155,24 @@ class Metric(Component, Protocol):
     """
 
     def compute(self, data: MetricData) -> Mapping[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class Executor(Component, Protocol):
+    """Runs the cells of a plan: ``run_cells(context, tasks) -> Iterator[CellRecord]``.
+
+    Registered with ``bench_register_executors`` (:class:`bench.ExecutorSpec`), selected by
+    ``run.executor`` (``--executor NAME``), constructed with ``[executors.params.<name>]``.
+    ``context`` (:class:`bench.pipeline.RunContext`) gives the stage graph and everything an
+    executor needs through public names: ``context.jobs(task)`` / ``context.grid_jobs(tasks)``
+    (the jobs in dependency order, shared ones once), ``context.deps(job)``,
+    ``context.compute(job)`` (here; its upstream from the cache), ``context.compute_shard`` /
+    ``context.merge_shards`` (a shardable stage in image shards), ``context.run_cell(task)``
+    (a whole cell here), ``context.finish_cell(task, failures={job.id: error})`` (the record
+    of a cell whose jobs ran elsewhere, from the shared cache) and ``context.is_cached(task)``.
+    Yield one record per task as each cell finishes; a cell whose plugin fails is a failed
+    record, never an exception. The executor never spells out the stage order: it walks
+    the graph.
+    """
+
+    def run_cells(self, context: RunContext, tasks: Sequence[CellTask]) -> Iterator[CellRecord]: ...

@@ -37,7 +37,7 @@ from .leaderboard import (
     primary_column,
     primary_comparisons,
 )
-from .record import MetricResult
+from .pipeline.record import MetricResult
 from .store import atomic_write_text, read_json, read_npz
 
 COMPARISON_COLUMNS: tuple[str, ...] = (

@@ -15,6 +15,7 @@ KIND_INFO = {
     "model": ("ModelSpec", "models", "A small Keras CNN (template)"),
     "dataset": ("DatasetSpec", "datasets", "A tiny random two-class dataset (template)"),
     "metric": ("MetricSpec", "metrics", "Mean drop of the MoRF curve over its first steps (template)"),
+    "executor": ("ExecutorSpec", "executors", "Computes the grid stage by stage, then writes the records (template)"),
 }
 
 #: What a kind's spec declares beyond name, factory and description (rendered into ``__init__.py``):

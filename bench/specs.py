@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 
 from .paths import check_name
 
-KINDS: tuple[str, ...] = ("dataset", "model", "explainer", "perturbation", "metric")
+#: The kinds of component a plugin registers (one ``bench_register_<kind>s`` hook each).
+KINDS: tuple[str, ...] = ("dataset", "model", "explainer", "perturbation", "metric", "executor")
 
 
 def load_object(reference: str) -> Any:
@@ -98,17 +99,43 @@ def role_problem(role: object) -> str | None:
     return f"role {role!r} is not one of {', '.join(repr(r) for r in EXPLAINER_ROLES)}"
 
 
+def _names_tuple(value: object, what: str) -> tuple[str, ...]:
+    """``value`` as a tuple of unique valid names (a bare string is refused: it is not a tuple)."""
+    if isinstance(value, str) or not isinstance(value, (tuple, list)):
+        raise TypeError(f"{what} must be a tuple of names, got {value!r}")
+    names = tuple(dict.fromkeys(value))
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"{what} must be a tuple of names, got {value!r}")
+        check_name(name, what=f"{what} entry")
+    return names
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExplainerSpec(ComponentSpec):
+    """An explainer: its factory, its role, and the dataset annotations it reads.
+
+    ``masks`` names the dataset masks the explainer needs (an oracle control reads the
+    ground-truth mask it returns as its heatmap). When it declares any, the harness
+    passes ``masks={name: bool (N, H, W)}``, aligned row by row with ``images``, as a
+    keyword of ``explain(model, images, targets, *, masks=...)``. A cell whose dataset
+    lacks one of them cannot run that explainer: named in the config, the cell is
+    recorded as failed with the reason; selected through ``all``, it is left out of the
+    grid with a warning when the dataset is loaded (before any cell runs).
+    """
+
     kind: ClassVar[str] = "explainer"
     #: One of :data:`EXPLAINER_ROLES`; every explainer that is not a ``method`` is a control.
     role: str = METHOD_ROLE
+    #: The dataset masks (``Split.masks`` names) the explainer receives as ``masks=``.
+    masks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         problem = role_problem(self.role)
         if problem is not None:
             raise ValueError(f"ExplainerSpec({self.name!r}): {problem}")
+        object.__setattr__(self, "masks", _names_tuple(self.masks, f"ExplainerSpec({self.name!r}).masks"))
 
     @property
     def is_control(self) -> bool:
@@ -256,6 +283,31 @@ class MetricSpec(ComponentSpec):
         return self.label or self.name
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExecutorSpec(ComponentSpec):
+    """An executor: what runs the cells of a plan (``run.executor`` names it).
+
+    The factory builds the executor from its keyword parameters
+    (``[executors.params.<name>]`` in the config); the executor's
+    ``run_cells(context, tasks)`` walks the stage graph (:class:`bench.protocols.Executor`).
+    ``requires`` lists modules it imports (checked when the plan is made, so a missing one
+    stops the run at once), and ``install`` says how to get them.
+    """
+
+    kind: ClassVar[str] = "executor"
+    #: Top-level modules the executor needs (e.g. a cluster client), imported at plan time.
+    requires: tuple[str, ...] = ()
+    #: How to install ``requires`` (shown when one is missing), e.g. ``pip install 'pkg[extra]'``.
+    install: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.requires, str) or not isinstance(self.requires, (tuple, list)):
+            raise TypeError(f"ExecutorSpec({self.name!r}).requires must be a tuple of module names")
+        object.__setattr__(self, "requires", tuple(str(m) for m in self.requires))
+
+
 SPEC_CLASSES: dict[str, type[ComponentSpec]] = {
-    cls.kind: cls for cls in (DatasetSpec, ModelSpec, ExplainerSpec, PerturbationSpec, MetricSpec)
+    cls.kind: cls
+    for cls in (DatasetSpec, ModelSpec, ExplainerSpec, PerturbationSpec, MetricSpec, ExecutorSpec)
 }

@@ -61,7 +61,7 @@ def test_unknown_section():
         ({"leaderboard": {"primary": 3}}, "leaderboard.primary must be string"),
         ({"aopc": {"grid": [3, 0]}}, "aopc.grid"),
         ({"aopc": {"strategy": "fast"}}, "aopc.strategy"),
-        ({"run": {"executor": "rey"}}, "did you mean 'ray'"),
+        ({"run": {"executor": ""}}, "run.executor is empty"),  # a name is checked by the plan (registry)
         ({"training": {"batch_size": 0}}, "training.batch_size must be >= 1"),
         ({"models": {"names": [3]}}, r"models.names\[0\] must be a string"),
         ({"run": {"fail_fast": 1}}, "run.fail_fast must be boolean"),
@@ -112,7 +112,10 @@ def test_layering_file_on_preset_then_cli_overrides(tmp_path):
 def test_all_flag_selects_everything():
     args = build_parser().parse_args(["run", "--all"])
     o = run_overrides(args)
-    assert o["models"]["names"] == o["explainers"]["names"] == o["perturbations"]["names"] == ["all"]
+    assert o["models"]["names"] == o["explainers"]["names"] == ["all"]
+    assert "perturbations" not in o  # a perturbation is a setting, not a competitor: the config's stay
+    o = run_overrides(build_parser().parse_args(["run", "--all", "--perturbation", "all"]))
+    assert o["perturbations"]["names"] == ["all"]
 
 
 def test_resolved_config_round_trips():

@@ -94,8 +94,10 @@ def test_list_and_plugins_show_the_role(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["explainer", "role"]
     body = [line.split() for line in lines[2:]]
-    assert ["random", "null-control"] == body[-1][:2]  # controls after the methods
-    assert all(row[1] == "method" for row in body[:-1] if row[0] != "random")
+    roles = [row[1] for row in body]
+    n_methods = roles.count("method")
+    assert n_methods and all(r == "method" for r in roles[:n_methods])  # controls after the methods
+    assert ["random", "null-control"] in [row[:2] for row in body[n_methods:]]
     assert main(["plugins"]) == 0
     assert "random (null-control)" in capsys.readouterr().out
     assert main(["plugins", "--json"]) == 0
@@ -313,3 +315,19 @@ def test_a_run_records_the_role_and_gains_over_a_third_party_null_control(flat_p
     rows = json.loads((out / "leaderboard.json").read_text())["rows"]
     assert [(r["explainer"], r["role"]) for r in rows] == [("gradcam", "method"), ("flat-map", "null-control")]
     assert rows[0]["baseline"] == "flat-map" and rows[0]["gain_over_baseline"] is not None
+
+
+def test_a_preferred_control_the_grid_did_not_select_is_a_preference():
+    """A preset may name its control among several null controls; a grid without it still plans."""
+    from bench.controls import resolve_control
+    from bench.errors import ConfigError
+
+    roles = {"gradcam": "method", "random": "null-control", "constant": "null-control",
+             "flat": "null-control"}
+    assert resolve_control(["gradcam"], roles, "random") == ""  # no null control: no gain column
+    assert resolve_control(["gradcam", "constant"], roles, "random") == "constant"  # the only one
+    assert resolve_control(["gradcam", "random", "constant"], roles, "random") == "random"
+    with pytest.raises(ConfigError, match="not a selected explainer"):
+        resolve_control(["constant", "flat"], roles, "random")  # several and the preferred absent
+    with pytest.raises(ConfigError, match="not a selected explainer"):
+        resolve_control(["gradcam"], roles, "nosuch")  # unknown: an error, not a preference

@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 
 import bench  # noqa: E402
 from bench.aopc import evaluate_aopc  # noqa: E402
-from bench.forward import ForwardBatch, get_strategy  # noqa: E402
+from bench.forward import ForwardBatch  # noqa: E402
 from bench.incremental import (  # noqa: E402
     IncrementalForward,
     _Op,
@@ -18,6 +18,7 @@ from bench.incremental import (  # noqa: E402
     out_box,
     propagate,
 )
+from bench.strategies import get_strategy  # noqa: E402
 
 TOL = 1e-5
 

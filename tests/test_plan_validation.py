@@ -78,7 +78,8 @@ def test_control_error_lists_the_selected_explainers(capsys):
     "flags",
     [
         ["--set", 'aopc.baseline=""'],  # the deprecated alias, unset
-        ["--set", 'leaderboard.control=""'],  # the grid's only null control
+        ["--explainer", "gradcam", "--explainer", "random", "--set", 'leaderboard.control=""'],  # the only null control
+        ["--explainer", "gradcam"],  # the preset's control (random) not selected: a preference, no gain column
         ["--explainer", "gradcam"],  # no null control selected: no gain column
         ["--set", "aopc.grid=64"],  # as large as the images, no larger
         ["--seed", "4294967295"],

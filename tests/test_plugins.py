@@ -13,7 +13,7 @@ from bench import plugins as plugins_mod
 from bench.cli import main
 from bench.errors import PluginConflictError, PluginError, UnknownComponentError
 
-BUILTIN_KINDS = {"dataset", "model", "explainer", "perturbation", "metric"}
+BUILTIN_KINDS = {"dataset", "model", "explainer", "perturbation", "metric", "executor"}
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""The Ray executor: same results as local, sharded AOPC, failures, cache reuse, missing Ray.
+"""The Ray executor (the ``bench_executors`` plugin): same results as local, sharded curves,
+failures, cache reuse, missing Ray.
 
 One local Ray instance (2 CPUs, no dashboard) serves the whole module. The failing
 explainer is a real installed plugin (a fake *.dist-info on sys.path and PYTHONPATH),
@@ -18,7 +19,7 @@ from _plugin_fixtures import make_distribution
 
 import bench
 from bench import config as config_mod
-from bench import runner
+from bench import pipeline, runner
 from bench.cli import main
 from bench.errors import BenchError
 from bench.store import read_json
@@ -112,9 +113,11 @@ def bench_register_explainers():
 CELL = "synthetic-cxr__simple-cnn__{}__gaussian-noise"
 
 
-def tiny(out, executor="local", **sections):
+def tiny(out, executor="local", ray=None, **sections):
     cfg = json.loads(json.dumps(TINY))
     cfg["run"] = {"out": str(out), "executor": executor}
+    cfg["executors"] = {"params": {"ray": dict(ray or {})}}
+    cfg["leaderboard"] = {"control": ""}  # the grid's own null control (if any), whatever the preset names
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)
     return cfg
@@ -149,17 +152,13 @@ def ray_instance(raising_plugin):
 
 @pytest.fixture(scope="module")
 def runs(ray_instance, tmp_path_factory):
-    """The same tiny grid, local and on Ray (AOPC in shards of 2 images)."""
-    from bench.ray_executor import RayExecutor
-
+    """The same tiny grid, local and on Ray (curves in shards of 2 images)."""
     local_out = tmp_path_factory.mktemp("local")
     ray_out = tmp_path_factory.mktemp("ray")
     runner.clear_memo()
     local = bench.run(tiny(local_out), quiet=True)
     runner.clear_memo()  # the driver starts cold, as a fresh `bench run` would
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner, "get_executor", lambda name, address="": RayExecutor(address, shard_images=2))
-        on_ray = bench.run(tiny(ray_out, "ray"), quiet=True)
+    on_ray = bench.run(tiny(ray_out, "ray", ray={"shard_images": 2}), quiet=True)
     return local_out, local, ray_out, on_ray
 
 
@@ -205,7 +204,7 @@ def test_ray_grid_equals_local(runs):
     lb_local = pd.read_csv(local_out / "leaderboard.csv")
     lb_ray = pd.read_csv(ray_out / "leaderboard.csv")
     assert list(lb_local.columns) == list(lb_ray.columns) and len(lb_ray) == len(lb_local) >= 2
-    timing = {"evaluate_seconds", "explain_seconds", "passes_per_second"}
+    timing = {"evaluate_seconds", "explain_seconds", "passes_per_second", "seconds_per_map"}
     numeric = [c for c in lb_local.columns if pd.api.types.is_numeric_dtype(lb_local[c]) and c not in timing]
     assert {"aopc", "aopc_ci_low", "lerf-aopc", "abpc", "t-ray-mass", "gain_over_baseline", "n_images"} <= set(numeric)
     lb_local, lb_ray = lb_local.sort_values("cell_id"), lb_ray.sort_values("cell_id")
@@ -227,11 +226,11 @@ def test_raising_explainer_fails_its_cell_only(runs):
 
 
 def test_cached_cells_are_not_submitted_and_caches_are_shared(runs, monkeypatch):
-    from bench.ray_executor import RayExecutor, is_cached
+    from bench_executors.ray_executor import RayExecutor
 
     local_out, local, ray_out, on_ray = runs
 
-    def no_ray(self, quiet):
+    def no_ray(self, *args, **kwargs):
         raise AssertionError("a cached cell was submitted to Ray")
 
     monkeypatch.setattr(RayExecutor, "_connect", no_ray)
@@ -247,8 +246,9 @@ def test_cached_cells_are_not_submitted_and_caches_are_shared(runs, monkeypatch)
     # Ray's work sits under the very keys the local executor looks up, and the other way round
     for out in (ray_out, local_out):
         plan = runner.make_plan(config_mod.load_config(tiny(out, explainers=ok_only)))
-        probe = runner.Stages(plan, quiet=True, cached_only=True)
-        assert all(is_cached(probe, task) for task in plan.cells)
+        context = pipeline.RunContext(plan=plan, stages=pipeline.Stages(plan, quiet=True), run_dir=out / "unused",
+                                      run_id="probe", quiet=True)
+        assert all(context.is_cached(task) for task in plan.cells)
 
 
 def test_metrics_that_need_no_curves_finish_on_the_heatmaps(runs):
@@ -264,68 +264,65 @@ def test_metrics_that_need_no_curves_finish_on_the_heatmaps(runs):
     assert cell.metrics["t-ray-mass"].ok and 0 <= cell.metrics["t-ray-mass"].value <= 1
 
 
-def test_dead_worker_is_retried_then_its_cell_recorded_failed(runs, monkeypatch):
-    from bench.ray_executor import RayExecutor
-
+def test_dead_worker_is_retried_then_its_cell_recorded_failed(runs):
     _, _, ray_out, _ = runs
-    monkeypatch.setattr(runner, "get_executor", lambda name, address="": RayExecutor(address, max_retries=1))
     runner.clear_memo()
     crashing = {"names": ["t-ray-crash-once", "t-ray-crash-always"]}
-    result = bench.run(tiny(ray_out, "ray", explainers=crashing), quiet=True, leaderboard=False)
+    result = bench.run(tiny(ray_out, "ray", ray={"max_retries": 1}, explainers=crashing), quiet=True,
+                       leaderboard=False)
     once, always = (_by_id(result)[CELL.format(e)] for e in crashing["names"])
     markers = os.environ["BENCH_RAY_TEST_MARKERS"]
     assert os.path.exists(os.path.join(markers, "once"))  # it did kill a worker, then Ray retried it
     assert once.status == "ok", once.error
     assert once.n_images >= 3 and once.orders == ["morf", "lerf"]
-    assert all(m.ok for m in once.metrics.values())
+    assert all(m.ok for m in once.metrics.values()), {n: (m.status, m.error) for n, m in once.metrics.items() if not m.ok}
     assert always.status == "failed"
     assert always.stage == "explain"
     assert always.error.startswith("Ray task (heatmaps) failed after 1 retries: WorkerCrashedError: ")
     assert "\x1b" not in always.error
 
 
-def test_sharded_aopc_merged_equals_unsharded(runs):
-    """Shards computed one by one and merged give the unsharded curves and summary."""
-    from bench.ray_executor import merge_shards, merged_evaluator, shard_bounds, shard_stage
+def test_sharded_curves_merged_equal_unsharded(runs):
+    """Shards computed one by one (the Ray task functions, called here) and merged give the
+    unsharded curves, stored under the key the local executor reads."""
+    from bench_executors.ray_executor import merge_stage, shard_stage
 
     local_out, local, _, _ = runs
     cfg = config_mod.load_config(tiny(local_out))
-    stages = runner.Stages(runner.make_plan(cfg), quiet=True)
+    plan = runner.make_plan(cfg)
+    stages = pipeline.Stages(plan, quiet=True)
+    graph = pipeline.STAGE_GRAPH
     ctx = {"config": cfg, "key": "sharding-test", "cache_root": str(stages.cache.root), "cwd": os.getcwd()}
-    task = {"model": "simple-cnn", "explainer": "gradcam", "perturbation": "gaussian-noise"}
-    data = stages.dataset()
-    model = stages.model("simple-cnn", data)
-    index = stages.explained_subset(data, model)
-    heatmaps, hkey, _, _ = stages.heatmaps("gradcam", data, model, index)
-    assert shard_bounds(4, 3) == [(0, 3), (3, 4)] and shard_bounds(4, 1)[-1] == (3, 4)
-    assert len(index) >= 3
-    for order in ("morf", "lerf"):
-        whole, warr, _ = stages.curves("gaussian-noise", order, data, model, index, heatmaps, hkey)
-        shards = [shard_stage(ctx, task, order, {"ok": True}, s, e) for s, e in shard_bounds(len(index), 1)]
+    (task,) = [t for t in plan.cells if t.explainer == "gradcam"]
+    heat = graph.compute(stages, next(j for j in graph.cell_jobs(plan, task) if j.stage == "heatmaps"))
+    n = heat.n_images
+    assert pipeline.shard_bounds(4, 3) == [(0, 3), (3, 4)] and pipeline.shard_bounds(4, 1)[-1] == (3, 4)
+    assert n >= 3
+    for job in [j for j in graph.cell_jobs(plan, task) if j.stage == "curves"]:
+        whole = graph.compute(stages, job)  # the local executor's result (from the cache)
+        assert graph.images(stages, job) == n
+        shards = [shard_stage(ctx, job.to_dict(), s, e) for s, e in pipeline.shard_bounds(n, 1)]
         assert all(s["ok"] for s in shards), shards
-        merged = merge_shards(shards[::-1])  # merged in image order whatever the arrival order
-        np.testing.assert_array_equal(merged["ids"], warr["ids"])
-        np.testing.assert_allclose(merged["curves"], warr["curves"], atol=1e-5)
-        np.testing.assert_array_equal(merged["order"], warr["order"])
-        assert merged["forward_passes"] == whole["forward_passes"]
-        # the summary is computed on the merged per-image values, stored like the stage's own
-        summary, arrays, _ = stages.curves(
-            "gaussian-noise", order, data, model, index, heatmaps, hkey,
-            evaluator=merged_evaluator(merged), store=False,
-        )
-        np.testing.assert_allclose(summary["aopc"], whole["aopc"], atol=1e-5)
-        assert summary["key"] == whole["key"]  # stored under the key the local executor reads
-        np.testing.assert_allclose(arrays["per_image"], warr["per_image"], atol=1e-5)
-    # shards that do not tile the images, or cover other images, are refused
-    bad = [dict(shards[0]), dict(shards[2])]
-    with pytest.raises(ValueError, match="do not tile"):
-        merge_shards(bad)
-    with pytest.raises(BenchError, match="merged AOPC shards"):
-        merged_evaluator(merge_shards(shards[:2]))(None, None, None, None, ids=warr["ids"])
+        merged = merge_stage(ctx, job.to_dict(), *shards[::-1])  # in image order whatever the arrival order
+        assert merged["ok"], merged
+        assert merged["key"] == whole.key and merged["shards"] == n  # stored under the local key
+        assert merged["forward_passes"] == whole.forward_passes
+        again = graph.compute(stages, job)  # what the cache now holds: the merged result
+        np.testing.assert_array_equal(again.ids, whole.ids)
+        np.testing.assert_allclose(again.curves, whole.curves, atol=1e-5)
+        np.testing.assert_allclose(again.per_image, whole.per_image, atol=1e-5)
+        np.testing.assert_array_equal(again.region_order, whole.region_order)
+    # shards that do not tile the images, or cover other images, are refused with the job's stage
+    parts = [s["shard"] for s in shards]
+    with pytest.raises(pipeline.CellFailure, match="do not tile") as info:
+        graph.merge_shards(stages, job, [parts[0], parts[2]])
+    assert info.value.stage == "evaluate" and info.value.job == job.id
+    bad = merge_stage(ctx, job.to_dict(), shards[0], shards[2])
+    assert not bad["ok"] and bad["stage"] == "evaluate" and "do not tile" in bad["error"]
 
 
 def test_in_process_plugin_cells_run_on_the_driver(runs, monkeypatch):
-    from bench.ray_executor import RayExecutor
+    from bench_executors.ray_executor import RayExecutor
 
     _, _, ray_out, _ = runs
 
@@ -343,7 +340,7 @@ def test_in_process_plugin_cells_run_on_the_driver(runs, monkeypatch):
         def bench_register_explainers(self):
             return [bench.ExplainerSpec(name="t-inproc-center", factory=Center)]
 
-    def no_ray(self, quiet):
+    def no_ray(self, *args, **kwargs):
         raise AssertionError("an in-process plugin's cell was submitted to Ray")
 
     monkeypatch.setattr(RayExecutor, "_connect", no_ray)
@@ -362,9 +359,9 @@ def test_in_process_plugin_cells_run_on_the_driver(runs, monkeypatch):
 def test_executor_params_and_gpu_request(monkeypatch):
     pytest.importorskip("ray")
     monkeypatch.delenv("BENCH_RAY_GPUS", raising=False)
-    from bench.ray_executor import RayExecutor
+    from bench_executors.ray_executor import RayExecutor
 
-    ex = RayExecutor("auto", num_gpus=0.5, shard_images=16)
+    ex = RayExecutor(address="auto", num_gpus=0.5, shard_images=16)
     assert ex.get_params()["address"] == "auto" and ex.get_params()["num_gpus"] == 0.5
     assert ex._gpus({"run": {}}) == 0.5
     assert RayExecutor()._gpus({"run": {"ray_gpus": 1}}) == 1.0
@@ -379,10 +376,10 @@ def test_executor_params_and_gpu_request(monkeypatch):
 
 def test_missing_ray_fails_at_once_with_the_install_command(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    monkeypatch.delitem(sys.modules, "bench.ray_executor", raising=False)
+    monkeypatch.delitem(sys.modules, "bench_executors.ray_executor", raising=False)
     with pytest.raises(BenchError, match=r"pip install 'saliency-bench\[ray\]'"):
-        runner.get_executor("ray")
-    with pytest.raises(BenchError, match="--executor ray needs Ray"):
+        pipeline.get_executor("ray")
+    with pytest.raises(BenchError, match="--executor ray .*needs the module 'ray'"):
         bench.run(tiny(tmp_path, "ray"), quiet=True)
     assert not (tmp_path / "runs").exists()  # nothing started
     code = main(["run", "--preset", "demo", "--executor", "ray", "--out", str(tmp_path), "--quiet"])

@@ -21,6 +21,7 @@ TINY = {
     "explainers": {"names": ["gradcam", "random"]},
     "perturbations": {"names": ["gaussian-noise"]},
     "aopc": {"grid": 3, "max_images": 3, "bootstrap": 200},
+    "metrics": {"names": ["aopc", "abpc", "deletion-auc", "lerf-aopc"]},
 }
 
 
@@ -108,7 +109,7 @@ def test_run_writes_cells_manifest_and_leaderboards(first_run):
     assert cell["params"]["perturbation"] == {"sigma": 0.1, "clip": False}
     assert cell["provenance"]["explainer"]["distribution"] == "saliency-bench"
     assert cell["schema"] == 2 and cell["orders"] == ["morf", "lerf"]  # what the metrics need
-    assert list(cell["metrics"]) == ["aopc", "abpc", "deletion-auc", "lerf-aopc"]  # "aopc", then "all"
+    assert list(cell["metrics"]) == ["aopc", "abpc", "deletion-auc", "lerf-aopc"]  # the config's order
     assert all(m["status"] == "ok" for m in cell["metrics"].values())
     curves = np.load(result.run_dir / cell["curves_file"], allow_pickle=False)
     n = cell["n_images"]
@@ -203,9 +204,14 @@ def test_ctrl_c_keeps_finished_cells(first_run, counting_plugin):
 
 
 def test_dry_run_lists_cells(capsys):
+    """--all: every model x explainer under the config's perturbations; --perturbation all adds every one."""
+    reg = bench.registry()
     assert main(["run", "--all", "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
-    reg = bench.registry()
+    assert plan["perturbations"] == ["gaussian-noise"]  # the demo preset's: the study's perturbation
+    assert len(plan["cells"]) == len(reg.names("model")) * len(reg.names("explainer"))
+    assert main(["run", "--all", "--perturbation", "all", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
     assert len(plan["cells"]) == (
         len(reg.names("model")) * len(reg.names("explainer")) * len(reg.names("perturbation"))
     )

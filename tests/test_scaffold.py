@@ -15,7 +15,7 @@ from bench.errors import BenchError
 from bench.scaffold import render_plugin
 
 
-@pytest.mark.parametrize("kind", ["explainer", "perturbation", "model", "dataset", "metric"])
+@pytest.mark.parametrize("kind", ["explainer", "perturbation", "model", "dataset", "metric", "executor"])
 def test_rendered_plugin_passes_its_conformance_checks(kind, tmp_path, monkeypatch):
     import importlib
 

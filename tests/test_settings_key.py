@@ -1,6 +1,6 @@
 """No mixed rows: the settings fingerprint is part of the row key, and rows pair only within one.
 
-Cell records come from :func:`bench.runner.execute_cell` driven by stub stages with known
+Cell records come from :func:`bench.pipeline.execute_cell` driven by stub stages with known
 numbers (no TensorFlow, no training), or from :mod:`_fake_runs`; nothing asserted here
 depends on CPU rounding.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,25 @@ from bench.leaderboard import (
     short_keys,
 )
 from bench.metrics import compute_columns, metric_data
+from bench.pipeline import (
+    CellTask,
+    CurvesArtifact,
+    DatasetArtifact,
+    HeatmapsArtifact,
+    MetricOutput,
+    ModelArtifact,
+    Plan,
+    Stages,
+    execute_cell,
+)
 from bench.report import attach_gain_ci, paired_comparisons
-from bench.runner import CellTask, DatasetArtifact, ModelArtifact, Plan, execute_cell
 from bench.settings import (
     cell_settings,
     count_constant_heatmaps,
     explainer_params_key,
     settings_key,
 )
-from bench.store import read_json
+from bench.store import Cache, read_json
 
 GRADCAM = [0.50, 0.40, 0.60, 0.45, 0.55, 0.35, 0.52, 0.48]
 RANDOM = [0.20, 0.25, 0.10, 0.30, 0.15, 0.22, 0.18, 0.20]
@@ -47,15 +58,17 @@ N = len(GRADCAM)
 # ---------------------------------------------------------------------------------------
 # execute_cell with stub stages: the record the runner really writes
 # ---------------------------------------------------------------------------------------
-class StubStages:
-    """Duck-typed :class:`bench.runner.Stages` returning known heatmaps and per-image AOPC."""
+class StubStages(Stages):
+    """:class:`bench.pipeline.Stages` whose stages return known heatmaps and per-image AOPC
+    (no TensorFlow, no training); the metric and cell code is the real one (nothing cached)."""
 
     def __init__(self, cfg: dict[str, Any], per_image: dict[str, list[float]],
                  explainer_params: dict[str, dict[str, Any]], heatmaps: dict[str, np.ndarray] | None = None,
                  sigma: float = 0.1, weights_md5: str = "a" * 32):
         reg = bench.registry()
-        self.plan = Plan(config=cfg, dataset="synthetic-cxr", models=["simple-cnn"], explainers=list(per_image),
-                         perturbations=["gaussian-noise"], metrics=config_mod.resolve_names(cfg, "metrics", reg))
+        plan = Plan(config=cfg, dataset="synthetic-cxr", models=["simple-cnn"], explainers=list(per_image),
+                    perturbations=["gaussian-noise"], metrics=config_mod.resolve_names(cfg, "metrics", reg))
+        super().__init__(plan, cache=Cache("unused-cache"), quiet=True)
         self.per_image = per_image
         self.explainer_params = explainer_params
         self.maps = heatmaps or {}
@@ -82,27 +95,31 @@ class StubStages:
         return np.arange(N)
 
     def heatmaps(self, name: str, data: DatasetArtifact, model: ModelArtifact,
-                 index: np.ndarray) -> tuple[np.ndarray, str, dict[str, Any], float]:
+                 index: np.ndarray | None = None) -> HeatmapsArtifact:
         default = np.random.default_rng(0).random((N, 6, 6)).astype(np.float32)
-        return self.maps.get(name, default), f"h-{name}", dict(self.explainer_params.get(name, {})), 0.1
+        index = np.arange(N)
+        return HeatmapsArtifact(explainer=name, heatmaps=self.maps.get(name, default), key=f"h-{name}",
+                                params=dict(self.explainer_params.get(name, {})), index=index,
+                                ids=np.asarray(data.splits.test.ids)[index].astype(str), seconds=0.1)
 
-    def curves(self, name: str, order: str, data: DatasetArtifact, model: ModelArtifact, index: np.ndarray,
-               heatmaps: np.ndarray, heatmaps_key: str) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
-        explainer = heatmaps_key[2:]
-        values = np.asarray(self.per_image[explainer], np.float64)
+    def curves(self, name: str, order: str, data: DatasetArtifact, model: ModelArtifact,
+               heat: HeatmapsArtifact, **_: Any) -> CurvesArtifact:
+        values = np.asarray(self.per_image[heat.explainer], np.float64)
         grid = config_mod.grid_shape(self.plan.config["aopc"]["grid"])
         L = grid[0] * grid[1]
-        summary = {"aopc": float(values.mean()), "n": N, "key": f"c-{explainer}-{order}",
-                   "strategy": "full", "seconds": 1.0, "forward_passes": N * (L + 1)}
         # curves whose AOPC is the known per-image value (LeRF: a fifth of it)
-        arrays = {"curves": curves_for(values if order == "morf" else values / 5, L), "per_image": values,
-                  "order": np.tile(np.arange(L), (N, 1)), "ids": np.asarray(default_ids(N))}
-        return summary, arrays, {"sigma": self.sigma, "clip": True}
+        return CurvesArtifact(
+            perturbation=name, order=order, key=f"c-{heat.explainer}-{order}", params={"sigma": self.sigma, "clip": True},
+            curves=curves_for(values if order == "morf" else values / 5, L), per_image=values,
+            region_order=np.tile(np.arange(L), (N, 1)), ids=np.asarray(default_ids(N)), forward_passes=N * (L + 1),
+            seconds=1.0, strategy="full",
+        )
 
-    def metric(self, name: str, inputs: dict[str, Any], **_: Any) -> tuple[dict[str, np.ndarray], dict[str, Any], float]:
+    def metric(self, name: str, inputs: Mapping[str, Any], **_: Any) -> MetricOutput:
         spec = self.plan.metric_spec(name)
         metric = bench.create("metric", name)
-        return compute_columns(metric, spec, metric_data(spec, **inputs)), metric.get_params(), 0.0
+        columns = compute_columns(metric, spec, metric_data(spec, **inputs))
+        return MetricOutput(name=name, columns=columns, params=metric.get_params(), key=f"m-{name}")
 
 
 def _config(**aopc: Any) -> dict[str, Any]:
@@ -286,16 +303,16 @@ def test_old_records_without_settings_still_load_and_pair_by_their_params(tmp_pa
 
 def test_constant_heatmaps_are_flagged(tmp_path):
     write_run(tmp_path, "r", [FakeCell("d", "m", "random", per_image=RANDOM),
-                              FakeCell("d", "m", "constant", per_image=RANDOM, constant_heatmaps=N)])
+                              FakeCell("d", "m", "t-flat", per_image=RANDOM, constant_heatmaps=N)])
     df = collect(tmp_path).set_index("explainer")
-    assert df.loc["constant", "constant_heatmaps"] == N and df.loc["random", "constant_heatmaps"] is pd.NA
+    assert df.loc["t-flat", "constant_heatmaps"] == N and df.loc["random", "constant_heatmaps"] is pd.NA
     paths = build_leaderboard(tmp_path, figures=False, report=False)
     for fmt in ("md", "html", "tex"):
         text = paths[fmt].read_text()
         assert f"{N}/{N} constant heatmaps: order is arbitrary" in text, fmt
         assert "Flags" in text and "all-equal heatmap" in text
     csv = pd.read_csv(paths["csv"])
-    assert csv.set_index("explainer").loc["constant", "constant_heatmaps"] == N
+    assert csv.set_index("explainer").loc["t-flat", "constant_heatmaps"] == N
     # no flag column when nothing is constant
     clean = collect(tmp_path)
     clean = clean[clean.explainer == "random"]

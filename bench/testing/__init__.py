@@ -17,6 +17,7 @@ inputs of exactly what its registered ``MetricSpec`` declares (or pass ``spec=``
 from .checks import (
     check_component,
     check_dataset,
+    check_executor,
     check_explainer,
     check_metric,
     check_model,
@@ -30,6 +31,7 @@ from .tiny import tiny_images, tiny_model
 __all__ = [
     "check_component",
     "check_dataset",
+    "check_executor",
     "check_explainer",
     "check_metric",
     "check_model",

@@ -48,10 +48,42 @@ def check_clone(component: Any) -> None:
 
 
 # ---- explainers -------------------------------------------------------------------------
-def _explain(explainer: Any, model: Any, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    kwargs = {}
+def tiny_masks(images: np.ndarray, names: Any, *, first: int = 0) -> dict[str, np.ndarray]:
+    """A bool (N, H, W) box mask per name for ``images``, different per image and name (image
+    ``first + i`` of the set); the masks an explainer that declares ``masks`` gets in the checks."""
+    n, h, w = len(images), int(images.shape[1]), int(images.shape[2])
+    out = {}
+    for j, name in enumerate(names):
+        m = np.zeros((n, h, w), bool)
+        for i in range(n):
+            k = first + i + j
+            top, left = (3 * k) % max(h // 2, 1), (5 * k) % max(w // 2, 1)
+            m[i, top : top + max(h // 3, 1), left : left + max(w // 3, 1)] = True
+        out[str(name)] = m
+    return out
+
+
+def declared_masks(explainer: Any) -> tuple[str, ...]:
+    """The masks the registered spec of ``explainer``'s class declares (``ExplainerSpec.masks``)."""
+    from ..plugins import registry
+
+    cls = type(explainer)
+    reference = f"{cls.__module__}:{cls.__qualname__}"
+    for entry in registry()["explainer"].values():
+        factory = getattr(entry.spec.factory, "func", entry.spec.factory)  # functools.partial too
+        if factory is cls or (isinstance(factory, str) and factory == reference):
+            return tuple(getattr(entry.spec, "masks", ()))
+    return ()
+
+
+def _explain(explainer: Any, model: Any, images: np.ndarray, targets: np.ndarray, *, first: int = 0) -> np.ndarray:
+    """``explain`` as a run calls it: ``ids=`` when accepted, ``masks=`` when the spec declares any."""
+    kwargs: dict[str, Any] = {}
     if "ids" in inspect.signature(explainer.explain).parameters:
-        kwargs["ids"] = np.array([f"img-{i}" for i in range(len(images))])
+        kwargs["ids"] = np.array([f"img-{first + i}" for i in range(len(images))])
+    names = declared_masks(explainer)
+    if names:
+        kwargs["masks"] = tiny_masks(images, names, first=first)
     return np.asarray(explainer.explain(model, images, targets, **kwargs))
 
 
@@ -82,11 +114,7 @@ def check_explainer_batch_independent(explainer: Any, model: Any = None) -> None
     model = model or tiny_model()
     images, targets = tiny_images(3), np.array([0, 1, 2])
     batch = _explain(explainer, model, images, targets)
-    kwargs_ok = "ids" in inspect.signature(explainer.explain).parameters
-    singles = []
-    for i in range(3):
-        kwargs = {"ids": np.array([f"img-{i}"])} if kwargs_ok else {}
-        singles.append(np.asarray(explainer.explain(model, images[i : i + 1], targets[i : i + 1], **kwargs)))
+    singles = [_explain(explainer, model, images[i : i + 1], targets[i : i + 1], first=i) for i in range(3)]
     np.testing.assert_allclose(
         batch, np.concatenate(singles), atol=1e-4,
         err_msg=f"{_name(explainer)}: an image's heatmap depends on the rest of its batch",
@@ -455,7 +483,9 @@ def checks_for(
         for fn in specific:
             yield fn.__name__, functools.partial(fn, component, model)
         return
-    if hasattr(component, "perturb"):
+    if hasattr(component, "run_cells"):
+        specific = [check_executor_matches_local]
+    elif hasattr(component, "perturb"):
         specific = [check_perturbation_output, check_perturbation_deterministic]
         if getattr(component, "mask_local", True):
             specific.append(check_perturbation_mask_local)
@@ -465,10 +495,78 @@ def checks_for(
         specific = [check_dataset_splits]
     else:
         raise TypeError(
-            f"{_name(component)} is not a bench component (explain/perturb/features_and_logits/load/compute)"
+            f"{_name(component)} is not a bench component "
+            "(explain/perturb/features_and_logits/load/compute/run_cells)"
         )
     for fn in generic + specific:
         yield fn.__name__, functools.partial(fn, component)
+
+
+# ---- executors ----------------------------------------------------------------------------
+def check_executor_matches_local(executor: Any) -> None:
+    """On a tiny grid (a failing explainer included), the executor's records equal the local ones.
+
+    The grid: the ``tiny`` preset (a small CNN trained one epoch on 32 px images, two
+    explainers, one metric) plus an explainer that raises; records are compared on status,
+    failing stage, error and every metric's value and n.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from ..config import load_config
+    from ..pipeline import RunContext, Stages, make_plan
+    from ..plugins import register_plugin, unregister_plugin
+    from ..specs import ExplainerSpec
+
+    class _Raising:
+        def get_params(self) -> dict[str, Any]:
+            return {}
+
+        def explain(self, model: Any, images: Any, targets: Any) -> np.ndarray:
+            raise RuntimeError("this explainer fails on purpose")
+
+    class _Plugin:
+        from ..hookspecs import hookimpl
+
+        @hookimpl
+        def bench_register_explainers(self) -> list[ExplainerSpec]:
+            return [ExplainerSpec(name="bench-testing-raise", factory=_Raising)]
+
+    register_plugin(_Plugin(), name="bench-testing-executor-check")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            records = []
+            for which in ("local", "executor"):
+                base = load_config(preset="tiny")
+                cfg = load_config(preset="tiny", overrides={
+                    "run": {"out": str(Path(tmp) / which)},
+                    "explainers": {"names": [*base["explainers"]["names"], "bench-testing-raise"]},
+                })
+                plan = make_plan(cfg)
+                run_dir = Path(tmp) / which / "runs" / "check"
+                context = RunContext(plan=plan, stages=Stages(plan, quiet=True), run_dir=run_dir,
+                                     run_id="check", quiet=True)
+                if which == "local":
+                    got = [context.run_cell(t) for t in plan.cells]
+                else:
+                    got = list(executor.run_cells(context, plan.cells))
+                records.append({r.cell_id: r for r in got})
+    finally:
+        unregister_plugin("bench-testing-executor-check")
+    local, mine = records
+    assert set(mine) == set(local), (
+        f"{_name(executor)}.run_cells yielded cells {sorted(mine)}, expected one record per task {sorted(local)}"
+    )
+    for cell_id, lc in local.items():
+        mc = mine[cell_id]
+        assert (mc.status, mc.stage, mc.error) == (lc.status, lc.stage, lc.error), (
+            f"{_name(executor)}: cell {cell_id} is {mc.status} at {mc.stage} ({mc.error}); "
+            f"the local executor's is {lc.status} at {lc.stage} ({lc.error})"
+        )
+        for name, lm in lc.metrics.items():
+            mm = mc.metrics.get(name)
+            assert mm is not None and mm.status == lm.status and mm.n == lm.n, f"{cell_id}: metric {name}"
+            np.testing.assert_allclose(mm.value, lm.value, atol=1e-5, err_msg=f"{cell_id}: metric {name}")
 
 
 def check_component(component: Any, model: Any = None, *, role: str | None = None, spec: Any = None) -> None:
@@ -477,7 +575,7 @@ def check_component(component: Any, model: Any = None, *, role: str | None = Non
         check()
 
 
-check_explainer = check_perturbation = check_model = check_dataset = check_metric = check_component
+check_explainer = check_perturbation = check_model = check_dataset = check_metric = check_executor = check_component
 
 
 def parametrize_with_checks(

@@ -40,6 +40,10 @@ class RandomExplainer:
     def get_params(self) -> dict[str, Any]:
         return {"seed": self.seed, "size": self.size}
 
+    def passes_per_map(self) -> float:
+        """Forward-pass equivalents per map: none (the model is never called)."""
+        return 0.0
+
     def _map_size(self, images: np.ndarray) -> tuple[int, int]:
         if self.size is None:
             return self.default_size

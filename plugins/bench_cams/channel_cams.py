@@ -141,6 +141,15 @@ class ScoreCAM(ChannelCAM):
             "batch_size": self.batch_size,
         }
 
+    def passes_per_map(self) -> float | None:
+        """Forward-pass equivalents per map: 1 (features) + the scored channels (one full pass
+        each) + the baseline image's share, as the last ``explain`` call measured; before any
+        call, ``1 + max_channels`` when that is set, else unknown (None)."""
+        measured = self.__dict__.get("_passes_per_map")
+        if measured is not None:
+            return float(measured)
+        return None if self.max_channels is None else 1.0 + float(self.max_channels)
+
     def validate(self) -> None:
         _positive_int(self.batch_size, "Score-CAM batch_size")
         if self.max_channels is not None:
@@ -192,6 +201,8 @@ class ScoreCAM(ChannelCAM):
         p_base = np.asarray(tf.nn.softmax(logits[-1]), dtype=np.float64)
         features = features[:-1]
         channels = self.select_channels(features)
+        # what a map cost: the feature pass, one full pass per scored channel, the baseline's share
+        self.__dict__["_passes_per_map"] = 1.0 + channels.shape[1] + 1.0 / max(len(images), 1)
         by_channel = tf.transpose(features, (0, 3, 1, 2))  # (N, K, h, w)
         masks, forward = self._mask_function(model, shape), self._forward(model, shape)
         x, t = tf.constant(images), tf.constant(targets)
@@ -234,6 +245,11 @@ class AblationCAM(ChannelCAM):
 
     def get_params(self) -> dict[str, Any]:
         return {"layer": self.layer, "relu": self.relu, "batch_size": self.batch_size}
+
+    def passes_per_map(self) -> float:
+        """Forward-pass equivalents per map: one full forward pass (the feature map); the K
+        ablated passes run only the layers after the feature layer (the head) and are not counted."""
+        return 1.0
 
     def validate(self) -> None:
         _positive_int(self.batch_size, "Ablation-CAM batch_size")

@@ -34,6 +34,10 @@ class EigenCAM(FeatureMapExplainer):
     def get_params(self) -> dict[str, Any]:
         return {"layer": self.layer}
 
+    def passes_per_map(self) -> float:
+        """Forward-pass equivalents per map: one forward pass to the feature layer (no gradient)."""
+        return 1.0
+
     def _explain(self, model: Any, images: np.ndarray, targets: np.ndarray) -> Any:
         import tensorflow as tf
 

@@ -153,6 +153,10 @@ class GradientCAM(FeatureMapExplainer):
     def get_params(self) -> dict[str, Any]:
         return {"layer": self.layer, "relu": self.relu}
 
+    def passes_per_map(self) -> float:
+        """Forward-pass equivalents per map: one forward + backward pass of the model."""
+        return 1.0
+
     def combine(self, features: Any, grads: Any, scores: Any) -> Any:
         """The signed map (B, h, w) from ``A`` (B, h, w, K), ``dy^c/dA`` and ``y^c`` (B,)."""
         raise NotImplementedError

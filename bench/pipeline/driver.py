@@ -1,0 +1,266 @@
+"""A benchmark run: the plan's cells through the chosen executor, the manifest, the leaderboard.
+
+:func:`run` (``bench.run``, ``bench run``) loads and checks the config (:func:`make_plan`),
+builds the executor ``run.executor`` names (a plugin, :mod:`bench.pipeline.executors`),
+loads the dataset once, leaves out the explainers selected through ``all`` that need a mask
+the dataset lacks (with a warning), hands the cells to the executor with a
+:class:`RunContext`, and writes ``runs/<run>/manifest.json`` and the leaderboard. Ctrl-C
+or SIGTERM keep the finished cells and mark the run interrupted; a run started again
+recomputes nothing it already finished.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import config as config_mod
+from ..errors import BenchError
+from ..keys import bench_version
+from ..plugins import registry
+from ..store import content_key, write_json
+from .cell import now
+from .executors import RunContext, create_executor
+from .plan import Plan, check_image_fit, drop_unavailable_explainers, log, make_plan
+from .record import CellRecord
+from .stages import Stages, error_text
+
+
+def new_run_id(cfg: Mapping[str, Any]) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{stamp}-{content_key(cfg, time.time_ns())[:6]}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during :func:`run`: handled like Ctrl-C (finished cells kept, run marked interrupted)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def _catch_sigterm() -> Any:
+    """Install the SIGTERM handler (main thread only); returns the previous one, or None."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM here
+        return None
+    return signal.SIG_DFL if previous is None else previous  # None: installed outside Python
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class RunResult:
+    """What ``bench.run`` returns: the cell records, where they are, what failed."""
+
+    run_id: str
+    run_dir: Path
+    cells: list[CellRecord] = field(default_factory=list)
+    leaderboard: dict[str, Path] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[CellRecord]:
+        return [c for c in self.cells if not c.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.interrupted
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per cell: the table of the run.
+
+        Per metric (in the config's order): ``<metric>``, ``<metric>_ci_low``,
+        ``<metric>_ci_high``, ``<metric>_n`` and ``<metric>_status``.
+        """
+        rows = []
+        for cell in self.cells:
+            c = cell if isinstance(cell, CellRecord) else CellRecord.from_dict(cell)
+            classification = c.classification or {}
+            base: dict[str, Any] = {
+                "dataset": c.dataset,
+                "model": c.model,
+                "weights": c.weights,
+                "explainer": c.explainer,
+                "perturbation": c.perturbation,
+                "status": c.status,
+                "error": c.error,
+                "recall_macro": classification.get("recall_macro"),
+                "f1_macro": classification.get("f1_macro"),
+                "accuracy": classification.get("accuracy"),
+                "n_images": c.n_images,
+            }
+            for name, m in c.metrics.items():
+                lo, hi = m.ci if m.ci is not None else (None, None)
+                base.update({name: m.value if m.ok else None, f"{name}_ci_low": lo, f"{name}_ci_high": hi,
+                             f"{name}_n": m.n, f"{name}_status": m.status})
+            rows.append(base)
+        return rows
+
+    def to_frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows())
+
+
+def run(
+    config: str | Path | Mapping[str, Any] | None = None,
+    *,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    quiet: bool = False,
+    leaderboard: bool = True,
+) -> RunResult:
+    """Run the benchmark grid described by ``config`` (same as ``bench run``).
+
+    ``config`` may be a TOML path, a mapping, or an already-loaded config from
+    :func:`bench.config.load_config`. Returns a :class:`RunResult`;
+    ``result.to_frame()`` is the table as a pandas DataFrame.
+    """
+    cfg = config_mod.load_config(config, preset=preset, overrides=overrides)
+    plan = make_plan(cfg)
+    cfg = plan.config  # as the plan resolved it (leaderboard.control: the grid's null control)
+    executor = create_executor(plan.executor, plan.executor_params)
+    results_dir = plan.results_dir
+    from ..environment import environment
+    from ..runs import load_manifests, process_identity
+
+    load_manifests(results_dir)  # marks runs whose process is gone (SIGKILL, power cut) interrupted
+    run_id = new_run_id(cfg)
+    run_dir = results_dir / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stages = Stages(plan, quiet=quiet)
+    reg = registry()
+    manifest: dict[str, Any] = {
+        "run_id": run_id,
+        "status": "running",
+        "created": now(),
+        "finished": None,
+        "bench_version": bench_version(),
+        "config": cfg,
+        "executor": plan.executor,
+        "executor_params": executor.get_params() if hasattr(executor, "get_params") else {},
+        "executor_provenance": reg.get("executor", plan.executor).provenance(),
+        "environment": environment(),
+        "plugins": [p.to_dict() for p in reg.plugins],
+        "components": {
+            "dataset": reg.get("dataset", plan.dataset).provenance(),
+            "models": [reg.get("model", n).provenance() for n in plan.models],
+            "explainers": [reg.get("explainer", n).provenance() for n in plan.explainers],
+            "perturbations": [reg.get("perturbation", n).provenance() for n in plan.perturbations],
+            "metrics": [reg.get("metric", n).provenance() for n in plan.metrics],
+        },
+        "metrics": {"names": list(plan.metrics), "orders": list(plan.orders), "primary": plan.primary},
+        "seeds": {"run": cfg["run"]["seed"]},
+        "process": process_identity(),
+        "cells": [t.cell_id for t in plan.cells],
+        "failed": [],
+        "timings": {},
+        "dataset": None,
+    }
+    write_json(run_dir / "manifest.json", manifest)
+    result = RunResult(run_id=run_id, run_dir=run_dir)
+    t0 = time.perf_counter()
+    log(
+        f"bench run {run_id}: {len(plan.cells)} cells = {len(plan.models)} models x "
+        f"{len(plan.explainers)} explainers x {len(plan.perturbations)} perturbations on {plan.dataset}; "
+        f"metrics {', '.join(plan.metrics)} (curves: {', '.join(plan.orders) or 'none'})",
+        quiet=quiet,
+    )
+    previous_sigterm = _catch_sigterm()
+    try:
+        try:
+            data = stages.dataset()
+            # the grid and the models against the real images (a dataset may not declare its size)
+            check_image_fit(plan, data.splits.image_shape, data.splits.num_classes)
+            manifest["dataset"] = {
+                "name": data.splits.name,
+                "fingerprint": data.splits.fingerprint,
+                "params": data.params,
+                "file": str(data.file.resolve()),
+                "class_names": list(data.splits.class_names),
+                "counts": data.splits.counts(),
+                "metadata_keys": sorted(data.splits.metadata),
+            }
+            write_json(run_dir / "dataset.json", {**manifest["dataset"], "metadata": data.splits.metadata})
+            skipped = drop_unavailable_explainers(plan, data.splits.mask_names)
+            for name, why in skipped.items():
+                log(f"warning: {why}: explainer {name!r} (selected through 'all') is left out of this grid",
+                    quiet=quiet)
+            if skipped:
+                manifest["skipped"] = {
+                    "explainers": dict(skipped),
+                    "cells": [c for c in manifest["cells"] if c not in {t.cell_id for t in plan.cells}],
+                }
+                manifest["cells"] = [t.cell_id for t in plan.cells]
+                write_json(run_dir / "manifest.json", manifest)
+        except (KeyboardInterrupt, SystemExit, BenchError):
+            # bad input (missing folder, corrupt image, bad parameter): stop before any cell runs
+            raise
+        except BaseException as exc:  # a crashing dataset plugin fails every cell, with its message
+            log(f"[dataset] failed: {error_text(exc)}", quiet=quiet)
+        context = RunContext(plan=plan, stages=stages, run_dir=run_dir, run_id=run_id, quiet=quiet)
+        for i, record in enumerate(executor.run_cells(context, plan.cells), 1):
+            result.cells.append(record)
+            status = "ok" if record.ok else f"FAILED in {record.stage}: {record.error}"
+            head = record.metric(plan.primary)
+            shown = f" {head.display_label}={head.value:.4f}" if head is not None and head.ok else ""
+            problems = [f"{m.name} {m.status}: {m.error}" for m in record.metrics.values() if not m.ok]
+            shown += "".join(f"; {text}" for text in problems)
+            log(f"[{i}/{len(plan.cells)}] {record.cell_id}: {status}{shown}", quiet=quiet)
+            if cfg["run"]["fail_fast"] and not record.ok:
+                break
+    except KeyboardInterrupt as exc:
+        result.interrupted = True
+        if isinstance(exc, Terminated):
+            manifest["signal"] = "SIGTERM"
+        log("interrupted: finished cells are saved; run again to finish the rest (cached work is reused)")
+    except BaseException as exc:
+        manifest["error"] = error_text(exc)
+        raise
+    finally:
+        _restore_sigterm(previous_sigterm)
+        manifest["failed"] = [c.cell_id for c in result.failed]
+        manifest["finished"] = now()
+        if "error" in manifest:
+            manifest["status"] = "error"
+        else:
+            manifest["status"] = "interrupted" if result.interrupted else ("failed" if result.failed else "ok")
+        manifest["timings"]["total_seconds"] = time.perf_counter() - t0
+        manifest["cell_timings"] = {c.cell_id: c.timings.to_dict() for c in result.cells}
+        write_json(run_dir / "manifest.json", manifest)
+    if leaderboard and not result.interrupted and any(c.ok for c in result.cells):
+        from ..leaderboard import build_leaderboard
+
+        result.leaderboard = build_leaderboard(
+            results_dir,
+            formats=tuple(cfg["leaderboard"]["formats"]),
+            control=cfg["leaderboard"]["control"],
+            primary=plan.primary,
+            metrics=plan.metrics,
+        )
+    return result
+
+
+def plan_summary(plan: Plan) -> dict[str, Any]:
+    """The plan as plain data (``bench run --dry-run``)."""
+    return {
+        "dataset": plan.dataset,
+        "models": plan.models,
+        "explainers": plan.explainers,
+        "perturbations": plan.perturbations,
+        "metrics": plan.metrics,
+        "executor": plan.executor,
+        "executor_params": plan.executor_params,
+        "orders": list(plan.orders),
+        "primary": plan.primary,
+        "cells": [asdict(t) | {"cell_id": t.cell_id} for t in plan.cells],
+    }

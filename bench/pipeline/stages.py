@@ -1,0 +1,649 @@
+"""The stage functions of a plan: pure, cached, each returning a typed artifact.
+
+Each stage is a pure function of its inputs and is cached under a content hash of them
+(stage and bench versions + plugin name, version and code digest + parameters and the
+contents of files they name + upstream keys + seed; see :mod:`bench.keys`) in
+``results/cache/``, so a re-run recomputes nothing and a run killed at any point finishes
+only the remaining work when started again; a damaged cache entry is set aside and
+recomputed (:class:`bench.store.Cache`). Which stage feeds which is declared once, in
+:mod:`bench.pipeline.graph`; this module only computes one stage given its inputs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import config as config_mod
+from ..errors import BenchError, ComponentOutputError
+from ..keys import component_identity, param_files, stage_key
+from ..metrics import (
+    MetricSkipped,
+    compute_columns,
+    masks_of,
+    metric_data,
+    metric_params_key,
+    summarise,
+)
+from ..plugins import check_params, registry
+from ..store import Cache, content_key
+from .artifacts import (
+    CurvesArtifact,
+    DatasetArtifact,
+    HeatmapsArtifact,
+    MetricOutput,
+    MetricsArtifact,
+    ModelArtifact,
+)
+from .plan import CellTask, Plan, dataset_params, log, missing_masks_text, model_params
+from .record import MetricResult
+
+#: Bumped when a stage's stored format or semantics change (invalidates caches).
+#: Every stage key also holds bench's version and the code digest of its plugin.
+STAGE_VERSION = {"dataset": 2, "model": 2, "evaluation": 2, "heatmaps": 3, "curves": 4, "metric": 1}
+
+#: In-process memo of loaded stage outputs (dataset, model), keyed by content key.
+_MEMO: dict[str, Any] = {}
+
+
+def clear_memo() -> None:
+    """Forget the datasets and models loaded in this process (the cache on disk stays)."""
+    _MEMO.clear()
+
+
+def component_key(stage: str, kind: str, name: str, params: Mapping[str, Any], *upstream: Any) -> str:
+    """A stage's content key: stage + version + bench's version, the component (name,
+    version, code digest), its parameters and the contents of files they name, upstream."""
+    return stage_key(
+        stage, STAGE_VERSION[stage], component_identity(kind, name), dict(params),
+        param_files(params), *upstream,
+    )
+
+
+def evaluation_key(model_key: str) -> str:
+    """The cache key of a model's test-split evaluation."""
+    return stage_key("evaluation", STAGE_VERSION["evaluation"], model_key)
+
+
+def component_params(obj: Any) -> dict[str, Any]:
+    """``obj.get_params()`` as a dict (``{}`` when it has none)."""
+    get = getattr(obj, "get_params", None)
+    return dict(get()) if callable(get) else {}
+
+
+def create_component(kind: str, name: str, params: Mapping[str, Any]) -> Any:
+    """The registered ``kind`` ``name`` constructed with ``params`` (checked against its factory)."""
+    entry = registry().get(kind, name)
+    factory = entry.load_factory()
+    check_params(factory, params, where=f"{kind} {name!r}")
+    return factory(**params)
+
+
+def masks_digest(masks: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """A content hash per mask (bits packed): part of the key of a stage that reads them."""
+    import hashlib
+
+    out = {}
+    for name, m in sorted(masks.items()):
+        arr = np.ascontiguousarray(np.asarray(m, dtype=bool))
+        h = hashlib.sha256(repr(arr.shape).encode())
+        h.update(np.packbits(arr).tobytes())
+        out[name] = h.hexdigest()[:20]
+    return out
+
+
+def passes_per_map_of(explainer: Any) -> float | None:
+    """The explainer's ``passes_per_map()`` (forward-pass equivalents per map), None if it has none.
+
+    Called after the maps are computed, so an explainer whose cost depends on the model (the
+    channels Score-CAM scores) may report what its last call cost. A value that is not a
+    finite number >= 0 is a :class:`ComponentOutputError`.
+    """
+    method = getattr(explainer, "passes_per_map", None)
+    if not callable(method):
+        return None
+    value = method()
+    if value is None:
+        return None
+    try:
+        passes = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ComponentOutputError(
+            f"explainer {type(explainer).__name__}.passes_per_map() returned {value!r}, expected a number"
+        ) from exc
+    if not np.isfinite(passes) or passes < 0:
+        raise ComponentOutputError(
+            f"explainer {type(explainer).__name__}.passes_per_map() returned {value!r}, expected a finite number >= 0"
+        )
+    return passes
+
+
+class NotCached(BenchError):
+    """Raised by ``Stages(..., cached_only=True)`` where a stage would have to compute."""
+
+    def __init__(self, stage: str, key: str, hint: str = ""):
+        super().__init__(f"the {stage} result {key} is not in the cache" + (f": {hint}" if hint else ""))
+        self.stage = stage
+        self.key = key
+
+
+class Stages:
+    """The cached stage functions of one plan; each returns a typed artifact.
+
+    With ``cached_only=True`` a stage whose result is not in the cache raises
+    :class:`NotCached` (its message ends with ``missing_hint``) instead of computing it:
+    a cheap "is this cell done?" probe, and what an executor uses to write a cell's record
+    from results computed elsewhere. ``compute_final=True`` exempts the final (metric)
+    stage: metrics missing from the cache are then computed, from the cached inputs, where
+    the record is written.
+    """
+
+    def __init__(
+        self, plan: Plan, *, cache: Cache | None = None, quiet: bool = False, cached_only: bool = False,
+        missing_hint: str = "",
+        compute_final: bool = False,
+    ):
+        self.plan = plan
+        self.cache = cache or Cache(plan.results_dir / "cache")
+        self.quiet = quiet
+        self.progress = not quiet
+        self.cached_only = cached_only
+        self.missing_hint = missing_hint
+        self.compute_final = compute_final
+
+    def cached_view(self, missing_hint: str = "", *, compute_final: bool = False) -> Stages:
+        """These stages reading only the cache (``cached_only=True``), quietly; with
+        ``compute_final`` the metrics not in the cache are computed (see the class docs)."""
+        return Stages(self.plan, cache=self.cache, quiet=True, cached_only=True, missing_hint=missing_hint,
+                      compute_final=compute_final)
+
+    def _not_cached(self, stage: str, key: str) -> NotCached:
+        return NotCached(stage, key, self.missing_hint)
+
+    # ---- dataset ---------------------------------------------------------------------
+    def dataset(self) -> DatasetArtifact:
+        params = dataset_params(self.plan)
+        name = self.plan.dataset
+        component = create_component("dataset", name, params)
+        fingerprint = component.fingerprint()
+        key = component_key("dataset", "dataset", name, params, fingerprint)
+        if key in _MEMO:
+            return _MEMO[key]
+        from ..data import DatasetSplits
+
+        path = self.cache.path("datasets", key, ".npz")
+        splits = self.cache.read_checked(path, DatasetSplits.load_file)
+        if splits is None:
+            if self.cached_only:
+                raise self._not_cached("dataset", key)
+            log(f"[dataset] loading {name} ...", quiet=self.quiet)
+            splits = component.load()
+            if not isinstance(splits, DatasetSplits):
+                raise ComponentOutputError(
+                    f"dataset {name!r}: load() returned {type(splits).__name__}, expected DatasetSplits"
+                )
+            splits.save(path)
+        artifact = DatasetArtifact(splits=splits, key=key, file=path, params=component_params(component) or params)
+        _MEMO[key] = artifact
+        return artifact
+
+    # ---- model: train (cached) + evaluate on test (cached) -----------------------------
+    def model(self, name: str, data: DatasetArtifact) -> ModelArtifact:
+        from ..evaluation import evaluate_classification
+        from ..training import TrainingConfig, train
+
+        splits = data.splits
+        params = model_params(self.plan, name, splits.image_shape, splits.num_classes)
+        tcfg = self.plan.config["training"]
+        seed = self.plan.config["run"]["seed"]
+        key = component_key("model", "model", name, params, data.key, tcfg, seed)
+        if key in _MEMO:
+            return _MEMO[key]
+        if self.cached_only and (
+            self.cache.get_json("models", key) is None
+            or not self.cache.exists("models", key, ".keras")
+            or not self.cache.exists("evaluation", evaluation_key(key), ".npz")
+        ):
+            raise self._not_cached("model", key)
+        model = create_component("model", name, params)
+        training_config = TrainingConfig(
+            epochs=tcfg["epochs"],
+            batch_size=tcfg["batch_size"],
+            learning_rate=float(tcfg["learning_rate"]),
+            seed=seed,
+            selection=tcfg["selection"],
+        )
+        log(f"[train] {name} on {splits.name} ...", quiet=self.quiet)
+        t0 = time.perf_counter()
+        report = train(model, splits, training_config, cache=self.cache, key=key, progress=self.progress)
+        train_seconds = time.perf_counter() - t0
+
+        ekey = evaluation_key(key)
+        stored = self.cache.get_json("evaluation", ekey)
+        arrays = self.cache.get_npz("evaluation", ekey, required=("ids", "labels", "predictions"))
+        if stored is None or arrays is None:
+            ev = evaluate_classification(
+                model,
+                splits.test,
+                splits.class_names,
+                batch_size=self.plan.config["aopc"]["batch_size"],
+                # frozen backbones: the trainer already has the test probabilities from cached features
+                probabilities=getattr(report, "test_probabilities", None),
+            )
+            probabilities = np.asarray(ev.probabilities, dtype=np.float32)
+            if not np.all(np.isfinite(probabilities)):
+                raise ComponentOutputError(f"model {name!r} returned non-finite probabilities on the test split")
+            arrays = {
+                "ids": splits.test.ids.astype(str),
+                "labels": np.asarray(ev.labels, dtype=np.int64),
+                "predictions": np.asarray(ev.predictions, dtype=np.int64),
+                "probabilities": probabilities,
+            }
+            stored = ev.to_dict()
+            self.cache.put_npz("evaluation", ekey, **arrays)
+            self.cache.put_json("evaluation", ekey, stored)
+        weights_info = model.weights_info() if hasattr(model, "weights_info") else {}
+        record = {
+            "dataset": splits.name,
+            "model": name,
+            "weights": weights_info.get("weights", params.get("weights", "n/a")),
+            "weights_md5": weights_info.get("md5"),
+            "weights_info": weights_info,
+            "params": component_params(model) or params,
+            "provenance": registry().get("model", name).provenance(),
+            "key": key,
+            "classification": stored,
+            "training": report.to_dict() if hasattr(report, "to_dict") else dict(report),
+            "train_seconds": train_seconds,
+        }
+        artifact = ModelArtifact(
+            model=model,
+            key=key,
+            params=params,
+            record=record,
+            predictions=arrays["predictions"],
+            labels=arrays["labels"],
+            ids=arrays["ids"],
+        )
+        _MEMO[key] = artifact
+        return artifact
+
+    def explained_subset(self, data: DatasetArtifact, model: ModelArtifact) -> np.ndarray:
+        """Indices (into the test split) of the correctly classified images to explain.
+
+        All of them (the study), or with ``aopc.max_images`` a class-stratified,
+        seeded sample: classes take turns, so a cap never explains only the first
+        class of a test split sorted by class. Returned in test-split order.
+        """
+        correct = np.flatnonzero(model.predictions == model.labels)
+        cap = self.plan.config["aopc"]["max_images"]
+        return stratified_sample(correct, model.labels[correct], cap, seed=self.plan.config["run"]["seed"])
+
+    # ---- heatmaps -----------------------------------------------------------------------
+    def explainer_masks(self, name: str, data: DatasetArtifact, index: np.ndarray) -> dict[str, np.ndarray] | None:
+        """The masks explainer ``name`` declares, of the images ``index`` (None: it declares none).
+
+        A declared mask the dataset lacks raises a :class:`BenchError` naming the mask and the
+        dataset: the cell cannot run that explainer.
+        """
+        declared = self.plan.explainer_spec(name).masks
+        if not declared:
+            return None
+        available = masks_of(data.splits.test)
+        missing = [m for m in declared if m not in available]
+        if missing:
+            raise BenchError(missing_masks_text("explainer", name, missing, self.plan.dataset, available)
+                             + ": this cell cannot run; choose a dataset that carries it")
+        return {m: available[m][index] for m in declared}
+
+    def heatmaps(
+        self, name: str, data: DatasetArtifact, model: ModelArtifact, index: np.ndarray | None = None
+    ) -> HeatmapsArtifact:
+        """Heatmaps of explainer ``name`` for the explained images (``index``, default
+        :meth:`explained_subset`), cached; masks the spec declares are passed as ``masks=``
+        and their content is part of the key. No image to explain raises a BenchError."""
+        from ..explain import compute_heatmaps
+
+        if index is None:
+            index = self.explained_subset(data, model)
+        if len(index) == 0:
+            raise BenchError(
+                f"model {model.record.get('model', '?')!r} classified no test image correctly: nothing to explain"
+            )
+        params = dict(self.plan.config["explainers"]["params"].get(name, {}))
+        explainer = create_component("explainer", name, params)
+        resolved = component_params(explainer) or params
+        test = data.splits.test
+        ids = test.ids[index].astype(str)
+        masks = self.explainer_masks(name, data, index)
+        upstream: list[Any] = [model.key, content_key(list(ids))]
+        if masks is not None:
+            upstream.append(masks_digest(masks))
+        key = component_key("heatmaps", "explainer", name, resolved, *upstream)
+
+        def artifact(maps: np.ndarray, seconds: float, passes: float | None) -> HeatmapsArtifact:
+            return HeatmapsArtifact(explainer=name, heatmaps=maps, key=key, params=resolved, index=index,
+                                    ids=ids, seconds=seconds, passes_per_map=passes)
+
+        cached = self.cache.get_npz("heatmaps", key, required=("heatmaps",))
+        meta = self.cache.get_json("heatmaps", key) if cached is not None else None
+        if cached is not None and meta is not None:
+            passes = meta.get("passes_per_map")
+            return artifact(cached["heatmaps"], float(meta.get("seconds", 0.0)),
+                            None if passes is None else float(passes))
+        if self.cached_only:
+            raise self._not_cached("heatmaps", key)
+        log(f"[explain] {name} on {model.record['model']} ({len(index)} images) ...", quiet=self.quiet)
+        t0 = time.perf_counter()
+        heatmaps = compute_heatmaps(
+            explainer,
+            model.model,
+            test.images[index],
+            model.predictions[index],
+            ids=ids,
+            masks=masks,
+            batch_size=self.plan.config["explainers"]["batch_size"],
+            progress=self.progress,
+            name=name,
+        )
+        seconds = time.perf_counter() - t0
+        passes = passes_per_map_of(explainer)
+        self.cache.put_npz("heatmaps", key, heatmaps=heatmaps, ids=ids)
+        self.cache.put_json("heatmaps", key, {"seconds": seconds, "passes_per_map": passes, "explainer": name,
+                                              "params": resolved, "n": int(len(index))})
+        return artifact(heatmaps, seconds, passes)
+
+    # ---- curves ---------------------------------------------------------------------------
+    def _curves_setup(self, name: str, order: str, heat: HeatmapsArtifact) -> tuple[Any, dict[str, Any], str]:
+        params = dict(self.plan.config["perturbations"]["params"].get(name, {}))
+        perturbation = create_component("perturbation", name, params)
+        resolved = component_params(perturbation) or params
+        grid = config_mod.grid_shape(self.plan.config["aopc"]["grid"])
+        seed = self.plan.config["run"]["seed"]
+        key = component_key("curves", "perturbation", name, resolved, heat.key, list(grid), order, seed)
+        return perturbation, resolved, key
+
+    def curves(
+        self,
+        name: str,
+        order: str,
+        data: DatasetArtifact,
+        model: ModelArtifact,
+        heat: HeatmapsArtifact,
+        *,
+        start: int | None = None,
+        stop: int | None = None,
+    ) -> CurvesArtifact:
+        """Perturbation curves of one (heatmaps, perturbation ``name``, ``order``), cached.
+
+        With ``start``/``stop`` only the explained images ``start:stop`` are computed: a
+        shard, neither read from nor written to the cache (it is not the stage's result);
+        the noise is keyed by image id, so a shard's curves are exactly those rows of the
+        whole stage's. :meth:`merge_curves` stores shards as the stage's result.
+        """
+        from ..aopc import evaluate_aopc
+
+        perturbation, resolved, key = self._curves_setup(name, order, heat)
+        shard = start is not None or stop is not None
+        if not shard:
+            summary = self.cache.get_json("curves", key)
+            arrays = self.cache.get_npz("curves", key, required=("curves", "per_image", "order", "ids"))
+            if summary is not None and arrays is not None:
+                return CurvesArtifact.from_stored(name, order, key, summary, arrays)
+            if self.cached_only:
+                raise self._not_cached("curves", key)
+        lo = 0 if start is None else int(start)
+        hi = heat.n_images if stop is None else int(stop)
+        index = heat.index[lo:hi]
+        acfg = self.plan.config["aopc"]
+        grid = config_mod.grid_shape(acfg["grid"])
+        test = data.splits.test
+        ids = test.ids[index].astype(str)
+        what = f" images {lo}:{hi}" if shard else ""
+        log(
+            f"[curves] {model.record['model']} / {heat.explainer} / {order} / {name}{what} "
+            f"({len(index)} images x {grid[0] * grid[1] + 1} passes) ...",
+            quiet=self.quiet,
+        )
+        result = evaluate_aopc(
+            model.model,
+            test.images[index],
+            model.predictions[index],
+            heat.heatmaps[lo:hi],
+            perturbation=perturbation,
+            grid=grid,
+            order=order,
+            seed=self.plan.config["run"]["seed"],
+            ids=ids,
+            batch_size=acfg["batch_size"],
+            progress=self.progress and not shard,
+            strategy=acfg["strategy"],
+        )
+        artifact = CurvesArtifact(
+            perturbation=name, order=order, key=key, params=resolved,
+            curves=np.asarray(result.curves, dtype=np.float32),
+            per_image=np.asarray(result.per_image, dtype=np.float64),
+            region_order=np.asarray(result.order, dtype=np.int32),
+            ids=ids,
+            forward_passes=int(getattr(result, "forward_passes", len(ids) * (grid[0] * grid[1] + 1))),
+            seconds=float(getattr(result, "seconds", 0.0)),
+            strategy=str(getattr(result, "strategy", acfg["strategy"])),
+            strategy_info=dict(getattr(result, "strategy_info", {}) or {}),
+            images_with_ties=int((np.asarray(getattr(result, "ties", [])) > 0).sum()),
+            start=lo if shard else None,
+            stop=hi if shard else None,
+        )
+        if not shard:
+            self.cache.put_npz("curves", key, **artifact.arrays())
+            self.cache.put_json("curves", key, artifact.meta())
+        return artifact
+
+    def merge_curves(
+        self, name: str, order: str, heat: HeatmapsArtifact, shards: Sequence[CurvesArtifact]
+    ) -> CurvesArtifact:
+        """The curves stage's result from shards (:meth:`curves` with ``start``/``stop``), stored.
+
+        The shards are concatenated in image order (whatever order they come in); they must
+        tile the explained images of ``heat`` exactly (ids checked). The per-image values of
+        the merged curves are the whole stage's: the noise is keyed by image id, never by
+        shard, batch or worker.
+        """
+        from ..aopc import aopc_from_curves
+
+        _, resolved, key = self._curves_setup(name, order, heat)
+        if not shards:
+            raise BenchError(f"curves {order}/{name}: no shards to merge")
+        ordered = sorted(shards, key=lambda s: int(s.start or 0))
+        bounds = [(int(s.start or 0), int(s.stop if s.stop is not None else s.n_images)) for s in ordered]
+        if bounds[0][0] != 0 or bounds[-1][1] != heat.n_images or any(
+                a[1] != b[0] for a, b in zip(bounds, bounds[1:], strict=False)):
+            raise BenchError(
+                f"curves {order}/{name}: shards {', '.join(f'{a}:{b}' for a, b in bounds)} do not tile "
+                f"the {heat.n_images} explained images"
+            )
+        ids = np.concatenate([np.asarray(s.ids).astype(str) for s in ordered])
+        if not np.array_equal(ids, np.asarray(heat.ids).astype(str)):
+            raise BenchError(
+                f"curves {order}/{name}: the merged shards cover images {ids[:5].tolist()}... but the "
+                f"cell explains {np.asarray(heat.ids)[:5].tolist()}... ({len(ids)} vs {heat.n_images} images)"
+            )
+        curves = np.concatenate([np.asarray(s.curves, np.float32) for s in ordered])
+        artifact = CurvesArtifact(
+            perturbation=name, order=order, key=key, params=resolved, curves=curves,
+            per_image=aopc_from_curves(curves) if len(curves) else np.zeros(0),
+            region_order=np.concatenate([np.asarray(s.region_order) for s in ordered]),
+            ids=ids,
+            forward_passes=sum(int(s.forward_passes) for s in ordered),
+            seconds=sum(float(s.seconds) for s in ordered),
+            strategy=ordered[0].strategy,
+            strategy_info=dict(ordered[0].strategy_info),
+            images_with_ties=sum(int(s.images_with_ties) for s in ordered),
+        )
+        self.cache.put_npz("curves", key, **artifact.arrays())
+        self.cache.put_json("curves", key, artifact.meta())
+        return artifact
+
+    # ---- metrics --------------------------------------------------------------------------
+    def metric(self, name: str, inputs: Mapping[str, Any], *, heatmaps_key: str,
+               curve_keys: Mapping[str, str]) -> MetricOutput:
+        """The per-image columns of metric ``name`` on one cell, cached under a content key.
+
+        ``inputs`` are the cell's candidate inputs (``ids``, ``grid``, ``curves`` by order,
+        ``heatmaps``, ``masks`` by name, ``labels``, ``targets``, ``model``, ``explainer``,
+        ``images``, ``dataset``): :func:`bench.metrics.metric_data` hands the metric only
+        what its spec declares. The key holds the metric (name, version, code, parameters),
+        the heatmaps' key (which holds the model, dataset, explainer and images) and the
+        keys of the curves it reads. A metric that raises, or returns a wrong shape, raises
+        here; a declared mask the dataset lacks raises :class:`bench.metrics.MetricSkipped`.
+        ``cached_only`` stages raise :class:`NotCached` for a metric not in the cache unless
+        ``compute_final``.
+        """
+        spec = self.plan.metric_spec(name)
+        params = dict(self.plan.config["metrics"]["params"].get(name, {}))
+        metric = create_component("metric", name, params)
+        resolved = component_params(metric) or params
+        data = metric_data(spec, **inputs)
+        used = {o: curve_keys[o] for o in spec.inputs.curves}
+        key = component_key("metric", "metric", name, resolved, heatmaps_key, used, spec.inputs.to_dict())
+        meta = self.cache.get_json("metrics", key)
+        if meta is not None:
+            arrays = self.cache.get_npz("metrics", key, required=tuple(meta.get("columns", ())))
+            if arrays is not None:
+                return MetricOutput(name=name, columns=dict(arrays), params=resolved, key=key,
+                                    seconds=float(meta.get("seconds", 0.0)))
+        if self.cached_only and not self.compute_final:
+            raise self._not_cached("metric", key)
+        t0 = time.perf_counter()
+        columns = compute_columns(metric, spec, data)
+        seconds = time.perf_counter() - t0
+        self.cache.put_npz("metrics", key, **columns)
+        self.cache.put_json("metrics", key, {"metric": name, "columns": list(columns), "seconds": seconds,
+                                             "params": resolved})
+        return MetricOutput(name=name, columns=columns, params=resolved, key=key, seconds=seconds)
+
+    def cell_metrics(
+        self, task: CellTask, data: DatasetArtifact, model: ModelArtifact, heat: HeatmapsArtifact,
+        curves: Mapping[str, CurvesArtifact],
+    ) -> MetricsArtifact:
+        """Every selected metric of one cell: each gets only what it declared.
+
+        A metric that raises or returns a wrong shape fails only itself (its result says
+        why); one whose declared mask the dataset lacks is skipped with the reason.
+        """
+        grid = config_mod.grid_shape(self.plan.config["aopc"]["grid"])
+        test = data.splits.test
+        index = heat.index
+        inputs = {
+            "ids": heat.ids, "grid": grid, "curves": {o: c.curves for o, c in curves.items()},
+            "heatmaps": heat.heatmaps,
+            "masks": {name: m[index] for name, m in masks_of(test).items()},
+            "labels": model.labels[index].astype(np.int64), "targets": model.predictions[index].astype(np.int64),
+            "model": model.model, "explainer": LazyExplainer(task.explainer, self.plan.config),
+            "images": test.images[index], "dataset": f"dataset {task.dataset!r}",
+        }
+        curve_keys = {o: c.key for o, c in curves.items()}
+        out = MetricsArtifact()
+        metrics_file = f"metrics/{task.cell_id}.npz"
+        for name in self.plan.metrics:
+            result, columns = self._metric_result(name, inputs, heat.key, curve_keys, metrics_file)
+            out.results[name] = result
+            out.columns.update({f"{name}/{c}": v for c, v in columns.items()})
+        return out
+
+    def _metric_result(
+        self, name: str, inputs: Mapping[str, Any], heatmaps_key: str, curve_keys: Mapping[str, str],
+        metrics_file: str,
+    ) -> tuple[MetricResult, dict[str, np.ndarray]]:
+        cfg = self.plan.config
+        acfg = cfg["aopc"]
+        spec = self.plan.metric_spec(name)
+        entry = registry().get("metric", name)
+        given = dict(cfg["metrics"]["params"].get(name, {}))
+        about = {
+            "name": name, "higher_is_better": spec.higher_is_better, "family": spec.family,
+            "label": spec.display_label, "description": spec.description, "headline": spec.headline_column,
+            "heatmap_transform": spec.heatmap_transform, "confidence": acfg["confidence"],
+            "version": entry.version,
+        }
+        lazy = inputs.get("explainer")
+        wanted = dict(inputs)
+        try:
+            if isinstance(lazy, LazyExplainer):
+                wanted["explainer"] = lazy.get() if spec.inputs.explainer else None
+            output = self.metric(name, wanted, heatmaps_key=heatmaps_key, curve_keys=curve_keys)
+        except (KeyboardInterrupt, SystemExit, NotCached):
+            raise
+        except MetricSkipped as exc:
+            return MetricResult(status="skipped", error=str(exc), params=given,
+                                params_key=metric_params_key(given), **about), {}
+        except BaseException as exc:  # noqa: BLE001 - a failing metric fails only itself
+            return MetricResult(status="failed", error=error_text(exc), params=given,
+                                params_key=metric_params_key(given), **about), {}
+        columns = output.columns
+        stats = summarise(columns[spec.headline_column], confidence=acfg["confidence"],
+                          n_resamples=acfg["bootstrap"], seed=cfg["run"]["seed"])
+        result = MetricResult(
+            status="ok", value=stats.value, ci=stats.ci, n=stats.n, n_excluded=stats.n_excluded,
+            columns={c: list(v.shape) for c, v in columns.items()}, file=metrics_file,
+            key=f"{name}/{spec.headline_column}", ids_key="ids", params=output.params,
+            params_key=metric_params_key(output.params), seconds=output.seconds, **about,
+        )
+        return result, columns
+
+
+class LazyExplainer:
+    """A cell's explainer, constructed with its parameters when a metric first asks for it."""
+
+    def __init__(self, name: str, cfg: Mapping[str, Any]):
+        self.name = name
+        self.params = dict(cfg["explainers"]["params"].get(name, {}))
+        self._component: Any = None
+
+    def get(self) -> Any:
+        if self._component is None:
+            self._component = create_component("explainer", self.name, self.params)
+        return self._component
+
+
+def error_text(exc: BaseException) -> str:
+    """The one-line message a failed cell or metric records: a BenchError's own text, else
+    ``<ExceptionClass>: <message>``."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, BenchError):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+def stratified_sample(index: np.ndarray, labels: np.ndarray, cap: int, *, seed: int) -> np.ndarray:
+    """Up to ``cap`` entries of ``index``, classes taking turns, seeded; sorted. cap 0 = all."""
+    index = np.asarray(index)
+    if not cap or cap >= len(index):
+        return index
+    rng = np.random.default_rng([seed, 0x5EED])
+    pools = [list(rng.permutation(index[labels == c])) for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < cap:
+        for pool in pools:
+            if pool and len(picked) < cap:
+                picked.append(pool.pop())
+    return np.sort(np.asarray(picked, dtype=index.dtype))
+
+
+__all__ = [
+    "STAGE_VERSION",
+    "LazyExplainer",
+    "NotCached",
+    "Stages",
+    "clear_memo",
+    "component_key",
+    "component_params",
+    "create_component",
+    "error_text",
+    "evaluation_key",
+    "masks_digest",
+    "passes_per_map_of",
+    "stratified_sample",
+]

@@ -1,0 +1,52 @@
+"""The forward strategies by name: ``full`` (:mod:`bench.forward`), ``incremental`` and
+``auto`` (:mod:`bench.incremental`). The one module that knows both, so neither imports the other's
+caller (no import cycle)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ConfigError, did_you_mean
+from .forward import ForwardStrategy, FullForward
+from .incremental import IncrementalForward
+
+
+def _incremental(mode: str) -> Any:
+    def make() -> Any:
+        return IncrementalForward(mode=mode)
+
+    return make
+
+
+STRATEGIES: dict[str, Any] = {
+    "full": FullForward,
+    "incremental": _incremental("incremental"),
+    "auto": _incremental("auto"),
+}
+
+
+def get_strategy(strategy: str | ForwardStrategy) -> ForwardStrategy:
+    """A strategy instance from a name (``"full"``, ``"incremental"``, ``"auto"``) or an object.
+
+    ``"incremental"`` reuses the previous step's activations (:mod:`bench.incremental`);
+    ``"auto"`` uses it where the model and perturbation allow a real predicted gain and
+    full passes otherwise (the choice and reason are in the strategy's ``info``).
+    """
+    if isinstance(strategy, str):
+        key = strategy.lower()
+        if key not in STRATEGIES:
+            raise ConfigError(
+                f"unknown forward strategy {strategy!r}{did_you_mean(key, STRATEGIES)}; "
+                f"strategies: {', '.join(sorted(STRATEGIES))}"
+            )
+        return STRATEGIES[key]()
+    if not (hasattr(strategy, "forward") and hasattr(strategy, "prepare")):
+        raise ConfigError(
+            f"strategy must be a name ({', '.join(sorted(STRATEGIES))}) or an object with "
+            f"prepare() and forward(), got {type(strategy).__name__}"
+        )
+    return strategy
+
+
+def strategy_name(strategy: Any) -> str:
+    return str(getattr(strategy, "name", type(strategy).__name__))

@@ -1,0 +1,114 @@
+"""Controls by role: constant (null), edge and centre priors (other), oracle (positive) and
+anti-oracle (negative). None calls the model: 0 forward passes per map.
+
+The oracles read a dataset mask. The built-in ``oracle`` / ``anti-oracle`` read the
+``lesion`` mask and their specs declare it (``masks=("lesion",)``), so the harness
+passes it. For another mask, register a pair from your own plugin; the spec's
+declaration then matches the factory's default::
+
+    from bench import hookimpl
+    from bench_controls import oracle_specs
+
+    @hookimpl
+    def bench_register_explainers():
+        return oracle_specs("tumour")  # "oracle-tumour" and "anti-oracle-tumour"
+"""
+
+from __future__ import annotations
+
+import functools
+
+from bench import ExplainerSpec, hookimpl
+
+__version__ = "0.1.0"
+
+DEFAULT_MASK = "lesion"
+
+_EMPTY = (
+    "an image whose {mask!r} mask is empty (a Normal image has no lesion) gets a constant map "
+    "{value} (counted among the constant heatmaps; compare the oracles on the images with a "
+    "non-empty mask)"
+)
+
+
+def oracle_specs(
+    mask: str = DEFAULT_MASK, *, oracle_name: str | None = None, anti_name: str | None = None
+) -> list[ExplainerSpec]:
+    """The oracle (positive control) and anti-oracle (negative control) specs for dataset mask ``mask``.
+
+    Names default to ``oracle-<mask>`` / ``anti-oracle-<mask>``. Each spec declares
+    ``masks=(mask,)`` and its factory defaults to ``mask``, so the harness passes the
+    mask the explainer reads.
+    """
+    if mask == DEFAULT_MASK:
+        factories = ("bench_controls.controls:OracleExplainer", "bench_controls.controls:AntiOracleExplainer")
+    else:
+        from .controls import AntiOracleExplainer, OracleExplainer
+
+        factories = (
+            functools.partial(OracleExplainer, mask=mask),
+            functools.partial(AntiOracleExplainer, mask=mask),
+        )
+    return [
+        ExplainerSpec(
+            name=oracle_name or f"oracle-{mask}",
+            factory=factories[0],
+            description=(
+                f"Oracle (positive control): the dataset's {mask!r} mask as the heatmap (1 inside, "
+                f"0 outside), image resolution; " + _EMPTY.format(mask=mask, value="(all 0)")
+                + "; never calls the model, 0 passes per map"
+            ),
+            parameters={"mask": mask},
+            role="positive-control",
+            masks=(mask,),
+        ),
+        ExplainerSpec(
+            name=anti_name or f"anti-oracle-{mask}",
+            factory=factories[1],
+            description=(
+                f"Anti-oracle (negative control): the inverse of the dataset's {mask!r} mask (0 "
+                f"inside, 1 outside), image resolution; " + _EMPTY.format(mask=mask, value="(all 1)")
+                + "; never calls the model, 0 passes per map"
+            ),
+            parameters={"mask": mask},
+            role="negative-control",
+            masks=(mask,),
+        ),
+    ]
+
+
+@hookimpl
+def bench_register_explainers():
+    c = "bench_controls.controls"
+    return [
+        ExplainerSpec(
+            name="constant",
+            factory=f"{c}:ConstantExplainer",
+            description=(
+                "Constant map (null control): all zeros, 9x9 by default (size=None); every region "
+                "ties, so its order is the seeded tie-break; 0 passes per map"
+            ),
+            parameters={"size": None},
+            role="null-control",
+        ),
+        ExplainerSpec(
+            name="edge",
+            factory=f"{c}:EdgeExplainer",
+            description=(
+                "Sobel edge magnitude of the gray image (mean over channels), sqrt(Gx^2 + Gy^2), "
+                "borders mirrored, image resolution (other control: a prior); 0 passes per map"
+            ),
+            role="other-control",
+        ),
+        ExplainerSpec(
+            name="centre",
+            factory=f"{c}:CentrePrior",
+            description=(
+                "Centre prior (other control): exp(-d^2 / (2 (sigma * min(H, W))^2)), d the distance "
+                "from the image centre, sigma=0.25; the same map for every image; 0 passes per map"
+            ),
+            parameters={"sigma": 0.25},
+            role="other-control",
+        ),
+        *oracle_specs(DEFAULT_MASK, oracle_name="oracle", anti_name="anti-oracle"),
+    ]

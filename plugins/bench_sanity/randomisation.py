@@ -1,0 +1,361 @@
+"""Sanity checks (family ``randomisation``): does the explanation depend on the model and the class?
+
+* :class:`ModelRandomisation` (``model-randomisation``): the cascading model-parameter
+  randomisation test of Adebayo et al. 2018 ("Sanity Checks for Saliency Maps", NeurIPS),
+  by **blocks** of weighted layers, from the top (output) block down;
+* :class:`RandomLogit` (``random-logit``): Sixt et al. 2020 ("When Explanations Lie",
+  ICML): the explanation of the explained (predicted) class against that of a random
+  other class.
+
+Blocks (:func:`layer_blocks`). The weighted layers (layers holding variables; nested Keras
+sub-models are walked into, in graph order) are grouped into maximal runs of consecutive
+layers of the same *stage*: the part of the layer's name before its first ``_`` or ``/``
+when that part holds a digit and the rest is not a bare number (``block3_conv2`` -> ``block3``,
+``conv4_block12_1_conv`` -> ``conv4``, ``pool3_conv`` -> ``pool3``, ``conv1/conv`` ->
+``conv1``), else the layer's own name (``head_dense``, ``logits``, ``conv2d_1``, ``features``).
+That is the named stage of the Keras applications: VGG16 + the study's head is 7 blocks
+(block1..block5, head_dense, logits), DenseNet201 + head 11 (conv1, conv2, pool2, conv3,
+pool3, conv4, pool4, conv5, bn, head_dense, logits). Where that gives more than
+``max_blocks`` blocks (a model whose layers carry no stage names), consecutive blocks are
+merged into ``max_blocks`` groups of near-equal size, so a step count stays a handful.
+
+Randomisation. The trained model is never changed: it is cloned once
+(``keras.models.clone_model``, its weights copied), and the copy's blocks are re-initialised
+cumulatively, top block first: step k has the top k blocks re-initialised. A variable is
+re-drawn by its layer's own initializer (``kernel`` by ``kernel_initializer``, ``gamma`` by
+``gamma_initializer``, ...; the model as it was before training) seeded by
+``derive_seed(seed, variable path)``, or, with no initializer to be found, from a normal
+of the trained values' mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .similarity import max_normalised, spearman_rows, ssim_rows
+
+
+# ---- blocks ----------------------------------------------------------------------------
+def stage_of(name: str) -> str:
+    """The stage a layer name belongs to (see the module's docstring), or the name itself."""
+    for i, ch in enumerate(name):
+        if ch in "_/":
+            head, rest = name[:i], name[i + 1:]
+            if any(c.isdigit() for c in head) and rest and not rest.isdigit():
+                return head
+            return name
+    return name
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block of weighted layers: its name and the layers' paths (``sub_model/layer``), in graph order."""
+
+    name: str
+    layers: tuple[str, ...]
+
+
+def weighted_layers(keras_model: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(path, layer) of every layer holding variables, nested sub-models walked into, in graph order."""
+    import keras
+
+    out: list[tuple[str, Any]] = []
+    for layer in keras_model.layers:
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, keras.Model):
+            out.extend(weighted_layers(layer, prefix=f"{path}/"))
+        elif layer.weights:
+            out.append((path, layer))
+    return out
+
+
+def layer_blocks(keras_model: Any, max_blocks: int = 12) -> list[Block]:
+    """The blocks of ``keras_model``, input to output (see the module's docstring)."""
+    runs: list[tuple[str, list[str]]] = []
+    last_key: tuple[str, str] | None = None
+    for path, layer in weighted_layers(keras_model):
+        parent = path.rpartition("/")[0]
+        stage = stage_of(layer.name)
+        key = (parent, stage)
+        if key != last_key:
+            runs.append((f"{parent}/{stage}" if parent else stage, []))
+            last_key = key
+        runs[-1][1].append(path)
+    blocks = [Block(name, tuple(paths)) for name, paths in runs]
+    limit = int(max_blocks)
+    if limit >= 1 and len(blocks) > limit:
+        groups = np.array_split(np.arange(len(blocks)), limit)
+        blocks = [
+            Block(
+                blocks[g[0]].name if len(g) == 1 else f"{blocks[g[0]].name}..{blocks[g[-1]].name}",
+                tuple(p for j in g for p in blocks[j].layers),
+            )
+            for g in groups
+        ]
+    return blocks
+
+
+# ---- randomised copies -------------------------------------------------------------------
+def _layer_at(keras_model: Any, path: str) -> Any:
+    layer = keras_model
+    for part in path.split("/"):
+        layer = layer.get_layer(part)
+    return layer
+
+
+def _initializer_for(layer: Any, variable_name: str) -> Any:
+    base = variable_name.rpartition("/")[2].partition(":")[0]
+    candidates = [f"{base}_initializer"]
+    if base.endswith("_kernel"):
+        candidates.append(f"{base[: -len('_kernel')]}_initializer")
+    if base == "recurrent_kernel":
+        candidates.append("recurrent_initializer")
+    for attr in candidates:
+        init = getattr(layer, attr, None)
+        if init is not None and callable(init):
+            return init
+    return None
+
+
+def _seeded(init: Any, seed: int) -> Any:
+    import keras
+
+    init = keras.initializers.get(init)
+    try:
+        config = init.get_config()
+    except (AttributeError, NotImplementedError):
+        return init
+    if "seed" in config:
+        config = {**config, "seed": int(seed)}
+        return type(init).from_config(config)
+    return init
+
+
+def randomise_layer(layer: Any, path: str, seed: int) -> None:
+    """Re-draw every variable of ``layer`` (see the module's docstring); deterministic given ``seed``."""
+    from bench.regions import derive_seed
+
+    for variable in layer.weights:
+        vseed = derive_seed(seed, f"{path}/{variable.name}", "model-randomisation") % (2**31 - 1)
+        shape = tuple(int(d) for d in variable.shape)
+        init = _initializer_for(layer, variable.name)
+        if init is not None:
+            value = np.asarray(_seeded(init, vseed)(shape=shape, dtype=variable.dtype))
+        else:
+            trained = np.asarray(variable.numpy(), dtype=np.float64)
+            rng = np.random.default_rng(vseed)
+            value = rng.normal(trained.mean(), trained.std() or 1.0, size=shape)
+        variable.assign(value.astype(np.dtype(variable.dtype)))
+
+
+def clone_model(model: Any) -> Any:
+    """A bench model around a copy of ``model``'s Keras graph and weights (the original untouched)."""
+    import keras
+
+    from bench.models import KerasModel
+
+    source = model.keras
+    try:
+        copy = keras.models.clone_model(source)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the way forward
+        raise ValueError(
+            f"model {getattr(model, 'name', type(model).__name__)!r} cannot be cloned for the randomisation "
+            f"test (keras.models.clone_model failed: {exc}); the test needs a functional or sequential model"
+        ) from exc
+    copy.set_weights(source.get_weights())
+    return KerasModel(copy, feature_layer=model.feature_layer, name=f"{getattr(model, 'name', 'model')}-randomised")
+
+
+def cascade(model: Any, blocks: list[Block], seed: int) -> Iterator[tuple[Block, Any]]:
+    """(block, copy) for k = 1..K: the copy with the top k blocks re-initialised (one copy, in place)."""
+    copy = clone_model(model)
+    for block in reversed(blocks):
+        for path in block.layers:
+            randomise_layer(_layer_at(copy.keras, path), path, seed)
+        yield block, copy
+
+
+# ---- the metrics ---------------------------------------------------------------------------
+def _check_int(value: Any, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def explainer_masks(explainer: Any) -> tuple[str, ...]:
+    """The dataset masks the registered spec of ``explainer``'s class declares (``()``: none or unregistered)."""
+    import bench
+
+    cls = type(explainer)
+    reference = f"{cls.__module__}:{cls.__qualname__}"
+    for entry in bench.registry()["explainer"].values():
+        factory = entry.spec.factory
+        if factory is cls or (isinstance(factory, str) and factory == reference):
+            return tuple(getattr(entry.spec, "masks", ()) or ())
+    return ()
+
+
+def explain_images(data: Any, model: Any, images: Any, targets: Any, ids: Any, batch_size: int) -> np.ndarray:
+    """The cell's explainer (``data.explainer``) on ``model``, in batches, through the harness's explain loop.
+
+    An explainer that reads dataset masks (an oracle control) cannot be re-run here: the
+    metric contract hands a metric neither the cell's masks for its explainer nor a bound
+    explain call, so that raises a ValueError saying so (the metric fails in that cell only).
+    """
+    import bench
+
+    explainer = data.explainer
+    masks = explainer_masks(explainer)
+    if masks:
+        raise ValueError(
+            f"{data.name} re-runs the cell's explainer, which reads the dataset mask(s) "
+            f"{', '.join(map(repr, masks))}; the metric contract does not give a metric those masks "
+            "for the explainer, so it cannot be scored here"
+        )
+    return bench.compute_heatmaps(
+        explainer, model, images, targets, ids=np.asarray(ids), batch_size=int(batch_size),
+        name=f"{data.name}: explainer",
+    )
+
+
+def _explain(data: Any, model: Any, targets: np.ndarray, batch_size: int) -> np.ndarray:
+    return explain_images(data, model, data.images, targets, data.ids, batch_size)
+
+
+class ModelRandomisation:
+    """Cascading model-parameter randomisation (Adebayo et al. 2018), by blocks; lower is better.
+
+    ``compute(data)`` returns ``model-randomisation`` (N,), the mean over the K steps of the
+    Spearman rank correlation between |heatmap| on the trained model and on the randomised
+    copy (1 = the explanation ignores the model), and the per-step columns ``spearman`` and
+    ``ssim`` (N, K) (step k = the top k blocks randomised; SSIM on |h| / max |h|), ``last``
+    (N,) the Spearman with every block randomised, ``layers`` (N, K) the number of weighted
+    layers randomised at each step and ``heatmaps`` (N,) the maps computed per image (K + 1).
+
+    Parameters
+    ----------
+    seed:
+        Seeds the re-initialisation (default 0).
+    max_blocks:
+        The most randomisation steps (default 12; see :func:`layer_blocks`).
+    batch_size:
+        Images per explainer call (default 32).
+    """
+
+    def __init__(self, *, seed: int = 0, max_blocks: int = 12, batch_size: int = 32):
+        self.seed = seed
+        self.max_blocks = max_blocks
+        self.batch_size = batch_size
+
+    def get_params(self) -> dict[str, Any]:
+        return {"seed": self.seed, "max_blocks": self.max_blocks, "batch_size": self.batch_size}
+
+    def validate(self) -> None:
+        _check_int(self.seed, "seed", 0)
+        _check_int(self.max_blocks, "max_blocks", 1)
+        _check_int(self.batch_size, "batch_size", 1)
+
+    def blocks(self, model: Any) -> list[Block]:
+        """The blocks of ``model`` (a bench model), input to output."""
+        return layer_blocks(model.keras, self.max_blocks)
+
+    def compute(self, data: Any) -> dict[str, np.ndarray]:
+        self.validate()
+        model = data.model
+        targets = np.asarray(data.targets)
+        n = len(data)
+        blocks = self.blocks(model)
+        if not blocks:
+            raise ValueError(f"model {getattr(model, 'name', '?')!r} has no weighted layer to randomise")
+        reference = _explain(data, model, targets, self.batch_size)
+        ref_abs = np.abs(reference)
+        ref_norm = max_normalised(reference)
+        spearman = np.empty((n, len(blocks)))
+        ssim = np.empty((n, len(blocks)))
+        layers = np.empty((n, len(blocks)))
+        done = 0
+        for k, (block, copy) in enumerate(cascade(model, blocks, int(self.seed))):
+            maps = _explain(data, copy, targets, self.batch_size)
+            if maps.shape != reference.shape:
+                raise ValueError(
+                    f"the explainer's maps on the randomised model (block {block.name!r}) are {maps.shape[1:]}, "
+                    f"on the trained one {reference.shape[1:]}"
+                )
+            spearman[:, k] = spearman_rows(ref_abs, np.abs(maps))
+            ssim[:, k] = ssim_rows(ref_norm, max_normalised(maps))
+            done += len(block.layers)
+            layers[:, k] = done
+        return {
+            "model-randomisation": spearman.mean(axis=1),
+            "spearman": spearman,
+            "ssim": ssim,
+            "last": spearman[:, -1],
+            "layers": layers,
+            "heatmaps": np.full(n, len(blocks) + 1.0),
+        }
+
+
+class RandomLogit:
+    """The random-logit test (Sixt et al. 2020): explained class vs a random other class; lower is better.
+
+    ``compute(data)`` returns ``random-logit`` (N,), the SSIM (as Sixt et al.) between
+    |h| / max |h| of the explanation of the explained class and of a random other class,
+    drawn per image from ``derive_seed(seed, id, "random-logit")``; ``spearman`` (N,) the
+    Spearman rank correlation of the two |maps|; ``other-class`` (N,) the class drawn;
+    ``heatmaps`` (N,) the maps computed per image (2). 1 = the explanation ignores the class.
+
+    Parameters
+    ----------
+    seed:
+        Seeds the choice of the other class (default 0).
+    batch_size:
+        Images per explainer call (default 32).
+    """
+
+    def __init__(self, *, seed: int = 0, batch_size: int = 32):
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def get_params(self) -> dict[str, Any]:
+        return {"seed": self.seed, "batch_size": self.batch_size}
+
+    def validate(self) -> None:
+        _check_int(self.seed, "seed", 0)
+        _check_int(self.batch_size, "batch_size", 1)
+
+    def other_classes(self, ids: Any, targets: Any, num_classes: int) -> np.ndarray:
+        """int64 (N,): a class other than the target, uniform over the others, seeded by id."""
+        from bench.regions import derive_seed
+
+        t = np.asarray(targets, dtype=np.int64)
+        if num_classes < 2:
+            raise ValueError(f"the random-logit test needs at least 2 classes, the model has {num_classes}")
+        draws = np.array(
+            [np.random.default_rng(derive_seed(int(self.seed), i, "random-logit")).integers(num_classes - 1)
+             for i in np.asarray(ids)],
+            dtype=np.int64,
+        ).reshape(-1)
+        return draws + (draws >= t)
+
+    def compute(self, data: Any) -> dict[str, np.ndarray]:
+        self.validate()
+        model = data.model
+        targets = np.asarray(data.targets, dtype=np.int64)
+        others = self.other_classes(data.ids, targets, int(model.num_classes))
+        n = len(data)
+        both = explain_images(  # one stream of batches over both classes of every image
+            data, model, np.concatenate([data.images, data.images]), np.concatenate([targets, others]),
+            np.concatenate([np.asarray(data.ids)] * 2), self.batch_size,
+        )
+        explained, other = both[:n], both[n:]
+        return {
+            "random-logit": ssim_rows(max_normalised(explained), max_normalised(other)),
+            "spearman": spearman_rows(np.abs(explained), np.abs(other)),
+            "other-class": others.astype(np.float64),
+            "heatmaps": np.full(len(data), 2.0),
+        }

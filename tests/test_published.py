@@ -20,9 +20,19 @@ README = ROOT / "README.md"
 CSV = ROOT / "results" / "leaderboard.csv"
 BEGIN, END = "<!-- demo-table: generated from results/leaderboard.csv -->", "<!-- /demo-table -->"
 
+#: The README shows the model that learns on the demo data; every row is in results/leaderboard.md.
+MODEL = "simple-cnn"
+#: (header, metric column) of the README's metric columns, beside AOPC and its gain.
+METRICS = (
+    ("ABPC ↑", "abpc"),
+    ("relevance mass ↑", "relevance-mass"),
+    ("pixel AUC ↑", "pixel-auc"),
+    ("model randomisation ρ ↓", "model-randomisation"),
+)
 HEADER = (
-    "| model | weights | explainer | settings | test recall | F1 | AOPC [95% CI] "
-    "| gain over random [95% CI] | ABPC [95% CI] | n | flags |"
+    "| explainer | role | AOPC ↑ [95% CI] | gain over random [95% CI] | "
+    + " | ".join(h for h, _ in METRICS)
+    + " | passes/map | n | flags |"
 )
 
 
@@ -39,25 +49,26 @@ def _ci(lo: float, hi: float) -> str:
     return f" [{_num(lo)}, {_num(hi)}]"
 
 
-def demo_table(frame: pd.DataFrame) -> str:
-    """The README's compact rendering of the leaderboard CSV (three decimals)."""
-    lines = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
-    for _, r in frame.iterrows():
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
+def demo_table(frame: pd.DataFrame, model: str = MODEL) -> str:
+    """The README's compact rendering of one model's rows of the leaderboard CSV (three decimals)."""
+    lines = [HEADER, "|" + "---|" * (HEADER.count(" | ") + 1)]
+    for _, r in frame[frame["model"] == model].iterrows():
         gain = "" if r["explainer"] == r["baseline"] else (
             _num(r["gain_over_baseline"], signed=True) + _ci(r["gain_ci_low"], r["gain_ci_high"])
         )
         constant = r.get("constant_heatmaps")
-        flags = (
-            f"{int(constant)}/{int(r['n_images'])} constant heatmaps"
-            if isinstance(constant, (int, float)) and not math.isnan(constant) and constant > 0 else ""
-        )
+        flags = f"{int(constant)}/{int(r['n_images'])} constant maps" if _finite(constant) and constant > 0 else ""
+        passes = r.get("passes_per_map")
         cells = [
-            r["model"], r["weights"], r["explainer"], r["settings"],
-            _num(r["recall_macro"]), _num(r["f1_macro"]),
+            r["explainer"], r["role"],
             _num(r["aopc"]) + _ci(r["aopc_ci_low"], r["aopc_ci_high"]),
             gain,
-            _num(r["abpc"]) + _ci(r["abpc_ci_low"], r["abpc_ci_high"]),
-            str(int(r["n_images"])), flags,
+            *(_num(r.get(col, math.nan)) for _, col in METRICS),
+            (f"{passes:g}" if _finite(passes) else ""), str(int(r["n_images"])), flags,
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
@@ -84,15 +95,17 @@ def test_readme_demo_table_is_the_committed_leaderboard():
 
 def test_demo_table_renders_known_values():
     frame = pd.DataFrame([{
-        "model": "m", "weights": "none", "explainer": "gradcam", "settings": "abc123",
-        "recall_macro": 0.88333, "f1_macro": 0.87871, "aopc": 0.46371, "aopc_ci_low": 0.32993,
-        "aopc_ci_high": 0.59210, "gain_over_baseline": -0.00001, "gain_ci_low": -0.0206,
-        "gain_ci_high": 0.0613, "baseline": "random", "abpc": 0.048, "abpc_ci_low": -0.0117,
-        "abpc_ci_high": 0.1218, "n_images": 20, "constant_heatmaps": 3,
-    }])
-    row = demo_table(frame).splitlines()[2]
-    assert row == ("| m | none | gradcam | abc123 | 0.883 | 0.879 | 0.464 [0.330, 0.592] "
-                   "| +0.000 [-0.021, 0.061] | 0.048 [-0.012, 0.122] | 20 | 3/20 constant heatmaps |")
+        "model": "simple-cnn", "explainer": "gradcam", "role": "method",
+        "aopc": 0.46371, "aopc_ci_low": 0.32993, "aopc_ci_high": 0.59210,
+        "gain_over_baseline": -0.00001, "gain_ci_low": -0.0206, "gain_ci_high": 0.0613, "baseline": "random",
+        "abpc": 0.048, "relevance-mass": 0.02822, "pixel-auc": 0.5634, "model-randomisation": -0.0549,
+        "passes_per_map": 1.0, "n_images": 20, "constant_heatmaps": 3,
+    }, {"model": "vgg16", "explainer": "gradcam"}])
+    lines = demo_table(frame).splitlines()
+    assert len(lines) == 3  # header, rule, the one simple-cnn row
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
+    assert lines[2] == ("| gradcam | method | 0.464 [0.330, 0.592] | +0.000 [-0.021, 0.061] | 0.048 | 0.028 "
+                        "| 0.563 | -0.055 | 1 | 20 | 3/20 constant maps |")
 
 
 if __name__ == "__main__":

@@ -249,6 +249,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 # leaderboard
 # ---------------------------------------------------------------------------------------
+def recorded_control(results: Path) -> str:
+    """The gain reference the runs under ``results`` resolved (``leaderboard.control`` of their
+    manifests' configs), when they all agree; ``""`` otherwise (then each family's only null control)."""
+    from .runs import load_manifests
+
+    chosen = {
+        str(((m.get("config") or {}).get("leaderboard") or {}).get("control") or "")
+        for m in load_manifests(results).values()
+    }
+    chosen.discard("")
+    return chosen.pop() if len(chosen) == 1 else ""
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import build_leaderboard, collect, render
 
@@ -262,6 +275,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         if control and control != args.baseline:
             raise BenchError(f"--control {control!r} and the deprecated --baseline {args.baseline!r} disagree")
         control = args.baseline
+    if not control:
+        control = recorded_control(results)
     primary = args.primary or None
     paths = build_leaderboard(results, control=control, figures=not args.no_figures, primary=primary)
     if args.format:

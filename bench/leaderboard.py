@@ -1167,7 +1167,7 @@ def render(
             "figures": {section: [Path(p).name for p in paths] for section, paths in (figures or {}).items()},
             "provenance": _json_safe(prov),
         }
-        return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n"
     if fmt == "md":
         return _render_md(df, prov, failed, comparisons, title)
     if fmt == "html":

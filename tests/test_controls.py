@@ -331,3 +331,22 @@ def test_a_preferred_control_the_grid_did_not_select_is_a_preference():
         resolve_control(["constant", "flat"], roles, "random")  # several and the preferred absent
     with pytest.raises(ConfigError, match="not a selected explainer"):
         resolve_control(["gradcam"], roles, "nosuch")  # unknown: an error, not a preference
+
+
+def test_bench_leaderboard_uses_the_control_its_runs_resolved(tmp_path):
+    """A preset's control (the demo: random among two null controls) is recorded in each run's
+    config; `bench leaderboard` without --control uses it when the runs agree."""
+    from bench.cli import recorded_control
+    from bench.store import write_json
+
+    def manifest(run, control):
+        write_json(tmp_path / "runs" / run / "manifest.json",
+                   {"run_id": run, "status": "ok", "config": {"leaderboard": {"control": control}}})
+
+    manifest("r1", "random")
+    manifest("r2", "random")
+    assert recorded_control(tmp_path) == "random"
+    manifest("r3", "")  # a run with no null control says nothing
+    assert recorded_control(tmp_path) == "random"
+    manifest("r4", "constant")  # runs that disagree: each family's only null control, or an error
+    assert recorded_control(tmp_path) == ""

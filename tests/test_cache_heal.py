@@ -9,29 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _tiny_config import tiny as _config
 
 import bench
 from bench import keys, runner
 from bench.data import DatasetSplits
 from bench.store import Cache, CorruptFileError, read_json, read_npz, write_npz
-
-CONFIG = {
-    "preset": "demo",
-    "dataset": {
-        "name": "synthetic-cxr",
-        "params": {"image_size": 32, "per_class": 20, "shortcut": 1.0, "lesion_contrast": 2.0},
-    },
-    "models": {"names": ["simple-cnn"]},
-    "training": {"epochs": 3, "batch_size": 16},
-    "explainers": {"names": ["random"]},
-    "perturbations": {"names": ["gaussian-noise"]},
-    "aopc": {"grid": 2, "max_images": 3, "bootstrap": 20, "baseline": ""},
-    "metrics": {"names": ["aopc"]},
-}
-
-
-def _config(out: Path) -> dict:
-    return {**json.loads(json.dumps(CONFIG)), "run": {"out": str(out)}}
 
 
 def _run(out: Path) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
-import json
 import os
 import sys
 import textwrap
@@ -14,34 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _tiny_config import tiny
 from bench_datasets.covid_radiography import CLASS_NAMES, CovidRadiography
 from PIL import Image
 
 import bench
 from bench import keys, runner
 from bench.store import read_json, read_npz
-
-TINY = {
-    "preset": "demo",
-    "dataset": {
-        "name": "synthetic-cxr",
-        "params": {"image_size": 32, "per_class": 20, "shortcut": 1.0, "lesion_contrast": 2.0},
-    },
-    "models": {"names": ["simple-cnn"]},
-    "training": {"epochs": 3, "batch_size": 16},
-    "explainers": {"names": ["random"]},
-    "perturbations": {"names": ["gaussian-noise"]},
-    "aopc": {"grid": 2, "max_images": 3, "bootstrap": 20, "baseline": ""},
-    "metrics": {"names": ["aopc"]},
-}
-
-
-def tiny(out: Path, **sections: dict) -> dict:
-    cfg = json.loads(json.dumps(TINY))
-    cfg["run"] = {"out": str(out)}
-    for section, values in sections.items():
-        cfg.setdefault(section, {}).update(values)
-    return cfg
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import (
+from bench.errors import (
     BenchError,
     ComponentOutputError,
     ConfigError,
@@ -20,9 +20,9 @@ from .errors import (
     UnsafePathError,
     WeightsError,
 )
-from .hookspecs import hookimpl, hookspec
-from .plugins import create, register_plugin, registry, unregister_plugin
-from .specs import (
+from bench.plugin.hookspecs import hookimpl, hookspec
+from bench.plugin.registry import create, register_plugin, registry, unregister_plugin
+from bench.plugin.specs import (
     EXPLAINER_ROLES,
     ComponentSpec,
     DatasetSpec,
@@ -38,11 +38,11 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "KerasModel": ("bench.models", "KerasModel"),
-    "CorruptFileError": ("bench.store", "CorruptFileError"),
-    "evaluate_aopc": ("bench.aopc", "evaluate_aopc"),
-    "AOPCResult": ("bench.aopc", "AOPCResult"),
+    "CorruptFileError": ("bench.pipeline.store", "CorruptFileError"),
+    "evaluate_aopc": ("bench.engine.curves", "evaluate_aopc"),
+    "AOPCResult": ("bench.engine.curves", "AOPCResult"),
     "run": ("bench.pipeline.driver", "run"),
-    "load_config": ("bench.config", "load_config"),
+    "load_config": ("bench.config.loading", "load_config"),
     "Split": ("bench.data", "Split"),
     "DatasetSplits": ("bench.data", "DatasetSplits"),
     "TrainingConfig": ("bench.training", "TrainingConfig"),
@@ -51,10 +51,10 @@ _LAZY = {
     "evaluate_classification": ("bench.evaluation", "evaluate_classification"),
     "ClassificationReport": ("bench.evaluation", "ClassificationReport"),
     "format_report": ("bench.evaluation", "format_report"),
-    "compute_heatmaps": ("bench.explain", "compute_heatmaps"),
-    "IncrementalForward": ("bench.incremental", "IncrementalForward"),
-    "predicted_gain": ("bench.incremental", "predicted_gain"),
-    "MetricData": ("bench.metrics", "MetricData"),
+    "compute_heatmaps": ("bench.pipeline.explain", "compute_heatmaps"),
+    "IncrementalForward": ("bench.engine.incremental", "IncrementalForward"),
+    "predicted_gain": ("bench.engine.incremental", "predicted_gain"),
+    "MetricData": ("bench.pipeline.metrics", "MetricData"),
     "CellRecord": ("bench.pipeline.record", "CellRecord"),
     "RunContext": ("bench.pipeline.executors", "RunContext"),
 }

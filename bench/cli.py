@@ -25,11 +25,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BenchError
-from .specs import KINDS
+from bench.errors import BenchError
+from bench.plugin.specs import KINDS
 
 if TYPE_CHECKING:
-    from .plugins import Registry
+    from bench.plugin.registry import Registry
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -42,7 +42,7 @@ def _quiet_tensorflow() -> None:
 # plugins / list
 # ---------------------------------------------------------------------------------------
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import registry
+    from bench.plugin.registry import registry
 
     reg = registry()
     infos = [p.to_dict() for p in reg.plugins]
@@ -90,7 +90,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .plugins import normalise_kind, registry
+    from bench.plugin.registry import normalise_kind, registry
 
     kind = normalise_kind(args.kind)
     table = registry()[kind]
@@ -131,7 +131,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     """``--set aopc.grid=3`` -> {"aopc": {"grid": 3}} (values parsed as TOML, else string)."""
-    from .errors import ConfigError
+    from bench.errors import ConfigError
 
     out: dict[str, Any] = {}
     for item in items:
@@ -151,7 +151,7 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import ALL, merge
+    from bench.config.loading import ALL, merge
 
     o: dict[str, Any] = {}
 
@@ -203,8 +203,8 @@ def warn_plugin_problems(reg: Registry) -> None:
 
 def refuse_conflicting_names(cfg: Mapping[str, Any], reg: Registry) -> None:
     """A config that names a conflicting component fails here (exit 2), naming its key."""
-    from .config import SECTION_KIND
-    from .errors import PluginConflictError
+    from bench.config.loading import SECTION_KIND
+    from bench.errors import PluginConflictError
 
     selected = [("dataset.name", "dataset", cfg["dataset"]["name"])]
     for section, kind in SECTION_KIND.items():
@@ -217,9 +217,9 @@ def refuse_conflicting_names(cfg: Mapping[str, Any], reg: Registry) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .pipeline import make_plan, plan_summary, run
-    from .plugins import registry
+    from bench.config.loading import load_config
+    from bench.pipeline import make_plan, plan_summary, run
+    from bench.plugin.registry import registry
 
     reg = registry()
     warn_plugin_problems(reg)
@@ -252,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def recorded_control(results: Path) -> str:
     """The gain reference the runs under ``results`` resolved (``leaderboard.control`` of their
     manifests' configs), when they all agree; ``""`` otherwise (then each family's only null control)."""
-    from .runs import load_manifests
+    from bench.pipeline.runs import load_manifests
 
     chosen = {
         str(((m.get("config") or {}).get("leaderboard") or {}).get("control") or "")
@@ -263,7 +263,7 @@ def recorded_control(results: Path) -> str:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .leaderboard import build_leaderboard, collect, render
+    from bench.publish.leaderboard import build_leaderboard, collect, render
 
     results = Path(args.results)
     if not (results / "runs").is_dir():
@@ -284,7 +284,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         text = (render(collect(results, control=control, primary=primary), fmt) if fmt not in paths
                 else Path(paths[fmt]).read_text(encoding="utf-8"))
         if args.out:
-            from .store import atomic_write_text
+            from bench.pipeline.store import atomic_write_text
 
             atomic_write_text(Path(args.out), text)
             print(f"wrote {args.out}")
@@ -300,7 +300,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 # new-plugin
 # ---------------------------------------------------------------------------------------
 def cmd_new_plugin(args: argparse.Namespace) -> int:
-    from .scaffold import render_plugin
+    from bench.plugin.scaffold import render_plugin
 
     folder = render_plugin(args.name, kind=args.kind, directory=Path(args.dir))
     print(f"wrote {folder}\nnext: pip install -e {folder} && pytest {folder} && bench plugins")
@@ -312,8 +312,8 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 def _dataset_component(name: str, data: str | None, params: Sequence[str]) -> Any:
     """The dataset, constructed and validated as the plan does (bad input: ConfigError, exit 2)."""
-    from .pipeline import validated_component
-    from .plugins import accepted_params, registry
+    from bench.pipeline import validated_component
+    from bench.plugin.registry import accepted_params, registry
 
     kwargs: dict[str, Any] = {}
     for key, value in _parse_set([f"p.{item}" for item in params]).get("p", {}).items():
@@ -346,7 +346,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["class", "train", "val", "test"]))
         return EXIT_OK
     if args.data_command == "show":
-        from .dataset_figure import write_dataset_grid
+        from bench.publish.dataset_figure import write_dataset_grid
 
         ds = _dataset_component(args.name, args.data, args.param or [])
         path = write_dataset_grid(ds.load(), args.out, per_class=args.per_class, split=args.split)
@@ -356,7 +356,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from bench.config.loading import load_config
 
     cfg = load_config(args.config, preset=args.preset, overrides=_parse_set(args.set or []))
     print(json.dumps(cfg, indent=2))
@@ -365,7 +365,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from bench import __version__
 
     parser = argparse.ArgumentParser(
         prog="bench",
@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perturbation", action="append", metavar="P")
     p.add_argument("--metric", action="append", metavar="M",
                    help="a metric to compute (repeatable; the first ranks the leaderboard)")
-    p.add_argument("--config", metavar="FILE", help="TOML config (see bench/presets/*.toml)")
+    p.add_argument("--config", metavar="FILE", help="TOML config (see bench/config/presets/*.toml)")
     p.add_argument("--preset", metavar="NAME", help="built-in preset: demo (default), covid-radiography")
     p.add_argument("--data", metavar="PATH", help="dataset folder (for datasets read from disk)")
     p.add_argument("--weights", metavar="imagenet|none|PATH")

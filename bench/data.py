@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .paths import NAME_RULE, name_problem
+from bench.plugin.names import NAME_RULE, name_problem
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 #: ``DatasetSplits.metadata`` key: the classes a dataset declares positive (a list of its
@@ -215,7 +215,7 @@ class DatasetSplits:
             "masks": {split_name: list(s.masks) for split_name, s in self.splits().items()},
         }
         arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        from .store import atomic_write_bytes
+        from bench.pipeline.store import atomic_write_bytes
 
         buf = io.BytesIO()
         np.savez(buf, **arrays)
@@ -226,9 +226,9 @@ class DatasetSplits:
         """Read a file written by :meth:`save`, whole (every member's CRC-32 checked).
 
         A truncated, bit-flipped or incomplete file raises
-        :class:`~bench.store.CorruptFileError` naming it.
+        :class:`~bench.pipeline.store.CorruptFileError` naming it.
         """
-        from .store import CorruptFileError, read_npz
+        from bench.pipeline.store import CorruptFileError, read_npz
 
         path = Path(path)
         arrays = read_npz(path)

@@ -23,7 +23,7 @@ class PluginConflictError(PluginError):
 
 
 class InvalidNameError(BenchError, ValueError):
-    """A component name that could become a path or markup (see :mod:`bench.paths`)."""
+    """A component name that could become a path or markup (see :mod:`bench.plugin.names`)."""
 
 
 class UnsafePathError(BenchError, ValueError):

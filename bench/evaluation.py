@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import Split
-from .errors import ComponentOutputError
-from .store import write_json, write_npz
+from bench.data import Split
+from bench.errors import ComponentOutputError
+from bench.pipeline.store import write_json, write_npz
 
 
 @dataclass
@@ -97,7 +97,7 @@ class ClassificationReport:
             "predictions": folder / "predictions.npz",
         }
         write_json(paths["json"], self.to_dict())
-        from .store import atomic_write_text
+        from bench.pipeline.store import atomic_write_text
 
         atomic_write_text(paths["text"], format_report(self) + "\n")
         arrays: dict[str, np.ndarray] = {
@@ -145,7 +145,7 @@ def evaluate_classification(
     instead of running the model again.
     """
     if probabilities is None:
-        from .models import as_bench_model
+        from bench.models import as_bench_model
 
         bm = as_bench_model(model)
         if len(split):

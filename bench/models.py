@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BenchError, did_you_mean
+from bench.errors import BenchError, did_you_mean
 
 
 class ModelError(BenchError):
@@ -356,7 +356,7 @@ class KerasModel:
         """Class probabilities for float32 [0, 1] images or uint8 images, in batches."""
         import tensorflow as tf
 
-        from .data import to_model_input
+        from bench.data import to_model_input
 
         if self._predict_fn is None:
             self.keras  # noqa: B018 - build outside the trace

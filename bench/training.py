@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from .data import DatasetSplits, Split, to_model_input
-from .errors import BenchError, ConfigError, did_you_mean
-from .keys import bench_version, code_digest
-from .store import Cache, content_key
+from bench.data import DatasetSplits, Split, to_model_input
+from bench.errors import BenchError, ConfigError, did_you_mean
+from bench.pipeline.keys import bench_version, code_digest
+from bench.pipeline.store import Cache, content_key
 
 SELECTION_RULES: tuple[str, ...] = (
     "disease_recall",

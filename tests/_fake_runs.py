@@ -1,8 +1,8 @@
 """Write fake run folders (the runner's format) with known numbers, for the leaderboard tests.
 
 Nothing here imports TensorFlow: the folders are plain JSON and NPZ files laid out
-exactly as ``bench.runner`` writes them: schema-2 cell records
-(:class:`bench.record.CellRecord`, per-image metric columns in ``metrics/<cell>.npz``),
+exactly as ``bench.pipeline`` writes them: schema-2 cell records
+(:class:`bench.pipeline.record.CellRecord`, per-image metric columns in ``metrics/<cell>.npz``),
 or, with ``FakeCell(schema=1)`` / ``legacy=True``, the schema-1 records of earlier
 versions (``results: {morf: {aopc, ci, n}, ...}``, ``abpc``), which must still load.
 """
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from bench.data import DatasetSplits, Split
-from bench.metrics import metric_params_key, summarise
-from bench.record import CellRecord, MetricResult, Timings
-from bench.settings import cell_settings, explainer_params_key, settings_key
-from bench.store import write_json, write_npz
+from bench.pipeline.metrics import metric_params_key, summarise
+from bench.pipeline.record import CellRecord, MetricResult, Timings
+from bench.pipeline.settings import cell_settings, explainer_params_key, settings_key
+from bench.pipeline.store import write_json, write_npz
 
 CLASS_NAMES = ("COVID", "Lung Opacity", "Normal", "Viral Pneumonia")
 GRID = 3  # 3x3 regions, L = 9: curves have 10 points

@@ -1,4 +1,4 @@
-"""The streaming AOPC engine (bench.aopc.evaluate_aopc)."""
+"""The streaming AOPC engine (bench.engine.curves.evaluate_aopc)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ keras = pytest.importorskip("keras")
 from bench_metrics.curve_metrics import abpc_per_image as abpc  # noqa: E402
 
 import bench  # noqa: E402
-from bench import aopc as aopc_mod  # noqa: E402
-from bench.aopc import AOPCResult, correctly_classified, evaluate_aopc  # noqa: E402
+from bench.engine import curves as aopc_mod  # noqa: E402
+from bench.engine.curves import AOPCResult, correctly_classified, evaluate_aopc  # noqa: E402
+from bench.engine.forward import FullForward  # noqa: E402
+from bench.engine.regions import region_boxes  # noqa: E402
 from bench.errors import ComponentOutputError, ConfigError, DataError  # noqa: E402
-from bench.explain import compute_heatmaps  # noqa: E402
-from bench.forward import FullForward  # noqa: E402
-from bench.regions import region_boxes  # noqa: E402
-from bench.statistics import paired_comparison  # noqa: E402
+from bench.pipeline.explain import compute_heatmaps  # noqa: E402
+from bench.stats import paired_comparison  # noqa: E402
 
 
 class ZeroFill:
@@ -398,7 +398,7 @@ def test_gradcam_beats_random_on_an_obvious_spatial_signal():
 
 
 def test_full_forward_traces_once_whatever_the_batch_sizes(cnn, data):
-    from bench.forward import traced_call
+    from bench.engine.forward import traced_call
 
     images, targets, heatmaps, ids = data
     evaluate_aopc(cnn, images, targets, heatmaps, grid=3, batch_size=16)  # last batch: 6 pairs

@@ -12,9 +12,10 @@ import pytest
 from _tiny_config import tiny as _config
 
 import bench
-from bench import keys, runner
+from bench import pipeline as runner
 from bench.data import DatasetSplits
-from bench.store import Cache, CorruptFileError, read_json, read_npz, write_npz
+from bench.pipeline import keys
+from bench.pipeline.store import Cache, CorruptFileError, read_json, read_npz, write_npz
 
 
 def _run(out: Path) -> dict:

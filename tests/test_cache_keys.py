@@ -18,8 +18,9 @@ from bench_datasets.covid_radiography import CLASS_NAMES, CovidRadiography
 from PIL import Image
 
 import bench
-from bench import keys, runner
-from bench.store import read_json, read_npz
+from bench import pipeline as runner
+from bench.pipeline import keys
+from bench.pipeline.store import read_json, read_npz
 
 
 @pytest.fixture(autouse=True)
@@ -176,7 +177,7 @@ def test_every_stage_key_holds_bench_and_stage_versions(monkeypatch):
 def test_every_stage_key_holds_benchs_own_code(monkeypatch):
     """An edited checkout of bench (the engine every stage runs through) recomputes."""
     digest = keys.bench_code_digest()
-    assert digest == keys.code_digest(bench.runner.Stages) != "unknown"  # the bench package's files
+    assert digest == keys.code_digest(bench.pipeline.Stages) != "unknown"  # the bench package's files
     key = keys.stage_key("curves", 2, "x")
     monkeypatch.setattr(keys, "bench_code_digest", lambda: "edited")
     assert keys.stage_key("curves", 2, "x") != key

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bench
-from bench.metrics import metric_data
+from bench.pipeline.metrics import metric_data
 
 NAMES = ("sparseness", "entropy-complexity")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.cli import build_parser, run_overrides
-from bench.config import defaults, grid_shape, load_config, preset_names
+from bench.config.loading import defaults, grid_shape, load_config, preset_names
 from bench.errors import ConfigError
 
 
@@ -124,7 +124,7 @@ def test_resolved_config_round_trips():
 
 
 def test_unknown_plugin_name_in_config_suggests():
-    from bench.runner import make_plan
+    from bench.pipeline import make_plan
 
     with pytest.raises(ConfigError) as err:
         make_plan(load_config({"preset": "demo", "explainers": {"names": ["gradcam", "radnom"]}}))
@@ -134,7 +134,7 @@ def test_unknown_plugin_name_in_config_suggests():
 
 
 def test_unknown_plugin_parameter_in_config_names_the_key():
-    from bench.runner import make_plan
+    from bench.pipeline import make_plan
 
     cfg = load_config({"preset": "demo", "perturbations": {"params": {"gaussian-noise": {"sgima": 0.2}}}})
     with pytest.raises(ConfigError) as err:

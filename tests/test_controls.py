@@ -10,13 +10,13 @@ from _fake_runs import FakeCell, write_run
 from _plugin_fixtures import make_distribution
 
 import bench
-from bench import plugins as plugins_mod
 from bench.cli import main
-from bench.config import load_config
-from bench.controls import record_role, resolve_control
+from bench.config.loading import load_config
 from bench.errors import ConfigError
-from bench.leaderboard import build_leaderboard, collect, render
-from bench.runner import make_plan
+from bench.pipeline import make_plan
+from bench.pipeline.controls import record_role, resolve_control
+from bench.plugin import registry as plugins_mod
+from bench.publish.leaderboard import build_leaderboard, collect, render
 from bench.testing import check_component, checks_for
 
 GRADCAM = [0.50, 0.40, 0.60, 0.45, 0.55, 0.35, 0.52, 0.48]
@@ -319,8 +319,8 @@ def test_a_run_records_the_role_and_gains_over_a_third_party_null_control(flat_p
 
 def test_a_preferred_control_the_grid_did_not_select_is_a_preference():
     """A preset may name its control among several null controls; a grid without it still plans."""
-    from bench.controls import resolve_control
     from bench.errors import ConfigError
+    from bench.pipeline.controls import resolve_control
 
     roles = {"gradcam": "method", "random": "null-control", "constant": "null-control",
              "flat": "null-control"}
@@ -337,7 +337,7 @@ def test_bench_leaderboard_uses_the_control_its_runs_resolved(tmp_path):
     """A preset's control (the demo: random among two null controls) is recorded in each run's
     config; `bench leaderboard` without --control uses it when the runs agree."""
     from bench.cli import recorded_control
-    from bench.store import write_json
+    from bench.pipeline.store import write_json
 
     def manifest(run, control):
         write_json(tmp_path / "runs" / run / "manifest.json",

@@ -17,7 +17,7 @@ from bench_controls.controls import (
 )
 
 import bench
-from bench.settings import count_constant_heatmaps
+from bench.pipeline.settings import count_constant_heatmaps
 from bench.testing import check_component, checks_for, tiny_images, tiny_model
 from bench.testing.checks import check_null_control_ignores_the_image
 
@@ -96,7 +96,7 @@ def test_oracle_and_anti_oracle_are_the_mask_and_its_inverse():
 def test_oracle_on_the_region_grid_ranks_the_lesion_first():
     """Mapped onto the grid, the oracle's MoRF order starts with the lesion's regions, the
     anti-oracle's ends with them."""
-    from bench.regions import region_order, region_scores
+    from bench.engine.regions import region_order, region_scores
 
     m = np.zeros((1, 36, 36), bool)
     m[0, 12:24, 24:36] = True  # exactly region (1, 2) = index 5 of the 3x3 grid
@@ -109,7 +109,7 @@ def test_oracle_on_the_region_grid_ranks_the_lesion_first():
 
 def test_oracle_through_the_harness():
     """compute_heatmaps slices the declared masks batch by batch, aligned with the images."""
-    from bench.explain import compute_heatmaps
+    from bench.pipeline.explain import compute_heatmaps
 
     images = (tiny_images(5) * 255).astype(np.uint8)
     m = lesion_masks(5, empty=(3,))

@@ -122,4 +122,4 @@ def test_bench_names_the_random_explainer_nowhere():
 
 def test_the_checks_read_the_whole_core():
     names = {p.name for p in SOURCES}
-    assert {"data.py", "leaderboard.py", "report.py", "config.py", "cli.py", "regions.py"} <= names
+    assert {"data.py", "leaderboard.py", "report.py", "loading.py", "cli.py", "regions.py"} <= names

@@ -1,4 +1,4 @@
-"""bench.dataset_figure.write_dataset_grid: the PNG behind `bench data show`."""
+"""bench.publish.dataset_figure.write_dataset_grid: the PNG behind `bench data show`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from bench_datasets.synthetic import SyntheticCXR
 from PIL import Image
 
 from bench.data import DatasetSplits, Split
-from bench.dataset_figure import MASK_COLOURS, mask_colours, write_dataset_grid
 from bench.errors import ConfigError
+from bench.publish.dataset_figure import MASK_COLOURS, mask_colours, write_dataset_grid
 
 
 @pytest.fixture(scope="module")

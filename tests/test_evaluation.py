@@ -16,7 +16,7 @@ from bench.evaluation import (
     format_report,
     report_from_probabilities,
 )
-from bench.store import read_json, read_npz
+from bench.pipeline.store import read_json, read_npz
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 

@@ -1,4 +1,4 @@
-"""compute_heatmaps (bench.explain) and the random explainer."""
+"""compute_heatmaps (bench.pipeline.explain) and the random explainer."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ keras = pytest.importorskip("keras")
 from bench_baselines.random_explainer import RandomExplainer  # noqa: E402
 
 import bench  # noqa: E402
-from bench import explain as explain_mod  # noqa: E402
 from bench.errors import ComponentOutputError, ConfigError  # noqa: E402
-from bench.explain import accepts_keyword, compute_heatmaps  # noqa: E402
+from bench.pipeline import explain as explain_mod  # noqa: E402
+from bench.pipeline.explain import accepts_keyword, compute_heatmaps  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_random_explainer_size(model, images):
 
 def test_random_explainer_gives_uniform_region_orders():
     """With the default (grid-sized) map every region is equally likely first (chi-square check)."""
-    from bench.regions import region_order, region_scores
+    from bench.engine.regions import region_order, region_scores
 
     n = 8100
     hm = RandomExplainer().explain(None, np.zeros((n, 2, 2, 3), np.float32), np.zeros(n, int))

@@ -20,9 +20,9 @@ import pytest
 import bench
 from bench import pipeline
 from bench.errors import BenchError, ComponentOutputError, DataError, PluginError
-from bench.explain import compute_heatmaps
-from bench.record import Timings
-from bench.store import read_json
+from bench.pipeline.explain import compute_heatmaps
+from bench.pipeline.record import Timings
+from bench.pipeline.store import read_json
 
 SEEN: list[dict[str, np.ndarray]] = []
 

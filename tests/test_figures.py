@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from _fake_runs import FakeCell, write_run
 
-from bench.figures import (
+from bench.publish.figures import (
     mean_band,
     normalise,
     plot_curves,
@@ -15,8 +15,8 @@ from bench.figures import (
     plot_per_class,
     upsample_bilinear,
 )
-from bench.leaderboard import collect
-from bench.report import make_figures
+from bench.publish.leaderboard import collect
+from bench.publish.report import make_figures
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -100,7 +100,7 @@ def test_make_figures_from_runs_uses_images_every_cell_explained(tmp_path, monke
         FakeCell("covid", "vgg16", "random", per_image=[0.2] * 5, ids=ids[3:]),
         FakeCell("covid", "densenet", "gradcam", per_image=[0.3] * 8, ids=ids),
     ])
-    import bench.figures as fg
+    import bench.publish.figures as fg
 
     seen = {}
     real = fg.plot_overlays

@@ -19,7 +19,7 @@ from bench_gradients.methods import (  # noqa: E402
 )
 
 import bench  # noqa: E402
-from bench.regions import derive_seed  # noqa: E402
+from bench.engine.regions import derive_seed  # noqa: E402
 from bench.testing import check_component, checks_for, tiny_model  # noqa: E402
 
 NAMES = {
@@ -371,7 +371,7 @@ def test_empty_batch(smooth):
 
 
 def test_harness_compute_heatmaps_passes_ids(smooth):
-    from bench.explain import compute_heatmaps
+    from bench.pipeline.explain import compute_heatmaps
 
     model, _, images, targets = smooth
     ids = np.array(["p", "q", "r", "s", "t"])

@@ -8,9 +8,9 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import bench  # noqa: E402
-from bench.aopc import evaluate_aopc  # noqa: E402
-from bench.forward import ForwardBatch  # noqa: E402
-from bench.incremental import (  # noqa: E402
+from bench.engine.curves import evaluate_aopc  # noqa: E402
+from bench.engine.forward import ForwardBatch  # noqa: E402
+from bench.engine.incremental import (  # noqa: E402
     IncrementalForward,
     _Op,
     analyse_model,
@@ -18,7 +18,7 @@ from bench.incremental import (  # noqa: E402
     out_box,
     propagate,
 )
-from bench.strategies import get_strategy  # noqa: E402
+from bench.engine.strategies import get_strategy  # noqa: E402
 
 TOL = 1e-5
 

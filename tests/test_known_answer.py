@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import bench
-from bench import runner
+from bench import pipeline as runner
 from bench.models import KerasModel
 
 IMAGE = 48
@@ -153,7 +153,7 @@ def test_the_constructed_model_is_confident_and_only_the_block_matters(known_ans
 
 
 def test_oracle_beats_random_beats_anti_oracle_by_margins_far_above_machine_noise(known_answer_run):
-    from bench.statistics import paired_comparison
+    from bench.stats import paired_comparison
 
     cells = _cells(known_answer_run)
     aopc = {name: c.metrics["aopc"].value for name, c in cells.items()}

@@ -14,7 +14,7 @@ import pytest
 from _fake_runs import FakeCell, write_run
 
 from bench.errors import BenchError, DataError
-from bench.leaderboard import (
+from bench.publish.leaderboard import (
     FORMATS,
     SCHEMA,
     build_leaderboard,
@@ -185,7 +185,7 @@ def test_csv_parses_back(results):
 def test_json_schema_and_rows(results):
     paths = build_leaderboard(results, figures=False, report=False)
     doc = json.loads(paths["json"].read_text())
-    assert doc["schema"] == SCHEMA == "bench.leaderboard/2"
+    assert doc["schema"] == SCHEMA == "bench.publish.leaderboard/2"
     assert doc["primary"] == "aopc" and [m["id"] for m in doc["metrics"]] == ["aopc", "lerf-aopc", "abpc"]
     assert {m["id"]: m["higher_is_better"] for m in doc["metrics"]} == {
         "aopc": True, "lerf-aopc": False, "abpc": True}

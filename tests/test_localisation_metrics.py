@@ -14,7 +14,7 @@ from bench_localisation.measures import at_image_resolution
 from sklearn.metrics import roc_auc_score
 
 import bench
-from bench.metrics import metric_data, summarise
+from bench.pipeline.metrics import metric_data, summarise
 
 LOCALISATION = ("pointing-game", "relevance-mass", "relevance-rank", "energy-pointing-game",
                 "pixel-auc", "topk-iou", "lung-relevance")
@@ -196,8 +196,8 @@ def test_heatmaps_are_compared_at_image_resolution_with_the_harness_bilinear_res
     weights = np.array([[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
     h = np.array([[0.0, 1.0], [2.0, 4.0]], np.float32)
     np.testing.assert_allclose(at_image_resolution(h, (4, 4)), weights @ h @ weights.T, atol=1e-6)
-    # the same operator as the harness's region scores (bench.regions), which equals tf.image.resize
-    from bench.regions import bilinear_matrix
+    # the same operator as the harness's region scores (bench.engine.regions), which equals tf.image.resize
+    from bench.engine.regions import bilinear_matrix
 
     np.testing.assert_allclose(bilinear_matrix(4, 2), weights)
     m = np.zeros((4, 4), bool)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench.data import DatasetSplits, Split
-from bench.store import CorruptFileError
+from bench.pipeline.store import CorruptFileError
 
 SIZE = 6
 

@@ -12,14 +12,14 @@ import pytest
 from _plugin_fixtures import make_distribution
 
 import bench
-from bench import config as config_mod
-from bench import plugins as plugins_mod
-from bench import runner
+from bench import pipeline as runner
 from bench.cli import main
+from bench.config import loading as config_mod
 from bench.data import DatasetSplits
 from bench.errors import ConfigError
-from bench.statistics import bootstrap_ci
-from bench.store import read_json
+from bench.pipeline.store import read_json
+from bench.plugin import registry as plugins_mod
+from bench.stats import bootstrap_ci
 
 TINY = {
     "preset": "demo",
@@ -220,7 +220,7 @@ def fresh_out(tmp_path_factory):
 
 
 def _counting(monkeypatch):
-    import bench.aopc as aopc_mod
+    import bench.engine.curves as aopc_mod
 
     calls: list[tuple[str, int]] = []
     real = aopc_mod.evaluate_aopc

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import bench
+from bench.engine.regions import ORDERS
 from bench.errors import ComponentOutputError
-from bench.metrics import (
+from bench.pipeline.metrics import (
     MetricData,
     MetricInputError,
     MetricSkipped,
@@ -20,9 +21,8 @@ from bench.metrics import (
     required_orders,
     summarise,
 )
-from bench.regions import ORDERS
-from bench.specs import CURVE_ORDERS, MetricInputs, MetricSpec
-from bench.statistics import bootstrap_ci
+from bench.plugin.specs import CURVE_ORDERS, MetricInputs, MetricSpec
+from bench.stats import bootstrap_ci
 
 
 def _spec(name: str) -> MetricSpec:

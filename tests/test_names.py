@@ -1,5 +1,5 @@
 """Component names can never become paths or markup: checked at registration, and every
-file name built from them stays inside its folder (bench.paths.safe_child)."""
+file name built from them stays inside its folder (bench.plugin.names.safe_child)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pytest
 from _plugin_fixtures import EXPLAINER_PLUGIN, make_distribution
 
 import bench
-from bench import paths, plugins, specs
 from bench.cli import main
 from bench.errors import InvalidNameError, UnsafePathError
-from bench.report import slug
+from bench.plugin import names as paths
+from bench.plugin import registry as plugins
+from bench.plugin import specs
+from bench.publish.report import slug
 
 BAD_NAMES = [
     "<script>alert(1)</script>",
@@ -187,7 +189,7 @@ def test_a_bad_name_that_got_through_writes_nothing_outside_the_run_folder(tmp_p
 
 
 def test_cell_file_names_of_valid_names_are_plain(tmp_path):
-    from bench.runner import CellTask
+    from bench.pipeline import CellTask
 
     task = CellTask("synthetic-cxr", "simple-cnn", "gradcam", "gaussian-noise")
     path = paths.safe_child(tmp_path, "cells", f"{task.cell_id}.json")

@@ -135,7 +135,7 @@ def test_streamed_in_bounded_chunks_through_one_trace():
 
 
 def test_through_the_harness(setup):
-    from bench.explain import compute_heatmaps
+    from bench.pipeline.explain import compute_heatmaps
 
     model, _, images, targets = setup
     uint8 = (images * 255).round().astype(np.uint8)

@@ -20,12 +20,12 @@ import pytest
 from PIL import Image
 
 import bench
-from bench import runner
+from bench import pipeline as runner
 from bench.cli import main
-from bench.config import load_config
+from bench.config.loading import load_config
 from bench.errors import ConfigError, DataError, WeightsError
-from bench.runs import load_manifests
-from bench.store import read_json, write_json
+from bench.pipeline.runs import load_manifests
+from bench.pipeline.store import read_json, write_json
 
 COVID_FOLDERS = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 

@@ -9,9 +9,9 @@ import pytest
 from _plugin_fixtures import EXPLAINER_PLUGIN, make_distribution
 
 import bench
-from bench import plugins as plugins_mod
 from bench.cli import main
 from bench.errors import PluginConflictError, PluginError, UnknownComponentError
+from bench.plugin import registry as plugins_mod
 
 BUILTIN_KINDS = {"dataset", "model", "explainer", "perturbation", "metric", "executor"}
 

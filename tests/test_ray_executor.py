@@ -18,11 +18,12 @@ import pytest
 from _plugin_fixtures import make_distribution
 
 import bench
-from bench import config as config_mod
-from bench import pipeline, runner
+from bench import pipeline
+from bench import pipeline as runner
 from bench.cli import main
+from bench.config import loading as config_mod
 from bench.errors import BenchError
-from bench.store import read_json
+from bench.pipeline.store import read_json
 
 TINY = {
     "preset": "demo",

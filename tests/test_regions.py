@@ -1,12 +1,11 @@
-"""Region grid, region scores and orders (bench.regions)."""
+"""Region grid, region scores and orders (bench.engine.regions)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.errors import ComponentOutputError, ConfigError
-from bench.regions import (
+from bench.engine.regions import (
     bilinear_matrix,
     count_ties,
     derive_seed,
@@ -20,6 +19,7 @@ from bench.regions import (
     split_bounds,
     union_mask,
 )
+from bench.errors import ComponentOutputError, ConfigError
 
 
 def test_split_bounds_match_numpy_array_split_at_299():

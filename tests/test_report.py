@@ -8,8 +8,8 @@ import pytest
 from _fake_runs import CLASS_NAMES, FakeCell, write_run
 from scipy import stats
 
-from bench.leaderboard import build_leaderboard, collect, primary_column
-from bench.report import (
+from bench.publish.leaderboard import build_leaderboard, collect, primary_column
+from bench.publish.report import (
     attach_gain_ci,
     build_report,
     choose_images,

@@ -18,7 +18,7 @@ from bench_occlusion.occlusion import Occlusion  # noqa: E402
 from bench_occlusion.rise import RISE  # noqa: E402
 
 import bench  # noqa: E402
-from bench.regions import derive_seed  # noqa: E402
+from bench.engine.regions import derive_seed  # noqa: E402
 from bench.testing import check_component, checks_for, tiny_model  # noqa: E402
 
 SIZE = 32
@@ -123,7 +123,7 @@ def test_shares_one_trace_with_occlusion(setup):
 
 
 def test_through_the_harness(setup):
-    from bench.explain import compute_heatmaps
+    from bench.pipeline.explain import compute_heatmaps
 
     model, images, targets, ids = setup
     uint8 = (images * 255).round().astype(np.uint8)

@@ -10,8 +10,8 @@ from bench_robustness.sensitivity import MaxSensitivity
 
 import bench
 from bench.data import to_model_input
-from bench.metrics import compute_columns, metric_data
-from bench.regions import derive_seed
+from bench.engine.regions import derive_seed
+from bench.pipeline.metrics import compute_columns, metric_data
 from bench.testing import check_component, tiny_images, tiny_model
 
 N = 4

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 import bench
-from bench import runner
+from bench import pipeline as runner
 from bench.cli import main
-from bench.store import read_json
+from bench.pipeline.store import read_json
 
 TINY = {
     "preset": "demo",
@@ -140,7 +140,7 @@ def test_rerun_recomputes_nothing(first_run, counting_plugin, monkeypatch):
     calls_first = counting_plugin.calls
     assert calls_first >= 1
 
-    import bench.aopc as aopc_mod
+    import bench.engine.curves as aopc_mod
     import bench.training as training_mod
 
     def no_fit(*args, **kwargs):

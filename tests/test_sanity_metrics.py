@@ -16,8 +16,8 @@ from bench_sanity.similarity import pearson_rows, spearman_rows, ssim_rows
 from scipy.stats import spearmanr
 
 import bench
-from bench.metrics import compute_columns, metric_data
-from bench.regions import derive_seed
+from bench.engine.regions import derive_seed
+from bench.pipeline.metrics import compute_columns, metric_data
 from bench.testing import check_component, tiny_images, tiny_model
 
 N = 5
@@ -269,7 +269,7 @@ def test_parameters_are_checked():
 def test_in_a_run_every_new_metric_is_computed_and_the_null_control_fails_the_sanity_checks(tmp_path):
     """bench run with the new metrics (ROAD as the cell's perturbation): all ok; the random control,
     whose maps ignore the model and the class, scores 1 on both sanity checks."""
-    from bench import runner
+    from bench import pipeline as runner
 
     names = ["aopc", "model-randomisation", "random-logit", "max-sensitivity", "faithfulness-correlation"]
     cfg = {

@@ -12,7 +12,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BenchError
-from bench.scaffold import render_plugin
+from bench.plugin.scaffold import render_plugin
 
 
 @pytest.mark.parametrize("kind", ["explainer", "perturbation", "model", "dataset", "metric", "executor"])

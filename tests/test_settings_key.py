@@ -20,16 +20,7 @@ import pytest
 from _fake_runs import FakeCell, curves_for, default_ids, make_splits, write_run
 
 import bench
-from bench import config as config_mod
-from bench.leaderboard import (
-    KEY_COLUMNS,
-    PAIR_COLUMNS,
-    build_leaderboard,
-    collect,
-    render,
-    short_keys,
-)
-from bench.metrics import compute_columns, metric_data
+from bench.config import loading as config_mod
 from bench.pipeline import (
     CellTask,
     CurvesArtifact,
@@ -41,14 +32,23 @@ from bench.pipeline import (
     Stages,
     execute_cell,
 )
-from bench.report import attach_gain_ci, paired_comparisons
-from bench.settings import (
+from bench.pipeline.metrics import compute_columns, metric_data
+from bench.pipeline.settings import (
     cell_settings,
     count_constant_heatmaps,
     explainer_params_key,
     settings_key,
 )
-from bench.store import Cache, read_json
+from bench.pipeline.store import Cache, read_json
+from bench.publish.leaderboard import (
+    KEY_COLUMNS,
+    PAIR_COLUMNS,
+    build_leaderboard,
+    collect,
+    render,
+    short_keys,
+)
+from bench.publish.report import attach_gain_ci, paired_comparisons
 
 GRADCAM = [0.50, 0.40, 0.60, 0.45, 0.55, 0.35, 0.52, 0.48]
 RANDOM = [0.20, 0.25, 0.10, 0.30, 0.15, 0.22, 0.18, 0.20]

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import bench
-from bench import runner
+from bench import pipeline as runner
 from bench.models import KerasModel
 
 IMAGE = 64

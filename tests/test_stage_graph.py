@@ -16,12 +16,12 @@ import pytest
 from _plugin_fixtures import make_distribution
 
 import bench
-from bench import config as config_mod
 from bench import pipeline
 from bench.cli import main
+from bench.config import loading as config_mod
 from bench.errors import BenchError, ConfigError
 from bench.pipeline import STAGE_GRAPH, Job, make_plan
-from bench.store import read_json
+from bench.pipeline.store import read_json
 
 GRID = {
     "preset": "demo",

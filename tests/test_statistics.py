@@ -1,4 +1,4 @@
-"""Bootstrap CIs, paired comparisons, Holm, ABPC (bench.statistics)."""
+"""Bootstrap CIs, paired comparisons, Holm, ABPC (bench.stats)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bench.statistics import (
+from bench.stats import (
     bootstrap_ci,
     holm,
     paired_comparison,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench.data import DatasetSplits, Split, to_model_input
-from bench.store import (
+from bench.pipeline.store import (
     Cache,
     atomic_write_text,
     content_key,

@@ -11,7 +11,7 @@ import bench
 from bench import training
 from bench.data import DatasetSplits, Split
 from bench.errors import ConfigError
-from bench.store import Cache
+from bench.pipeline.store import Cache
 from bench.training import TrainingConfig, TrainingError, select_epoch, train
 
 keras = pytest.importorskip("keras")

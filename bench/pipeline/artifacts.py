@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .record import MetricResult
+from bench.pipeline.record import MetricResult
 
 
 @dataclass

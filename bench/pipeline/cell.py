@@ -2,7 +2,7 @@
 
 :func:`execute_cell` is what every executor ends a cell with. It walks
 :data:`bench.pipeline.STAGE_GRAPH` for the cell (a stage already computed elsewhere is
-read from the cache), builds the :class:`~bench.record.CellRecord` from the typed
+read from the cache), builds the :class:`~bench.pipeline.record.CellRecord` from the typed
 artifacts and writes it under the run folder. A cell that raises, or whose component
 returns a wrong shape, dtype or NaN, is recorded as failed with its stage and message;
 it never raises for a plugin's error.
@@ -18,21 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from .. import config as config_mod
-from ..paths import safe_child
-from ..plugins import registry
-from ..settings import (
+from bench.config import loading as config_mod
+from bench.pipeline.graph import STAGE_GRAPH, CellArtifacts, StageGraph
+from bench.pipeline.plan import CellTask
+from bench.pipeline.record import CellRecord, Timings
+from bench.pipeline.settings import (
     cell_settings,
     count_constant_heatmaps,
     explainer_params_key,
     settings_key,
     weights_hash,
 )
-from ..store import write_json, write_npz
-from .graph import STAGE_GRAPH, CellArtifacts, StageGraph
-from .plan import CellTask
-from .record import CellRecord, Timings
-from .stages import Stages, component_params, create_component, error_text
+from bench.pipeline.stages import Stages, component_params, create_component, error_text
+from bench.pipeline.store import write_json, write_npz
+from bench.plugin.names import safe_child
+from bench.plugin.registry import registry
 
 
 def now() -> str:
@@ -90,7 +90,7 @@ def execute_cell(
     are (an executor that ran a job elsewhere passes its error or its artifact). A
     metric that raises or returns a wrong shape fails only itself; a metric whose declared
     mask the dataset lacks is skipped with the reason; the cell stays ok. Writes
-    ``cells/<cell>.json`` (:class:`bench.record.CellRecord`), ``curves/``, ``heatmaps/`` and
+    ``cells/<cell>.json`` (:class:`bench.pipeline.record.CellRecord`), ``curves/``, ``heatmaps/`` and
     ``metrics/<cell>.npz`` (per-image columns as ``<metric>/<column>``, with ``ids``).
     """
     record = new_record(stages, task, run_id)

@@ -18,16 +18,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import config as config_mod
-from ..errors import BenchError
-from ..keys import bench_version
-from ..plugins import registry
-from ..store import content_key, write_json
-from .cell import now
-from .executors import RunContext, create_executor
-from .plan import Plan, check_image_fit, drop_unavailable_explainers, log, make_plan
-from .record import CellRecord
-from .stages import Stages, error_text
+from bench.config import loading as config_mod
+from bench.errors import BenchError
+from bench.pipeline.cell import now
+from bench.pipeline.executors import RunContext, create_executor
+from bench.pipeline.keys import bench_version
+from bench.pipeline.plan import Plan, check_image_fit, drop_unavailable_explainers, log, make_plan
+from bench.pipeline.record import CellRecord
+from bench.pipeline.stages import Stages, error_text
+from bench.pipeline.store import content_key, write_json
+from bench.plugin.registry import registry
 
 
 def new_run_id(cfg: Mapping[str, Any]) -> str:
@@ -122,7 +122,7 @@ def run(
     """Run the benchmark grid described by ``config`` (same as ``bench run``).
 
     ``config`` may be a TOML path, a mapping, or an already-loaded config from
-    :func:`bench.config.load_config`. Returns a :class:`RunResult`;
+    :func:`bench.config.loading.load_config`. Returns a :class:`RunResult`;
     ``result.to_frame()`` is the table as a pandas DataFrame.
     """
     cfg = config_mod.load_config(config, preset=preset, overrides=overrides)
@@ -130,8 +130,8 @@ def run(
     cfg = plan.config  # as the plan resolved it (leaderboard.control: the grid's null control)
     executor = create_executor(plan.executor, plan.executor_params)
     results_dir = plan.results_dir
-    from ..environment import environment
-    from ..runs import load_manifests, process_identity
+    from bench.pipeline.environment import environment
+    from bench.pipeline.runs import load_manifests, process_identity
 
     load_manifests(results_dir)  # marks runs whose process is gone (SIGKILL, power cut) interrupted
     run_id = new_run_id(cfg)
@@ -238,7 +238,7 @@ def run(
         manifest["cell_timings"] = {c.cell_id: c.timings.to_dict() for c in result.cells}
         write_json(run_dir / "manifest.json", manifest)
     if leaderboard and not result.interrupted and any(c.ok for c in result.cells):
-        from ..leaderboard import build_leaderboard
+        from bench.publish.leaderboard import build_leaderboard
 
         result.leaderboard = build_leaderboard(
             results_dir,

@@ -3,7 +3,7 @@
 An executor is registered through the ``bench_register_executors`` hook
 (:class:`bench.ExecutorSpec`), built from ``[executors.params.<name>]`` and selected by
 ``run.executor`` (``--executor``). Its ``run_cells(context, tasks)`` yields one
-:class:`~bench.record.CellRecord` per task (:class:`bench.protocols.Executor`); the
+:class:`~bench.pipeline.record.CellRecord` per task (:class:`bench.plugin.protocols.Executor`); the
 :class:`RunContext` it gets is all it needs, through public names only:
 
 * ``context.graph`` is the stage graph (:data:`bench.pipeline.STAGE_GRAPH`):
@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..plugins import registry
-from ..protocols import Executor
-from .cell import execute_cell
-from .graph import STAGE_GRAPH, Job, StageGraph
-from .plan import CellTask, Plan, check_executor_choice, log
-from .record import CellRecord
-from .stages import Stages
+from bench.errors import ConfigError
+from bench.pipeline.cell import execute_cell
+from bench.pipeline.graph import STAGE_GRAPH, Job, StageGraph
+from bench.pipeline.plan import CellTask, Plan, check_executor_choice, log
+from bench.pipeline.record import CellRecord
+from bench.pipeline.stages import Stages
+from bench.plugin.protocols import Executor
+from bench.plugin.registry import registry
 
 
 @dataclass

@@ -23,7 +23,7 @@ walks it, none spells out the order itself:
 
 A job's ``id`` is unique within a grid, and the same whichever cell asks for it. A job
 that raises becomes a :class:`CellFailure` carrying the stage's ``label`` (the
-``stage`` a failed :class:`~bench.record.CellRecord` names: ``dataset``, ``train``,
+``stage`` a failed :class:`~bench.pipeline.record.CellRecord` names: ``dataset``, ``train``,
 ``explain``, ``evaluate``) and the job's id. The ``final`` stage (the metrics) is part of
 the record: an executor may compute it elsewhere and hand its artifact over, or leave it to
 where the record is written (:meth:`bench.pipeline.RunContext.finish_cell`).
@@ -36,15 +36,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .artifacts import (
+from bench.pipeline.artifacts import (
     CurvesArtifact,
     DatasetArtifact,
     HeatmapsArtifact,
     MetricsArtifact,
     ModelArtifact,
 )
-from .plan import CellTask, Plan
-from .stages import Stages
+from bench.pipeline.plan import CellTask, Plan
+from bench.pipeline.stages import Stages
 
 #: The fields of a :class:`~bench.pipeline.CellTask` a stage's scope may name, and ``order``.
 SCOPE_FIELDS: tuple[str, ...] = ("dataset", "model", "explainer", "perturbation", "order")

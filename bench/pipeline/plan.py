@@ -20,18 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import config as config_mod
-from ..controls import (
+from bench.config import loading as config_mod
+from bench.errors import BenchError, ConfigError, did_you_mean
+from bench.pipeline.controls import (
     CONTROL_KEY,
     DEPRECATED_CONTROL_KEY,
     control_setting,
     registered_role,
     resolve_control,
 )
-from ..errors import BenchError, ConfigError, did_you_mean
-from ..metrics import required_orders
-from ..plugins import accepted_params, check_params, registry
-from ..specs import ExecutorSpec, ExplainerSpec, MetricSpec
+from bench.pipeline.metrics import required_orders
+from bench.plugin.registry import accepted_params, check_params, registry
+from bench.plugin.specs import ExecutorSpec, ExplainerSpec, MetricSpec
 
 
 def log(message: str, *, quiet: bool = False) -> None:
@@ -141,7 +141,7 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
       an exception attribute ``param``, else the first parameter the message names);
       other :class:`BenchError` exceptions (a missing weights file) pass unchanged.
 
-    ``leaderboard.control`` is resolved here (:func:`bench.controls.resolve_control`): empty,
+    ``leaderboard.control`` is resolved here (:func:`bench.pipeline.controls.resolve_control`): empty,
     it becomes the grid's only null-control explainer (``""`` when there is none); a name
     must be a selected control; two null controls and no name are a ConfigError. The
     deprecated ``aopc.baseline`` is read as its alias and cleared.

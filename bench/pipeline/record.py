@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..errors import BenchError
+from bench.errors import BenchError
 
 SCHEMA_VERSION = 2
 
@@ -219,7 +219,7 @@ class CellRecord:
     ``explainer``, ``perturbation``, ``metrics``: name -> params) and the curve
     settings (``aopc``: grid, the computed ``orders``, seed, batch size, max_images,
     confidence); ``settings`` / ``settings_key`` is the fingerprint of every shared
-    input that can change a number (:mod:`bench.settings`); ``metrics`` the results
+    input that can change a number (:mod:`bench.pipeline.settings`); ``metrics`` the results
     in the order the config selected them.
     """
 

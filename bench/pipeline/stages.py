@@ -2,10 +2,10 @@
 
 Each stage is a pure function of its inputs and is cached under a content hash of them
 (stage and bench versions + plugin name, version and code digest + parameters and the
-contents of files they name + upstream keys + seed; see :mod:`bench.keys`) in
+contents of files they name + upstream keys + seed; see :mod:`bench.pipeline.keys`) in
 ``results/cache/``, so a re-run recomputes nothing and a run killed at any point finishes
 only the remaining work when started again; a damaged cache entry is set aside and
-recomputed (:class:`bench.store.Cache`). Which stage feeds which is declared once, in
+recomputed (:class:`bench.pipeline.store.Cache`). Which stage feeds which is declared once, in
 :mod:`bench.pipeline.graph`; this module only computes one stage given its inputs.
 """
 
@@ -17,20 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import config as config_mod
-from ..errors import BenchError, ComponentOutputError
-from ..keys import component_identity, param_files, stage_key
-from ..metrics import (
-    MetricSkipped,
-    compute_columns,
-    masks_of,
-    metric_data,
-    metric_params_key,
-    summarise,
-)
-from ..plugins import check_params, registry
-from ..store import Cache, content_key
-from .artifacts import (
+from bench.config import loading as config_mod
+from bench.errors import BenchError, ComponentOutputError
+from bench.pipeline.artifacts import (
     CurvesArtifact,
     DatasetArtifact,
     HeatmapsArtifact,
@@ -38,8 +27,26 @@ from .artifacts import (
     MetricsArtifact,
     ModelArtifact,
 )
-from .plan import CellTask, Plan, dataset_params, log, missing_masks_text, model_params
-from .record import MetricResult
+from bench.pipeline.keys import component_identity, param_files, stage_key
+from bench.pipeline.metrics import (
+    MetricSkipped,
+    compute_columns,
+    masks_of,
+    metric_data,
+    metric_params_key,
+    summarise,
+)
+from bench.pipeline.plan import (
+    CellTask,
+    Plan,
+    dataset_params,
+    log,
+    missing_masks_text,
+    model_params,
+)
+from bench.pipeline.record import MetricResult
+from bench.pipeline.store import Cache, content_key
+from bench.plugin.registry import check_params, registry
 
 #: Bumped when a stage's stored format or semantics change (invalidates caches).
 #: Every stage key also holds bench's version and the code digest of its plugin.
@@ -172,7 +179,7 @@ class Stages:
         key = component_key("dataset", "dataset", name, params, fingerprint)
         if key in _MEMO:
             return _MEMO[key]
-        from ..data import DatasetSplits
+        from bench.data import DatasetSplits
 
         path = self.cache.path("datasets", key, ".npz")
         splits = self.cache.read_checked(path, DatasetSplits.load_file)
@@ -192,8 +199,8 @@ class Stages:
 
     # ---- model: train (cached) + evaluate on test (cached) -----------------------------
     def model(self, name: str, data: DatasetArtifact) -> ModelArtifact:
-        from ..evaluation import evaluate_classification
-        from ..training import TrainingConfig, train
+        from bench.evaluation import evaluate_classification
+        from bench.training import TrainingConfig, train
 
         splits = data.splits
         params = model_params(self.plan, name, splits.image_shape, splits.num_classes)
@@ -305,7 +312,7 @@ class Stages:
         """Heatmaps of explainer ``name`` for the explained images (``index``, default
         :meth:`explained_subset`), cached; masks the spec declares are passed as ``masks=``
         and their content is part of the key. No image to explain raises a BenchError."""
-        from ..explain import compute_heatmaps
+        from bench.pipeline.explain import compute_heatmaps
 
         if index is None:
             index = self.explained_subset(data, model)
@@ -384,7 +391,7 @@ class Stages:
         the noise is keyed by image id, so a shard's curves are exactly those rows of the
         whole stage's. :meth:`merge_curves` stores shards as the stage's result.
         """
-        from ..aopc import evaluate_aopc
+        from bench.engine.curves import evaluate_aopc
 
         perturbation, resolved, key = self._curves_setup(name, order, heat)
         shard = start is not None or stop is not None
@@ -451,7 +458,7 @@ class Stages:
         the merged curves are the whole stage's: the noise is keyed by image id, never by
         shard, batch or worker.
         """
-        from ..aopc import aopc_from_curves
+        from bench.engine.curves import aopc_from_curves
 
         _, resolved, key = self._curves_setup(name, order, heat)
         if not shards:
@@ -493,11 +500,11 @@ class Stages:
 
         ``inputs`` are the cell's candidate inputs (``ids``, ``grid``, ``curves`` by order,
         ``heatmaps``, ``masks`` by name, ``labels``, ``targets``, ``model``, ``explainer``,
-        ``images``, ``dataset``): :func:`bench.metrics.metric_data` hands the metric only
+        ``images``, ``dataset``): :func:`bench.pipeline.metrics.metric_data` hands the metric only
         what its spec declares. The key holds the metric (name, version, code, parameters),
         the heatmaps' key (which holds the model, dataset, explainer and images) and the
         keys of the curves it reads. A metric that raises, or returns a wrong shape, raises
-        here; a declared mask the dataset lacks raises :class:`bench.metrics.MetricSkipped`.
+        here; a declared mask the dataset lacks raises :class:`bench.pipeline.metrics.MetricSkipped`.
         ``cached_only`` stages raise :class:`NotCached` for a metric not in the cache unless
         ``compute_final``.
         """

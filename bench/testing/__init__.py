@@ -14,7 +14,7 @@ inputs of exactly what its registered ``MetricSpec`` declares (or pass ``spec=``
 ``tiny_images``) are available with ``pytest_plugins = ["bench.testing.fixtures"]``.
 """
 
-from .checks import (
+from bench.testing.checks import (
     check_component,
     check_dataset,
     check_executor,
@@ -26,7 +26,7 @@ from .checks import (
     metric_inputs,
     parametrize_with_checks,
 )
-from .tiny import tiny_images, tiny_model
+from bench.testing.tiny import tiny_images, tiny_model
 
 __all__ = [
     "check_component",

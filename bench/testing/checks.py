@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .tiny import tiny_images, tiny_model
+from bench.testing.tiny import tiny_images, tiny_model
 
 
 def _name(component: Any) -> str:
@@ -65,7 +65,7 @@ def tiny_masks(images: np.ndarray, names: Any, *, first: int = 0) -> dict[str, n
 
 def declared_masks(explainer: Any) -> tuple[str, ...]:
     """The masks the registered spec of ``explainer``'s class declares (``ExplainerSpec.masks``)."""
-    from ..plugins import registry
+    from bench.plugin.registry import registry
 
     cls = type(explainer)
     reference = f"{cls.__module__}:{cls.__qualname__}"
@@ -156,7 +156,7 @@ def registered_role(component: Any) -> str | None:
     Matched on the factory (the class itself, or its ``module:qualname`` string), so no
     lazy factory is imported.
     """
-    from ..plugins import registry
+    from bench.plugin.registry import registry
 
     cls = type(component)
     reference = f"{cls.__module__}:{cls.__qualname__}"
@@ -169,7 +169,7 @@ def registered_role(component: Any) -> str | None:
 
 def role_checks(role: str | None) -> list[Callable[..., None]]:
     """The explainer checks a role adds: every control ignores the model, a null control the image."""
-    from ..controls import NULL_CONTROL_ROLE, is_control
+    from bench.pipeline.controls import NULL_CONTROL_ROLE, is_control
 
     checks: list[Callable[..., None]] = []
     if is_control(role):
@@ -238,7 +238,7 @@ def check_model_outputs(model: Any) -> None:
 # ---- datasets ---------------------------------------------------------------------------
 def check_dataset_splits(dataset: Any) -> None:
     """load() -> DatasetSplits, stable fingerprint, unique ids, well-formed masks, saveable."""
-    from ..data import DatasetSplits
+    from bench.data import DatasetSplits
 
     fp1 = dataset.fingerprint()
     splits = dataset.load()
@@ -256,7 +256,7 @@ def check_dataset_masks(splits: Any, *, name: str = "dataset") -> None:
     A mask the dataset carries in one split and not in another would leave a
     mask-reading metric with nothing to read on that split.
     """
-    from ..paths import name_problem
+    from bench.plugin.names import name_problem
 
     names = None
     for split_name, s in splits.splits().items():
@@ -285,7 +285,7 @@ def check_dataset_round_trip(splits: Any, *, name: str = "dataset") -> None:
     import tempfile
     from pathlib import Path
 
-    from ..data import DatasetSplits
+    from bench.data import DatasetSplits
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "splits.npz"
@@ -325,7 +325,7 @@ def registered_metric_spec(component: Any) -> Any:
     Matched on the factory (the class itself, or its ``module:qualname`` string), so no
     lazy factory is imported.
     """
-    from ..plugins import registry
+    from bench.plugin.registry import registry
 
     cls = type(component)
     reference = f"{cls.__module__}:{cls.__qualname__}"
@@ -380,8 +380,8 @@ def _permuted(inputs: dict[str, Any], perm: np.ndarray) -> dict[str, Any]:
 
 
 def _compute(metric: Any, spec: Any, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-    from ..errors import ComponentOutputError
-    from ..metrics import MetricInputError, compute_columns, metric_data
+    from bench.errors import ComponentOutputError
+    from bench.pipeline.metrics import MetricInputError, compute_columns, metric_data
 
     try:
         return compute_columns(metric, spec, metric_data(spec, **inputs))
@@ -472,7 +472,7 @@ def checks_for(
         if role is None:
             role = registered_role(component)
         else:
-            from ..specs import role_problem
+            from bench.plugin.specs import role_problem
 
             problem = role_problem(role)
             if problem is not None:
@@ -513,10 +513,10 @@ def check_executor_matches_local(executor: Any) -> None:
     import tempfile
     from pathlib import Path
 
-    from ..config import load_config
-    from ..pipeline import RunContext, Stages, make_plan
-    from ..plugins import register_plugin, unregister_plugin
-    from ..specs import ExplainerSpec
+    from bench.config.loading import load_config
+    from bench.pipeline import RunContext, Stages, make_plan
+    from bench.plugin.registry import register_plugin, unregister_plugin
+    from bench.plugin.specs import ExplainerSpec
 
     class _Raising:
         def get_params(self) -> dict[str, Any]:
@@ -526,7 +526,7 @@ def check_executor_matches_local(executor: Any) -> None:
             raise RuntimeError("this explainer fails on purpose")
 
     class _Plugin:
-        from ..hookspecs import hookimpl
+        from bench.plugin.hookspecs import hookimpl
 
         @hookimpl
         def bench_register_explainers(self) -> list[ExplainerSpec]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from .tiny import tiny_images as _tiny_images
-from .tiny import tiny_model as _tiny_model
+from bench.testing.tiny import tiny_images as _tiny_images
+from bench.testing.tiny import tiny_model as _tiny_model
 
 
 @pytest.fixture(scope="session")

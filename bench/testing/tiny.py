@@ -18,7 +18,7 @@ def tiny_model(size: int = 32, num_classes: int = 4, *, seed: int = 0) -> Any:
     """A bench model: Conv(8) -> Conv(16, name="features") -> GAP -> Dense(softmax)."""
     import keras
 
-    from ..models import KerasModel
+    from bench.models import KerasModel
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((size, size, 3))

@@ -1,7 +1,7 @@
 """The random explainer: the floor every leaderboard needs.
 
 A uniform [0, 1) map per image from a generator seeded by ``(seed, image id)``
-(:func:`bench.regions.derive_seed`), so the same image id always gets the same
+(:func:`bench.engine.regions.derive_seed`), so the same image id always gets the same
 map, whatever its batch or position; the model is never called.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.regions import derive_seed
+from bench.engine.regions import derive_seed
 
 
 class RandomExplainer:

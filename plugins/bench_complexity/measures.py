@@ -3,7 +3,7 @@
 Heatmaps of different explainers come at different sizes (a 2x2 Grad-CAM map, a
 64x64 gradient map), and both measures depend on the number of values, so each map
 is first resized to the image's resolution the way the harness resizes heatmaps:
-bilinear, :func:`bench.regions.bilinear_matrix` (half-pixel centres, edges clamped,
+bilinear, :func:`bench.engine.regions.bilinear_matrix` (half-pixel centres, edges clamped,
 no antialias, as ``tf.image.resize(..., "bilinear")``), in float64. The resolution is
 read off ``data.images`` (the metric declares the images for that alone).
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.regions import bilinear_matrix
+from bench.engine.regions import bilinear_matrix
 
 
 @functools.lru_cache(maxsize=32)

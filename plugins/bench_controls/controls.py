@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.paths import name_problem
-from bench.regions import check_ids
+from bench.engine.regions import check_ids
+from bench.plugin.names import name_problem
 
 #: the map size of ``constant`` by default: the default 9x9 region grid (81 floats a map)
 DEFAULT_SIZE: tuple[int, int] = (9, 9)

@@ -54,7 +54,7 @@ import numpy as np
 
 from bench.data import SPLIT_NAMES, DatasetSplits, Split, fingerprint_of
 from bench.errors import ConfigError, DataError
-from bench.keys import file_digests
+from bench.pipeline.keys import file_digests
 
 from .splitting import ROUNDING_RULE, check_fractions, split_counts
 
@@ -456,7 +456,7 @@ class CovidRadiography:
         """Hash of the parameters and the contents of every image and mask file (nothing is decoded).
 
         Each file is hashed once; its digest is remembered per path, size, mtime and
-        ctime (:func:`bench.keys.file_digests`), so a file replaced, even with its old
+        ctime (:func:`bench.pipeline.keys.file_digests`), so a file replaced, even with its old
         size and mtime restored, is seen.
         """
         return self._scan()[3]

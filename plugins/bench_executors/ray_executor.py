@@ -58,8 +58,8 @@ from bench.pipeline import (
     shard_bounds,
     write_record,
 )
-from bench.plugins import in_process_plugin_names, registry
-from bench.store import Cache, content_key
+from bench.pipeline.store import Cache, content_key
+from bench.plugin.registry import in_process_plugin_names, registry
 
 #: Environment variable: GPUs declared per model task (when the config has no ``[run] ray_gpus``).
 GPUS_ENV = "BENCH_RAY_GPUS"

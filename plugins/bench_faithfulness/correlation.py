@@ -88,7 +88,7 @@ class FaithfulnessCorrelation:
 
     def subsets(self, image_id: Any, n_regions: int) -> np.ndarray:
         """bool (n_subsets, L): the regions of each subset of image ``image_id``."""
-        from bench.regions import derive_seed
+        from bench.engine.regions import derive_seed
 
         rng = np.random.default_rng(derive_seed(int(self.seed), image_id, "faithfulness-correlation"))
         k = self.subset_size(n_regions)
@@ -102,8 +102,8 @@ class FaithfulnessCorrelation:
 
         import bench
         from bench.data import to_model_input
-        from bench.forward import FullForward
-        from bench.regions import derive_seeds, region_boxes, region_labels, region_scores
+        from bench.engine.forward import FullForward
+        from bench.engine.regions import derive_seeds, region_boxes, region_labels, region_scores
 
         self.validate()
         if data.grid is None:

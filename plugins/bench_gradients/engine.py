@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.regions import check_ids, derive_seed
+from bench.engine.regions import check_ids, derive_seed
 
 #: the channel reductions an explainer may be asked for
 REDUCTIONS: tuple[str, ...] = ("sum", "abs-sum", "max-abs")

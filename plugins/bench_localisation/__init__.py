@@ -4,7 +4,7 @@ Pointing game, relevance mass and rank accuracy, energy-based pointing game, pix
 AUC and top-k IoU against the dataset's ``lesion`` mask, and ``lung-relevance``, the
 share of positive relevance inside the ``lung`` mask on images of every class (the
 shortcut detector). Heatmaps are compared at image resolution: resized bilinearly as the
-harness resizes them (:func:`bench.regions.bilinear_matrix`), except that the pointing game
+harness resizes them (:func:`bench.engine.regions.bilinear_matrix`), except that the pointing game
 finds the maximum on the heatmap's own grid and spreads each maximal cell over the pixels it
 covers (a bilinear resize moves a coarse map's maximum towards the border). Images whose mask is empty
 get NaN, which the harness leaves out and counts. See :mod:`bench_localisation.measures`.

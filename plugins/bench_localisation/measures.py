@@ -2,7 +2,7 @@
 
 Every measure reads a heatmap (h, w) and a bool mask (H, W). The heatmap is first
 brought to the mask's resolution by :func:`at_image_resolution`: bilinear, with the
-harness's own operator (:func:`bench.regions.bilinear_matrix`, half-pixel centres,
+harness's own operator (:func:`bench.engine.regions.bilinear_matrix`, half-pixel centres,
 edges clamped, no antialias: ``tf.image.resize(..., "bilinear")``, the resize the
 harness applies before it scores regions), computed in float64 and rounded to float32
 (the heatmaps' precision) so that equal heatmap values stay exactly equal. The
@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import ndimage
 
-from bench.regions import bilinear_matrix
+from bench.engine.regions import bilinear_matrix
 
 #: Zhang et al. (2018) count a hit within 15 px of the object at 224 px: 15/224 of the image size.
 DEFAULT_TOLERANCE = 15 / 224
@@ -47,7 +47,7 @@ def _resize_matrix(out_size: int, in_size: int) -> np.ndarray:
 def at_image_resolution(heatmap: Any, shape: Sequence[int]) -> np.ndarray:
     """float32 (H, W): ``heatmap`` (h, w) resized bilinearly to ``shape`` the way the harness resizes.
 
-    ``M_rows @ heatmap @ M_cols.T`` with :func:`bench.regions.bilinear_matrix`, in float64,
+    ``M_rows @ heatmap @ M_cols.T`` with :func:`bench.engine.regions.bilinear_matrix`, in float64,
     rounded to float32 so that values equal in the heatmap stay equal (ties stay ties).
     """
     h = np.asarray(heatmap, dtype=np.float64)

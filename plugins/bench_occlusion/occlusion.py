@@ -7,7 +7,7 @@ relevance). ``f`` is the target class's softmax probability (``score="probabilit
 default) or its pre-softmax logit (``score="logit"``).
 
 Windows: the region grid by default (``grid=9``, the study's 9x9 blocks with
-:func:`bench.regions.region_boxes`' ``array_split`` bounds); the map is then
+:func:`bench.engine.regions.region_boxes`' ``array_split`` bounds); the map is then
 (N, rows, cols), one value per region, which the harness reads as the region scores
 as they are. With ``patch`` (pixels) set, square (or ``(ph, pw)``) windows slide by
 ``stride`` (default: the patch, no overlap) and a last window is added flush with
@@ -36,7 +36,7 @@ from bench_gradients.engine import (
     check_int,
 )
 
-from bench.regions import check_ids, grid_shape, region_boxes
+from bench.engine.regions import check_ids, grid_shape, region_boxes
 
 from .engine import SCORES, score_function, stream
 

@@ -6,7 +6,7 @@ on the masked image weighs each mask.
 The masks (the paper's recipe, as in its reference code): a binary ``cell x cell``
 grid whose cells are kept (1) with probability ``p``, upsampled bilinearly to
 ``((cell + 1) * ceil(H / cell), (cell + 1) * ceil(W / cell))`` (half-pixel centres,
-edges clamped: :func:`bench.regions.bilinear_matrix`, which is what the reference
+edges clamped: :func:`bench.engine.regions.bilinear_matrix`, which is what the reference
 code's ``skimage.transform.resize(order=1, mode="reflect")`` computes), then cropped
 to (H, W) at a random shift ``(dy, dx)``, ``0 <= dy < ceil(H / cell)``,
 ``0 <= dx < ceil(W / cell)``. The masked image is ``x * M`` (black where masked).
@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 from bench_gradients.engine import ParameterError, check_float, check_inputs, check_int
 
-from bench.regions import bilinear_matrix, derive_seed
+from bench.engine.regions import bilinear_matrix, derive_seed
 
 from .engine import runs, score_function, stream
 
-#: purpose string of the mask stream (:func:`bench.regions.derive_seed`)
+#: purpose string of the mask stream (:func:`bench.engine.regions.derive_seed`)
 MASK_PURPOSE = "rise.masks"
 
 

@@ -66,7 +66,7 @@ class MaxSensitivity:
 
     def noise(self, image_id: Any, j: int, shape: tuple[int, ...]) -> np.ndarray:
         """float32 delta_j of image ``image_id``: U(-radius, radius) of ``shape``."""
-        from bench.regions import derive_seed
+        from bench.engine.regions import derive_seed
 
         rng = np.random.default_rng(derive_seed(int(self.seed), image_id, f"max-sensitivity/{int(j)}"))
         r = float(self.radius)

@@ -138,7 +138,7 @@ def _seeded(init: Any, seed: int) -> Any:
 
 def randomise_layer(layer: Any, path: str, seed: int) -> None:
     """Re-draw every variable of ``layer`` (see the module's docstring); deterministic given ``seed``."""
-    from bench.regions import derive_seed
+    from bench.engine.regions import derive_seed
 
     for variable in layer.weights:
         vseed = derive_seed(seed, f"{path}/{variable.name}", "model-randomisation") % (2**31 - 1)
@@ -330,7 +330,7 @@ class RandomLogit:
 
     def other_classes(self, ids: Any, targets: Any, num_classes: int) -> np.ndarray:
         """int64 (N,): a class other than the target, uniform over the others, seeded by id."""
-        from bench.regions import derive_seed
+        from bench.engine.regions import derive_seed
 
         t = np.asarray(targets, dtype=np.int64)
         if num_classes < 2:

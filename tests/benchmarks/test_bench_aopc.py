@@ -18,8 +18,8 @@ import time
 import numpy as np
 from _bench_models import build_model
 
-from bench.aopc import evaluate_aopc
-from bench.forward import FullForward
+from bench.engine.curves import evaluate_aopc
+from bench.engine.forward import FullForward
 
 BATCH = 64
 ROUNDS = 5

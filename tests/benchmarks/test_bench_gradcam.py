@@ -18,7 +18,7 @@ import numpy as np
 from _bench_models import build_model
 from bench_gradcam.gradcam import GradCAM
 
-from bench.explain import compute_heatmaps
+from bench.pipeline.explain import compute_heatmaps
 
 BATCH = 32
 ROUNDS = 5

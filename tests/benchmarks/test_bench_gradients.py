@@ -23,7 +23,7 @@ import pytest
 from _bench_models import build_model
 
 import bench
-from bench.explain import compute_heatmaps
+from bench.pipeline.explain import compute_heatmaps
 
 BATCH = 32
 METHODS = (

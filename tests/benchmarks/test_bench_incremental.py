@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from _bench_models import build_model
 
-from bench.aopc import evaluate_aopc
+from bench.engine.curves import evaluate_aopc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_incremental import calibrate, reinit  # noqa: E402

@@ -19,8 +19,8 @@ import numpy as np
 from _bench_models import build_model
 
 import bench
-from bench.forward import FullForward
-from bench.regions import region_order, union_mask
+from bench.engine.forward import FullForward
+from bench.engine.regions import region_order, union_mask
 
 BATCH = 64
 SIZE = 299

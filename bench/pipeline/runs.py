@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .store import read_json, write_json
+from bench.pipeline.store import read_json, write_json
 
 
 def runs_dir(results_dir: str | Path) -> Path:

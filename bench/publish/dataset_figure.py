@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ConfigError
+from bench.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .data import DatasetSplits
+    from bench.data import DatasetSplits
 
 #: Outline colours of a dataset's masks, by the order of ``DatasetSplits.mask_names``
 #: (cycled when a dataset carries more masks than colours).
@@ -52,7 +52,7 @@ def write_dataset_grid(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    from .store import atomic_write_bytes
+    from bench.pipeline.store import atomic_write_bytes
 
     available = splits.splits()
     if split not in available:

@@ -1,6 +1,6 @@
 """The forward-pass seam of the AOPC engine.
 
-The engine (:mod:`bench.aopc`) never calls the model itself: it hands every
+The engine (:mod:`bench.engine.curves`) never calls the model itself: it hands every
 batch of perturbed images to a :class:`ForwardStrategy`, together with what an
 incremental strategy needs to reuse work (which image each row belongs to,
 which step it is, and the box of the region that changed since the previous

@@ -25,11 +25,11 @@ if TYPE_CHECKING:  # pragma: no cover
     import keras
     import tensorflow as tf
 
-    from .data import DatasetSplits
-    from .metrics import MetricData
-    from .pipeline.executors import RunContext
-    from .pipeline.plan import CellTask
-    from .pipeline.record import CellRecord
+    from bench.data import DatasetSplits
+    from bench.pipeline.executors import RunContext
+    from bench.pipeline.metrics import MetricData
+    from bench.pipeline.plan import CellTask
+    from bench.pipeline.record import CellRecord
 
 
 @runtime_checkable
@@ -98,7 +98,7 @@ class Explainer(Component, Protocol):
     images: float32 (N, H, W, 3) in [0, 1]; targets: int (N,). An explainer that
     needs per-image identities (to seed, say) may accept an ``ids`` keyword; the
     harness passes it when the signature has it. Its spec declares its role
-    (:data:`bench.specs.EXPLAINER_ROLES`): a ``method``, or a control (whose maps must not
+    (:data:`bench.plugin.specs.EXPLAINER_ROLES`): a ``method``, or a control (whose maps must not
     depend on the model; a ``null-control``'s not on the image either).
 
     Dataset annotations: a spec that declares ``masks=("<name>", ...)``
@@ -113,7 +113,7 @@ class Explainer(Component, Protocol):
     map costs (a forward + backward pass through the model counts as one; 0 for a map that
     never calls the model; None: unknown). It is called after the maps are computed (so it
     may report what the last call measured) and recorded with the seconds per map in every
-    cell (:class:`bench.record.Timings`); the leaderboard shows both next to the scores.
+    cell (:class:`bench.pipeline.record.Timings`); the leaderboard shows both next to the scores.
     """
 
     def explain(self, model: Model, images: np.ndarray, targets: np.ndarray) -> np.ndarray: ...
@@ -138,7 +138,7 @@ class Metric(Component, Protocol):
     """``compute(data) -> {column: per-image values}``.
 
     The spec (:class:`bench.MetricSpec`) declares what the metric needs
-    (:class:`bench.MetricInputs`); ``data`` (:class:`bench.metrics.MetricData`) holds
+    (:class:`bench.MetricInputs`); ``data`` (:class:`bench.pipeline.metrics.MetricData`) holds
     exactly that, for the N explained images of one cell, aligned by row:
     ``data.ids`` (N,) always; ``data.curves[order]`` float (N, L+1), ``f(x^(k))`` for
     k = 0..L under the cell's perturbation; ``data.heatmaps`` float32 (N, h, w);

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .forward import ForwardBatch, FullForward
+from bench.engine.forward import ForwardBatch, FullForward
+from bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

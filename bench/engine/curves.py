@@ -17,7 +17,7 @@ The perturbation of image i is seeded by ``derive_seed(seed, ids[i])``, never
 by its position, batch or worker: results do not depend on ``batch_size``
 (beyond the model's float rounding), and permuting the images permutes the
 per-image results. The model is only ever called through a
-:class:`bench.forward.ForwardStrategy` (the seam for incremental inference).
+:class:`bench.engine.forward.ForwardStrategy` (the seam for incremental inference).
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import to_model_input
-from .errors import ComponentOutputError, ConfigError, DataError
-from .forward import ForwardBatch
-from .regions import (
+from bench.data import to_model_input
+from bench.engine.forward import ForwardBatch
+from bench.engine.regions import (
     check_heatmaps,
     check_ids,
     count_ties,
@@ -46,8 +45,9 @@ from .regions import (
     region_order,
     region_scores,
 )
-from .statistics import bootstrap_ci
-from .strategies import get_strategy, strategy_name
+from bench.engine.strategies import get_strategy, strategy_name
+from bench.errors import ComponentOutputError, ConfigError, DataError
+from bench.stats import bootstrap_ci
 
 DEFAULT_BATCH_SIZE = 64
 RESULT_SCHEMA = 1
@@ -146,7 +146,7 @@ class AOPCResult:
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``<path>.json`` (summary) and ``<path>.npz`` (arrays), atomically."""
-        from .store import write_json, write_npz
+        from bench.pipeline.store import write_json, write_npz
 
         base = Path(path)
         jpath, npath = base.with_suffix(".json"), base.with_suffix(".npz")
@@ -183,7 +183,7 @@ class AOPCResult:
 
     @classmethod
     def load(cls, path: str | Path) -> AOPCResult:
-        from .store import read_json, read_npz
+        from bench.pipeline.store import read_json, read_npz
 
         base = Path(path)
         return cls.from_saved(read_json(base.with_suffix(".json")), read_npz(base.with_suffix(".npz")))
@@ -229,7 +229,7 @@ def _check_targets(targets: Any, n: int, num_classes: int) -> np.ndarray:
 def resolve_perturbation(perturbation: Any) -> tuple[Any, str, bool]:
     """(object with perturb(), display name, mask_local) from a registered name or an object."""
     if isinstance(perturbation, str):
-        from .plugins import create, registry
+        from bench.plugin.registry import create, registry
 
         entry = registry().get("perturbation", perturbation)
         return create("perturbation", perturbation), perturbation, bool(getattr(entry.spec, "mask_local", True))
@@ -371,10 +371,10 @@ def evaluate_aopc(
     grid: int or (rows, cols); order: ``"morf"``, ``"lerf"`` or ``"random"``.
     ids: per-image ids keying the noise and the tie-breaks (default ``0..N-1``).
     batch_size: (image, step) pairs per model call (default 64).
-    strategy: ``"full"``, ``"incremental"``, ``"auto"`` or a :class:`bench.forward.ForwardStrategy`
+    strategy: ``"full"``, ``"incremental"``, ``"auto"`` or a :class:`bench.engine.forward.ForwardStrategy`
         (the strategy used, and why, is in ``result.strategy`` and ``result.strategy_info``).
     """
-    from .models import as_bench_model
+    from bench.models import as_bench_model
 
     started = time.perf_counter()
     bm = as_bench_model(model)
@@ -497,7 +497,7 @@ def correctly_classified(
 
     The study evaluates AOPC on these, explaining the predicted class.
     """
-    from .models import as_bench_model
+    from bench.models import as_bench_model
 
     bm = as_bench_model(model)
     probs = bm.predict_proba(np.asarray(images), batch_size=batch_size)

@@ -2,7 +2,7 @@
 
 Every function takes plain data (NumPy arrays, mappings of labels to arrays),
 writes one PNG atomically and returns its path; none reads run folders (that is
-:mod:`bench.report`'s job), so they are easy to reuse and to test.
+:mod:`bench.publish.report`'s job), so they are easy to reuse and to test.
 
 - :func:`plot_curves`: mean perturbation curve f(x^(k)) per model x explainer with a
   95% band (the study's "AOPC graphs").
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .store import atomic_write_bytes
+from bench.pipeline.store import atomic_write_bytes
 
 DPI = 110
 

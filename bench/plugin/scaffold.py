@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from .errors import BenchError
+from bench.errors import BenchError
 
 KIND_INFO = {
     "explainer": ("ExplainerSpec", "explainers", "Gradient x input saliency (template)"),

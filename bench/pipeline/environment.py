@@ -29,7 +29,7 @@ def git_commit(folder: str | Path | None = None) -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    from . import __version__
+    from bench import __version__
 
     return {
         "bench": __version__,

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import BenchError
+from bench.errors import BenchError
 
 T = TypeVar("T")
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import to_model_input
-from .errors import ComponentOutputError, ConfigError, DataError, PluginError
-from .regions import check_ids
+from bench.data import to_model_input
+from bench.engine.regions import check_ids
+from bench.errors import ComponentOutputError, ConfigError, DataError, PluginError
 
 
 def accepts_keyword(func: Any, name: str) -> bool:
@@ -105,7 +105,7 @@ def check_masks(
 
 def _resolve_explainer(explainer: Any, name: str) -> tuple[Any, str]:
     if isinstance(explainer, str):
-        from .plugins import create
+        from bench.plugin.registry import create
 
         return create("explainer", explainer), explainer if name == "explainer" else name
     if not callable(getattr(explainer, "explain", None)):
@@ -141,7 +141,7 @@ def compute_heatmaps(
         ``masks`` keyword). A run passes the masks the explainer's spec declares
         (:attr:`bench.ExplainerSpec.masks`).
     """
-    from .models import as_bench_model
+    from bench.models import as_bench_model
 
     expl, name = _resolve_explainer(explainer, name)
     bm = as_bench_model(model)

@@ -1,14 +1,14 @@
-"""The forward strategies by name: ``full`` (:mod:`bench.forward`), ``incremental`` and
-``auto`` (:mod:`bench.incremental`). The one module that knows both, so neither imports the other's
+"""The forward strategies by name: ``full`` (:mod:`bench.engine.forward`), ``incremental`` and
+``auto`` (:mod:`bench.engine.incremental`). The one module that knows both, so neither imports the other's
 caller (no import cycle)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
-from .forward import ForwardStrategy, FullForward
-from .incremental import IncrementalForward
+from bench.engine.forward import ForwardStrategy, FullForward
+from bench.engine.incremental import IncrementalForward
+from bench.errors import ConfigError, did_you_mean
 
 
 def _incremental(mode: str) -> Any:
@@ -28,7 +28,7 @@ STRATEGIES: dict[str, Any] = {
 def get_strategy(strategy: str | ForwardStrategy) -> ForwardStrategy:
     """A strategy instance from a name (``"full"``, ``"incremental"``, ``"auto"``) or an object.
 
-    ``"incremental"`` reuses the previous step's activations (:mod:`bench.incremental`);
+    ``"incremental"`` reuses the previous step's activations (:mod:`bench.engine.incremental`);
     ``"auto"`` uses it where the model and perturbation allow a real predicted gain and
     full passes otherwise (the choice and reason are in the strategy's ``info``).
     """

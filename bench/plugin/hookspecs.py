@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import pluggy
 
-from .specs import (
+from bench.plugin.specs import (
     DatasetSpec,
     ExecutorSpec,
     ExplainerSpec,
@@ -55,7 +55,7 @@ def bench_register_metrics() -> Iterable[MetricSpec]:
 
     Each :class:`bench.MetricSpec` declares what its metric needs (:class:`bench.MetricInputs`),
     its family and which way is better; the component's ``compute(data)`` returns per-image
-    columns (:class:`bench.protocols.Metric`). A run computes only the curves its metrics need.
+    columns (:class:`bench.plugin.protocols.Metric`). A run computes only the curves its metrics need.
     """
 
 
@@ -66,7 +66,7 @@ def bench_register_executors() -> Iterable[ExecutorSpec]:
     An executor runs the cells of a plan: its ``run_cells(context, tasks)`` walks the stage
     graph (:data:`bench.pipeline.STAGE_GRAPH`) through the :class:`bench.pipeline.RunContext`
     it is given and yields one :class:`bench.CellRecord` per task
-    (:class:`bench.protocols.Executor`). ``run.executor`` (``--executor``) selects it by name;
+    (:class:`bench.plugin.protocols.Executor`). ``run.executor`` (``--executor``) selects it by name;
     ``[executors.params.<name>]`` are its constructor's keyword parameters. The built-in
     ``local`` and ``ray`` executors are registered through this hook by the ``bench_executors``
     plugin, like a third party's.

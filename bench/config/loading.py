@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
+from bench.errors import ConfigError, did_you_mean
 
 ALL = "all"
 #: The largest ``run.seed``: the trainer seeds NumPy's legacy generator (32 bits).
@@ -72,7 +72,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "strategy": ((str,), "auto"),
         "confidence": ((float,), 0.95),
         "bootstrap": ((int,), 10000),
-        #: deprecated alias of leaderboard.control (see bench.controls)
+        #: deprecated alias of leaderboard.control (see bench.pipeline.controls)
         "baseline": ((str,), ""),
     },
     "leaderboard": {
@@ -107,7 +107,7 @@ def defaults() -> dict[str, Any]:
 
 
 def preset_names() -> list[str]:
-    folder = resources.files("bench") / "presets"
+    folder = resources.files("bench.config") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
@@ -117,7 +117,7 @@ def read_preset(name: str) -> dict[str, Any]:
         raise ConfigError(
             f"unknown preset {name!r}{did_you_mean(name, names)}; presets: {', '.join(names)}"
         )
-    text = (resources.files("bench") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+    text = (resources.files("bench.config") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
     return _parse_toml(text, f"preset {name!r}")
 
 
@@ -249,7 +249,7 @@ def validate_values(cfg: Mapping[str, Any]) -> None:
 
 def _validate_training(tcfg: Mapping[str, Any]) -> None:
     """The training recipe is checked by the class that owns it (:class:`bench.training.TrainingConfig`)."""
-    from .training import TrainingConfig
+    from bench.training import TrainingConfig
 
     lr = tcfg["learning_rate"]
     if not (math.isfinite(lr) and lr > 0):

@@ -2,7 +2,7 @@
 
 A metric plugin declares what it needs (:class:`bench.MetricInputs` on its
 :class:`bench.MetricSpec`) and returns named per-image columns from
-``compute(data)`` (see :class:`bench.protocols.Metric`). This module holds the
+``compute(data)`` (see :class:`bench.plugin.protocols.Metric`). This module holds the
 three pieces around that call, none of which knows a metric by name:
 
 - :class:`MetricData`: the typed view ``compute`` gets, holding only the declared
@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BenchError, ComponentOutputError
-from .paths import name_problem
-from .specs import CURVE_ORDERS, MetricInputs, MetricSpec
-from .statistics import bootstrap_ci
-from .store import content_key
+from bench.errors import BenchError, ComponentOutputError
+from bench.pipeline.store import content_key
+from bench.plugin.names import name_problem
+from bench.plugin.specs import CURVE_ORDERS, MetricInputs, MetricSpec
+from bench.stats import bootstrap_ci
 
 
 class MetricInputError(BenchError):
@@ -295,7 +295,7 @@ def summarise(values: Any, *, confidence: float = 0.95, n_resamples: int = 10_00
 
 
 def required_orders(specs: Iterable[MetricSpec]) -> tuple[str, ...]:
-    """The union of the curve orders the metrics need, in :data:`bench.specs.CURVE_ORDERS` order."""
+    """The union of the curve orders the metrics need, in :data:`bench.plugin.specs.CURVE_ORDERS` order."""
     wanted = {o for spec in specs for o in spec.inputs.curves}
     return tuple(o for o in CURVE_ORDERS if o in wanted)
 

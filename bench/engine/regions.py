@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ComponentOutputError, ConfigError
+from bench.errors import ComponentOutputError, ConfigError
 
 ORDERS: tuple[str, ...] = ("morf", "lerf", "random")
 
@@ -249,7 +249,7 @@ def region_order(
         raise ValueError(f"scores must be (N, L), got shape {scores.shape}")
     name = str(order).lower()
     if name not in ORDERS:
-        from .errors import did_you_mean
+        from bench.errors import did_you_mean
 
         raise ConfigError(f"unknown order {order!r}{did_you_mean(name, ORDERS)}; orders: {', '.join(ORDERS)}")
     n, n_regions = scores.shape

@@ -11,7 +11,7 @@ leaderboard's key columns).
 The set of selected metrics is in it (a row is one cell record: a run that computed
 fewer metrics must not replace a row that holds more), but a metric's own parameters
 are not: they are part of that metric's column identity
-(:func:`bench.metrics.metric_params_key`), so changing one metric's parameters never
+(:func:`bench.pipeline.metrics.metric_params_key`), so changing one metric's parameters never
 stops the other metrics' rows from pairing, and values of one metric under two
 parameter sets are never compared (the leaderboard shows them as two columns).
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .store import content_key
+from bench.pipeline.store import content_key
 
 #: Bumped when the shape of a cell record's ``settings`` block changes.
 SETTINGS_VERSION = 2

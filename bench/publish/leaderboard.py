@@ -1,7 +1,7 @@
 """The leaderboard: every finished cell of every run, one row per configuration.
 
 ``collect(results_dir)`` reads ``results/runs/*/cells/*.json`` (cell records,
-:class:`bench.record.CellRecord`, any schema it can read) into a
+:class:`bench.pipeline.record.CellRecord`, any schema it can read) into a
 :class:`pandas.DataFrame`, one row per (dataset, model, weights, explainer,
 perturbation, settings fingerprint, explainer-params fingerprint): the latest *ok*
 cell across all runs wins. The settings fingerprint stands for every shared input
@@ -19,7 +19,7 @@ atomically, plus ``results/report.md`` and ``results/figures/*.png``.
 
 Nothing here knows a plugin by name: "gain over control" is measured against each
 family's null-control explainer, found by the role its spec declares and its cell
-records (:mod:`bench.controls`), or the one ``control`` names; controls are marked
+records (:mod:`bench.pipeline.controls`), or the one ``control`` names; controls are marked
 (``role`` column) and listed after the methods. Every string that comes from a
 plugin or a config (names, errors, parameters) is escaped in HTML and LaTeX.
 """
@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .controls import (
+from bench.errors import BenchError, ConfigError, DataError
+from bench.pipeline.controls import (
     CONTROL_KEY,
     METHOD_ROLE,
     NULL_CONTROL_ROLE,
@@ -49,15 +50,14 @@ from .controls import (
     record_role,
     role_rank,
 )
-from .errors import BenchError, ConfigError, DataError
-from .metrics import metric_params_key
-from .pipeline.record import CellRecord, MetricResult, RecordError
-from .runs import load_manifests, runs_dir
-from .settings import cell_settings, explainer_params_key, settings_key, weights_hash
-from .store import atomic_write_text, read_json
+from bench.pipeline.metrics import metric_params_key
+from bench.pipeline.record import CellRecord, MetricResult, RecordError
+from bench.pipeline.runs import load_manifests, runs_dir
+from bench.pipeline.settings import cell_settings, explainer_params_key, settings_key, weights_hash
+from bench.pipeline.store import atomic_write_text, read_json
 
 #: Version 2: the metric columns come from the metrics the records hold (:func:`columns_of`).
-SCHEMA = "bench.leaderboard/2"
+SCHEMA = "bench.publish.leaderboard/2"
 FORMATS: tuple[str, ...] = ("md", "csv", "json", "html", "tex")
 #: Aliases accepted by :func:`render` and :func:`build_leaderboard` (``bench leaderboard --format latex``).
 FORMAT_ALIASES: dict[str, str] = {"markdown": "md", "latex": "tex", "htm": "html"}
@@ -573,12 +573,12 @@ def add_gain(df: pd.DataFrame, control: str | None = None, *, column: str | None
 
     A family is one :data:`PAIR_COLUMNS` value (same settings fingerprint). Its reference is
     the explainer named ``control`` when given, else its null control: the row whose ``role``
-    is ``null-control`` (:mod:`bench.controls`); two null controls in one family without a
+    is ``null-control`` (:mod:`bench.pipeline.controls`); two null controls in one family without a
     ``control`` are a :class:`~bench.errors.ConfigError` naming ``leaderboard.control``. The
     reference's name goes into ``baseline`` (``""`` where a family has none: gain NaN).
     Where the reference ran with several parameter sets under one fingerprint, the most
     recent row is the reference; its ``explainer_params`` goes into the hidden
-    ``_baseline_params`` column (used by :func:`bench.report.attach_gain_ci` to pick the
+    ``_baseline_params`` column (used by :func:`bench.publish.report.attach_gain_ci` to pick the
     matching paired comparison).
     """
     df = df.copy()
@@ -691,7 +691,7 @@ def provenance(df: pd.DataFrame, manifests: Mapping[str, Mapping[str, Any]] | No
             lst = perturbations.setdefault(str(name), [])
             if params not in lst:
                 lst.append(params)
-    from . import __version__
+    from bench import __version__
 
     def uniq(col: str) -> list[Any]:
         if col not in df.columns or df.empty:
@@ -1043,7 +1043,7 @@ def _md_cell(text: Any) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-#: Public names of the cell formatters (:mod:`bench.report` uses them).
+#: Public names of the cell formatters (:mod:`bench.publish.report` uses them).
 format_number = _f
 format_ci = _ci_text
 md_cell = _md_cell
@@ -1142,7 +1142,7 @@ def render(
 
     ``fmt``: md, csv, json, html or tex (``latex`` accepted). ``provenance_info``
     defaults to :func:`provenance` of ``df``; ``failed`` to ``df.attrs["failed"]``.
-    ``comparisons`` (from :func:`bench.report.paired_comparisons`) are rendered in md,
+    ``comparisons`` (from :func:`bench.publish.report.paired_comparisons`) are rendered in md,
     json and html; ``figures`` (``{section title: [png paths]}``) are embedded in html
     as base64 data URIs.
     """
@@ -1198,7 +1198,7 @@ def _render_md(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame,
         out += ["_No finished cells yet._", ""]
     comparisons = primary_comparisons(comparisons, df)
     if comparisons is not None and not comparisons.empty:
-        from .report import comparisons_markdown
+        from bench.publish.report import comparisons_markdown
 
         out += [f"## Paired comparisons ({_primary_header(df)}, same images)", "",
                 comparisons_markdown(comparisons), ""]
@@ -1306,12 +1306,12 @@ def _render_html(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame
     body.append(html_table(headers, rows, align, group_col=0) if rows else "<p><em>No finished cells yet.</em></p>")
     comparisons = primary_comparisons(comparisons, df)
     if comparisons is not None and not comparisons.empty:
-        from .report import comparisons_html
+        from bench.publish.report import comparisons_html
 
         body.append(f"<h2>Paired comparisons ({html_escape(_primary_header(df))}, same images)</h2>")
         body.append(comparisons_html(comparisons))
     if "_path" in df.columns and not df.empty:
-        from .report import classification_tables
+        from bench.publish.report import classification_tables
 
         tables = classification_tables(df)
         if tables:
@@ -1431,7 +1431,7 @@ def build_leaderboard(
     rows are ranked by and gains use (default: the first); ``metrics`` orders the metric
     columns (the config's metrics; the rest follow by name).
     """
-    from . import report as report_mod
+    from bench.publish import report as report_mod
 
     fmts = [_normalise_format(f) for f in formats]
     out = Path(out_dir) if out_dir is not None else Path(results_dir)

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .store import atomic_write_text, content_key
+from bench.pipeline.store import atomic_write_text, content_key
 
 #: Environment variable: where the file-digest memo lives (``off``: in memory only).
 DIGEST_MEMO_ENV = "BENCH_DIGEST_MEMO"
@@ -287,7 +287,7 @@ def bench_version() -> str:
 
 def component_identity(kind: str, name: str) -> dict[str, str]:
     """What identifies a registered component's behaviour: name, version and code digest."""
-    from .plugins import registry
+    from bench.plugin.registry import registry
 
     entry = registry().get(kind, name)
     return {"kind": entry.kind, "name": name, "version": entry.version,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .paths import check_name
+from bench.plugin.names import check_name
 
 #: The kinds of component a plugin registers (one ``bench_register_<kind>s`` hook each).
 KINDS: tuple[str, ...] = ("dataset", "model", "explainer", "perturbation", "metric", "executor")
@@ -151,7 +151,7 @@ class PerturbationSpec(ComponentSpec):
     mask_local: bool = True
 
 
-#: The perturbation orders a metric may ask curves for (the same as :data:`bench.regions.ORDERS`).
+#: The perturbation orders a metric may ask curves for (the same as :data:`bench.engine.regions.ORDERS`).
 CURVE_ORDERS: tuple[str, ...] = ("morf", "lerf", "random")
 
 #: The families a metric belongs to (:attr:`MetricSpec.family`).
@@ -289,7 +289,7 @@ class ExecutorSpec(ComponentSpec):
 
     The factory builds the executor from its keyword parameters
     (``[executors.params.<name>]`` in the config); the executor's
-    ``run_cells(context, tasks)`` walks the stage graph (:class:`bench.protocols.Executor`).
+    ``run_cells(context, tasks)`` walks the stage graph (:class:`bench.plugin.protocols.Executor`).
     ``requires`` lists modules it imports (checked when the plan is made, so a missing one
     stops the run at once), and ``install`` says how to get them.
     """

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import InvalidNameError, UnsafePathError
+from bench.errors import InvalidNameError, UnsafePathError
 
 #: What a component name may look like.
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")

@@ -1,6 +1,6 @@
 """Controls by role: which explainers are controls, and which one a gain is measured against.
 
-An explainer spec declares its role (:data:`bench.specs.EXPLAINER_ROLES`). Every role but
+An explainer spec declares its role (:data:`bench.plugin.specs.EXPLAINER_ROLES`). Every role but
 ``method`` is a control: a reference line beside the ranking, not a competitor in it.
 "Gain over control" and the paired comparison behind its CI use the grid's
 *null control* (the explainer whose role is ``null-control``: random or constant maps).
@@ -15,8 +15,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
-from .specs import EXPLAINER_ROLES, METHOD_ROLE, NULL_CONTROL_ROLE
+from bench.errors import ConfigError, did_you_mean
+from bench.plugin.specs import EXPLAINER_ROLES, METHOD_ROLE, NULL_CONTROL_ROLE
 
 __all__ = [
     "CONTROL_KEY",
@@ -51,7 +51,7 @@ def role_rank(role: object) -> int:
 def registered_role(name: str, registry: Any = None) -> str:
     """The role the registered explainer ``name`` declares; ``method`` when it is unknown."""
     if registry is None:
-        from .plugins import registry as get_registry
+        from bench.plugin.registry import registry as get_registry
 
         registry = get_registry()
     try:

@@ -14,7 +14,7 @@ Two registrations of one name are a conflict: both are recorded and listed
 (:attr:`Registry.conflicts`), neither wins, and the name is unavailable
 (``registry().get`` raises :class:`PluginConflictError` naming both and the
 entry point to block for each) while everything else keeps working. Component
-names are checked at registration (:func:`bench.paths.check_name`).
+names are checked at registration (:func:`bench.plugin.names.check_name`).
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import (
+from bench.errors import (
     InvalidNameError,
     PluginConflictError,
     PluginError,
     UnknownComponentError,
     did_you_mean,
 )
-from .paths import check_name
-from .specs import KINDS, SPEC_CLASSES, ComponentSpec
+from bench.plugin import hookspecs
+from bench.plugin.names import check_name
+from bench.plugin.specs import KINDS, SPEC_CLASSES, ComponentSpec
 
 ENTRY_POINT_GROUP = "bench"
 #: Comma-separated plugin (entry-point) names that must not be loaded; where two
@@ -116,7 +116,7 @@ class Registered:
 
     @property
     def role(self) -> str | None:
-        """The explainer's role (see :data:`bench.specs.EXPLAINER_ROLES`); None for other kinds."""
+        """The explainer's role (see :data:`bench.plugin.specs.EXPLAINER_ROLES`); None for other kinds."""
         role = getattr(self.spec, "role", None)
         return role if isinstance(role, str) else None
 
@@ -467,7 +467,7 @@ def check_params(factory: Any, params: Mapping[str, Any], *, where: str) -> None
         return
     for key in params:
         if key not in names:
-            from .errors import ConfigError
+            from bench.errors import ConfigError
 
             known = ", ".join(sorted(names)) or "(none)"
             raise ConfigError(

@@ -11,7 +11,7 @@
 - :func:`make_figures`: curves, overlays and per-class PNGs into ``results/figures/``.
 - :func:`render_report` / :func:`build_report`: ``results/report.md``.
 
-The statistics themselves live in :mod:`bench.statistics`.
+The statistics themselves live in :mod:`bench.stats`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import statistics as st
-from .leaderboard import (
+from bench import stats as st
+from bench.pipeline.record import MetricResult
+from bench.pipeline.store import atomic_write_text, read_json, read_npz
+from bench.publish.leaderboard import (
     PAIR_COLUMNS,
     MetricColumn,
     metric_columns_of,
@@ -37,8 +39,6 @@ from .leaderboard import (
     primary_column,
     primary_comparisons,
 )
-from .pipeline.record import MetricResult
-from .store import atomic_write_text, read_json, read_npz
 
 COMPARISON_COLUMNS: tuple[str, ...] = (
     "dataset", "model", "weights", "perturbation", "settings", "metric", "explainer_a", "explainer_b",
@@ -183,10 +183,10 @@ def paired_comparisons(
     """Paired comparisons of explainers within each :data:`FAMILY` of ``df``, per metric column.
 
     ``metrics``: the metric column ids to compare (default: the primary one,
-    :func:`bench.leaderboard.primary_column`); the ``metric`` column says which. Holm's
+    :func:`bench.publish.leaderboard.primary_column`); the ``metric`` column says which. Holm's
     correction runs within one family and one metric.
 
-    ``df`` is :func:`bench.leaderboard.collect`'s frame. A family is one (dataset, model,
+    ``df`` is :func:`bench.publish.leaderboard.collect`'s frame. A family is one (dataset, model,
     weights, perturbation, settings fingerprint): rows computed under different settings
     are never paired. An explainer's own parameters are not part of the family, so
     a method and a control pair whatever their parameters; the same explainer with
@@ -252,12 +252,12 @@ def attach_gain_ci(df: pd.DataFrame, comparisons: pd.DataFrame, control: str | N
     """Put the paired (same-images) difference to the reference control and its CI into the gain columns.
 
     A row's reference is ``control`` when given, else its own ``baseline`` column (the
-    family's null control, filled by :func:`bench.leaderboard.add_gain`). Where a paired
+    family's null control, filled by :func:`bench.publish.leaderboard.add_gain`). Where a paired
     comparison with the reference exists in the row's own family (same settings
     fingerprint), ``gain_over_baseline`` becomes the mean per-image difference on the
     shared images (equal to the AOPC difference when both cells scored the same images)
     and ``gain_ci_low/high`` its bootstrap CI. Where the reference ran with more than one
-    parameter set, the one :func:`~bench.leaderboard.add_gain` chose (``_baseline_params``)
+    parameter set, the one :func:`~bench.publish.leaderboard.add_gain` chose (``_baseline_params``)
     is used.
     """
     df = df.copy()
@@ -302,7 +302,7 @@ def _p_text(p: float) -> str:
 def comparison_rows(comparisons: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
     """(headers, rows, align) of the comparisons table; an explainer that ran with more than
     one parameter set is shown as ``name [params fingerprint]``."""
-    from .leaderboard import format_ci, format_number
+    from bench.publish.leaderboard import format_ci, format_number
 
     headers = ["Dataset", "Model", "Weights", "Perturbation", "Settings", "A", "B", "n", "mean A",
                "mean B", "A - B", "CI of A - B", "Wilcoxon p", "Holm p", "Significant (Holm, 0.05)"]
@@ -332,7 +332,7 @@ def comparison_rows(comparisons: pd.DataFrame) -> tuple[list[str], list[list[str
 
 
 def comparisons_markdown(comparisons: pd.DataFrame) -> str:
-    from .leaderboard import markdown_table
+    from bench.publish.leaderboard import markdown_table
 
     headers, rows, align = comparison_rows(comparisons)
     note = ("A - B: mean over the shared images of the per-image difference of the metric; 95% bootstrap CI; "
@@ -342,7 +342,7 @@ def comparisons_markdown(comparisons: pd.DataFrame) -> str:
 
 
 def comparisons_html(comparisons: pd.DataFrame) -> str:
-    from .leaderboard import html_table
+    from bench.publish.leaderboard import html_table
 
     headers, rows, align = comparison_rows(comparisons)
     classes = [["sig" if j == len(r) - 1 and r[-1] == "yes" else "" for j in range(len(r))] for r in rows]
@@ -424,7 +424,13 @@ def group_by_class(
 def per_class_markdown(df: pd.DataFrame, *, column: MetricColumn | None = None) -> str:
     """One table per :data:`FAMILY` (dataset, model, weights, perturbation, settings):
     explainers x classes, "mean [lo, hi] (n)" of one metric column (default: the primary)."""
-    from .leaderboard import confidence_of, format_ci, format_number, markdown_table, md_cell
+    from bench.publish.leaderboard import (
+        confidence_of,
+        format_ci,
+        format_number,
+        markdown_table,
+        md_cell,
+    )
 
     column = column or primary_column(df)
     if df.empty or "_metrics" not in df.columns or column is None:
@@ -553,7 +559,7 @@ def load_test_images(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
     with np.load(Path(path), allow_pickle=False) as z:
         if "test/images" in z.files:
             return z["test/images"], z["test/labels"], z["test/ids"].astype(str)
-    from .data import DatasetSplits
+    from bench.data import DatasetSplits
 
     splits = DatasetSplits.load_file(path)
     return splits.test.images, splits.test.labels, splits.test.ids.astype(str)
@@ -592,8 +598,8 @@ def make_figures(
     overlay figure per dataset. A figure that cannot be drawn (no curves, no dataset
     file) is skipped with a warning; the rest are still written.
     """
-    from . import figures as fg
-    from .leaderboard import confidence_of
+    from bench.publish import figures as fg
+    from bench.publish.leaderboard import confidence_of
 
     out = Path(out_dir)
     manifests = df.attrs.get("manifests", {})
@@ -672,7 +678,7 @@ def remove_stale_figures(out_dir: str | Path, written: Sequence[str | Path]) -> 
 
 def _overlay_figure(dataset: str, group: pd.DataFrame, df: pd.DataFrame, manifests: Mapping[str, Any],
                     out: Path, n_images: int, alphas: Sequence[float]) -> Path | None:
-    from . import figures as fg
+    from bench.publish import figures as fg
 
     data_file = _find_dataset_file(dataset, df, manifests)
     if data_file is None:
@@ -730,7 +736,7 @@ def render_report(
 ) -> str:
     """``report.md``: leaderboard, per-model classification tables, paired comparisons,
     figures (linked relative to ``relative_to``), failed cells and provenance."""
-    from .leaderboard import (
+    from bench.publish.leaderboard import (
         display_table,
         failed_markdown,
         markdown_table,
@@ -741,7 +747,7 @@ def render_report(
 
     prov = provenance_info if provenance_info is not None else provenance(df)
     if comparisons is None:
-        from .leaderboard import confidence_of
+        from bench.publish.leaderboard import confidence_of
 
         comparisons = paired_comparisons(df, confidence=confidence_of(df))
     failed = df.attrs.get("failed")
@@ -819,10 +825,10 @@ def build_report(
     ``control``: the gain reference (default: each family's null control); ``primary``: the
     metric rows are ranked by (default: the first). Paired comparisons cover every metric.
     """
-    from .leaderboard import collect, provenance
+    from bench.publish.leaderboard import collect, provenance
 
     df = collect(results_dir, control=control, primary=primary)
-    from .leaderboard import bootstrap_resamples, confidence_of
+    from bench.publish.leaderboard import bootstrap_resamples, confidence_of
 
     comparisons = paired_comparisons(df, confidence=confidence_of(df),
                                      n_resamples=bootstrap_resamples(df.attrs.get("manifests", {})),

@@ -52,6 +52,11 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "names": ((list,), [ALL]),
         "batch_size": ((int,), 32),
         "params": ((dict,), {}),
+        #: parameter sweeps: ``[explainers.sweep.<explainer>] <param> = [v1, v2, ...]`` replaces
+        #: the explainer in the grid by one variant per combination (see bench.pipeline.variants)
+        "sweep": ((dict,), {}),
+        #: named variants: ``[explainers.variants.<label>] explainer = "<name>"``, ``params = {...}``
+        "variants": ((dict,), {}),
     },
     "perturbations": {
         "names": ((list,), [ALL]),

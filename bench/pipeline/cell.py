@@ -151,7 +151,7 @@ def fill_record(record: CellRecord, stages: Stages, arts: CellArtifacts) -> dict
         return facts
     record.n_images = heat.n_images
     record.params["explainer"] = heat.params
-    record.provenance["explainer"] = reg.get("explainer", task.explainer).provenance()
+    record.provenance["explainer"] = reg.get("explainer", stages.plan.registered_explainer(task.explainer)).provenance()
     record.provenance["perturbation"] = reg.get("perturbation", task.perturbation).provenance()
     record.keys["heatmaps"] = heat.key
     record.constant_heatmaps = count_constant_heatmaps(heat.heatmaps)

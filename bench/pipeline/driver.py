@@ -154,7 +154,8 @@ def run(
         "components": {
             "dataset": reg.get("dataset", plan.dataset).provenance(),
             "models": [reg.get("model", n).provenance() for n in plan.models],
-            "explainers": [reg.get("explainer", n).provenance() for n in plan.explainers],
+            "explainers": [reg.get("explainer", n).provenance()
+                           for n in dict.fromkeys(plan.registered_explainer(e) for e in plan.explainers)],
             "perturbations": [reg.get("perturbation", n).provenance() for n in plan.perturbations],
             "metrics": [reg.get("metric", n).provenance() for n in plan.metrics],
         },

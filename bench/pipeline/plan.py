@@ -30,6 +30,7 @@ from bench.pipeline.controls import (
     resolve_control,
 )
 from bench.pipeline.metrics import required_orders
+from bench.pipeline.variants import registered_explainer, resolve_variants, variant_key
 from bench.plugin.registry import accepted_params, check_params, registry
 from bench.plugin.specs import ExecutorSpec, ExplainerSpec, MetricSpec
 
@@ -82,9 +83,14 @@ class Plan:
         return spec
 
     def explainer_spec(self, name: str) -> ExplainerSpec:
-        spec = registry().get("explainer", name).spec
+        """The registered spec of explainer ``name`` (of the explainer a variant label stands for)."""
+        spec = registry().get("explainer", self.registered_explainer(name)).spec
         assert isinstance(spec, ExplainerSpec)
         return spec
+
+    def registered_explainer(self, name: str) -> str:
+        """The registered explainer behind ``name`` (a variant label or a registered name)."""
+        return registered_explainer(self.config, name)
 
     @property
     def executor(self) -> str:
@@ -155,18 +161,22 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
             f"dataset.name: unknown dataset {dataset!r}{did_you_mean(dataset, known)}; "
             f"known datasets: {', '.join(known) or '(none registered)'}"
         )
+    explainers = resolve_variants(cfg, config_mod.resolve_names(cfg, "explainers", reg), reg.names("explainer"))
     plan = Plan(
         config=cfg,
         dataset=dataset,
         models=config_mod.resolve_names(cfg, "models", reg),
-        explainers=config_mod.resolve_names(cfg, "explainers", reg),
+        explainers=explainers,
         perturbations=config_mod.resolve_names(cfg, "perturbations", reg),
         metrics=config_mod.resolve_names(cfg, "metrics", reg),
     )
     for section in ("models", "explainers", "perturbations", "metrics"):
         kind = config_mod.SECTION_KIND[section]
         selected = getattr(plan, section)
+        variants = cfg[section].get("variants", {})
         for name in cfg[section]["params"]:
+            if name in variants:
+                continue  # a variant's merged params: checked with the component below
             if name not in reg.names(kind):
                 raise ConfigError(
                     f"{section}.params.{name}: unknown {kind} {name!r}"
@@ -184,8 +194,10 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
     for section in ("explainers", "perturbations", "metrics"):
         kind = config_mod.SECTION_KIND[section]
         for name in getattr(plan, section):
+            registered = registered_explainer(cfg, name) if section == "explainers" else name
             validated_component(
-                kind, name, cfg[section]["params"].get(name, {}), key=f"{section}.params.{name}"
+                kind, registered, cfg[section]["params"].get(name, {}), key=variant_key(cfg, name)
+                if registered != name else f"{section}.params.{name}",
             )
     _check_primary(plan)
     check_executor(plan)
@@ -282,7 +294,7 @@ def _resolve_control(plan: Plan) -> None:
     key = CONTROL_KEY if cfg["leaderboard"].get("control") or not cfg["aopc"].get("baseline") else (
         DEPRECATED_CONTROL_KEY)
     control = control_setting(cfg)
-    roles = {name: registered_role(name) for name in plan.explainers}
+    roles = {name: registered_role(plan.registered_explainer(name)) for name in plan.explainers}
     if control and control not in roles and control in registry().names("explainer"):
         roles[control] = registered_role(control)  # registered, not selected: a preference
     resolved = resolve_control(plan.explainers, roles, control, key=key)

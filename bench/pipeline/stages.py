@@ -46,6 +46,7 @@ from bench.pipeline.plan import (
 )
 from bench.pipeline.record import MetricResult
 from bench.pipeline.store import Cache, content_key
+from bench.pipeline.variants import registered_explainer
 from bench.plugin.registry import check_params, registry
 
 #: Bumped when a stage's stored format or semantics change (invalidates caches).
@@ -321,7 +322,8 @@ class Stages:
                 f"model {model.record.get('model', '?')!r} classified no test image correctly: nothing to explain"
             )
         params = dict(self.plan.config["explainers"]["params"].get(name, {}))
-        explainer = create_component("explainer", name, params)
+        registered = self.plan.registered_explainer(name)  # a variant label -> its explainer
+        explainer = create_component("explainer", registered, params)
         resolved = component_params(explainer) or params
         test = data.splits.test
         ids = test.ids[index].astype(str)
@@ -329,7 +331,7 @@ class Stages:
         upstream: list[Any] = [model.key, content_key(list(ids))]
         if masks is not None:
             upstream.append(masks_digest(masks))
-        key = component_key("heatmaps", "explainer", name, resolved, *upstream)
+        key = component_key("heatmaps", "explainer", registered, resolved, *upstream)
 
         def artifact(maps: np.ndarray, seconds: float, passes: float | None) -> HeatmapsArtifact:
             return HeatmapsArtifact(explainer=name, heatmaps=maps, key=key, params=resolved, index=index,
@@ -607,11 +609,12 @@ class LazyExplainer:
     def __init__(self, name: str, cfg: Mapping[str, Any]):
         self.name = name
         self.params = dict(cfg["explainers"]["params"].get(name, {}))
+        self.registered = registered_explainer(cfg, name)  # a variant label -> its explainer
         self._component: Any = None
 
     def get(self) -> Any:
         if self._component is None:
-            self._component = create_component("explainer", self.name, self.params)
+            self._component = create_component("explainer", self.registered, self.params)
         return self._component
 
 

@@ -4,12 +4,20 @@
     bench list {datasets,models,explainers,perturbations,metrics,executors}
     bench run [--all] [--dataset D] [--model M ...] [--explainer E ...] [--perturbation P ...]
               [--config FILE] [--preset NAME] [--data PATH] [--weights imagenet|none|PATH]
-              [--executor NAME] [--out DIR] [--set section.key=value ...] [--dry-run] [--quiet]
-    bench leaderboard [--format md|csv|json|html|latex] [--out FILE] [--results DIR]
+              [--executor NAME] [--out|--results DIR] [--set section.key=value ...] [--dry-run] [--quiet]
+    bench leaderboard [--publish] [--format md|csv|json|html|latex] [--out FILE] [--results DIR]
     bench new-plugin NAME --kind explainer|perturbation|model|dataset|metric|executor [--dir DIR]
     bench data describe [--dataset NAME] [--data PATH] [--json]
     bench data show NAME [--data PATH] --out FILE.png
     bench config [--preset NAME] [--config FILE] [--set section.key=value ...]  (print the resolved config)
+
+Where the files go: ``results/`` (the default results folder) holds the published
+leaderboard, tracked in git (``results/leaderboard.{md,csv,json,html,tex}``, ``report.md``,
+``figures/``). ``bench run`` never rewrites it: its runs and cache go to ``results/runs/`` and
+``results/cache/``, its own leaderboard to ``results/local/`` (all ignored by git);
+``bench leaderboard --publish`` rebuilds the published files from ``results/runs/``. A run with
+``--out DIR`` (or ``bench leaderboard --results DIR``) writes everything under ``DIR``, the
+leaderboard files at its top.
 
 Exit status: 0 all good, 1 some cells failed, 2 bad input (config, plugin, data), 130 interrupted.
 """
@@ -230,13 +238,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps({"config": plan.config, "plan": plan_summary(plan)}, indent=2, default=str))
         return EXIT_OK
     result = run(cfg, quiet=args.quiet)
-    out = sys.stdout
-    print(f"\nrun {result.run_id}: {len(result.cells)} cells, {len(result.failed)} failed -> {result.run_dir}", file=out)
-    if result.leaderboard:
-        md = result.leaderboard.get("md")
-        if md is not None and Path(md).exists():
-            print(Path(md).read_text(encoding="utf-8"), file=out)
-        print("leaderboard: " + ", ".join(str(p) for p in result.leaderboard.values()), file=out)
+    print(f"\nrun {result.run_id}: {len(result.cells)} cells, {len(result.failed)} failed -> {result.run_dir}")
+    if result.summary:  # the compact table; the last lines say where the full tables are
+        print("\n" + result.summary, end="")
     if result.failed:
         print("\nfailed cells:", file=sys.stderr)
         for c in result.failed:
@@ -263,7 +267,8 @@ def recorded_control(results: Path) -> str:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from bench.publish.leaderboard import build_leaderboard, collect, render
+    from bench.publish.formats import normalise_format
+    from bench.publish.leaderboard import build
 
     results = Path(args.results)
     if not (results / "runs").is_dir():
@@ -278,11 +283,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not control:
         control = recorded_control(results)
     primary = args.primary or None
-    paths = build_leaderboard(results, control=control, figures=not args.no_figures, primary=primary)
+    board = build(results, control=control, figures=not args.no_figures, primary=primary, publish=args.publish)
     if args.format:
-        fmt = "tex" if args.format == "latex" else args.format
-        text = (render(collect(results, control=control, primary=primary), fmt) if fmt not in paths
-                else Path(paths[fmt]).read_text(encoding="utf-8"))
+        text = Path(board.paths[normalise_format(args.format)]).read_text(encoding="utf-8")
         if args.out:
             from bench.pipeline.store import atomic_write_text
 
@@ -291,8 +294,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         else:
             print(text)
     else:
-        for fmt, p in paths.items():
-            print(f"{fmt}: {p}")
+        print(board.summary(), end="")
     return EXIT_OK
 
 
@@ -400,17 +402,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "installed executor plugin (`bench list executors`)")
     p.add_argument("--ray-address", metavar="ADDRESS", help="'auto', ray://host:port; none = a local Ray")
     p.add_argument("--ray-gpus", type=float, metavar="N", help="GPUs per model task on Ray")
-    p.add_argument("--out", metavar="DIR", help="results folder (default: results)")
+    p.add_argument("--out", "--results", dest="out", metavar="DIR",
+                   help="results folder (default: results). Under results/ the run writes runs/, cache/ and its "
+                        "leaderboard in local/, all ignored by git: the published results/leaderboard.* change "
+                        "only with `bench leaderboard --publish`. Another DIR gets its leaderboard files at its top")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override any config key")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the cells, run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("leaderboard", help="rebuild results/leaderboard.* from results/runs/")
-    p.add_argument("--format", choices=["md", "csv", "json", "html", "latex", "tex"])
-    p.add_argument("--out", metavar="FILE")
-    p.add_argument("--results", default="results", metavar="DIR")
+    p = sub.add_parser(
+        "leaderboard", help="rebuild the leaderboard from the runs (results/local/; --publish: results/)",
+        description="Rebuild leaderboard.{md,csv,json,html,tex}, report.md and figures/ from <results>/runs/ "
+                    "and print the compact table. For the default results/ they go to results/local/ (ignored "
+                    "by git) unless --publish; for another --results DIR, to DIR.")
+    p.add_argument("--publish", action="store_true",
+                   help="rewrite the published, git-tracked files at the top of the results folder "
+                        "(results/leaderboard.*, results/report.md, results/figures/)")
+    p.add_argument("--format", choices=["md", "csv", "json", "html", "latex", "tex"],
+                   help="print this format (or write it to --out) instead of the compact table")
+    p.add_argument("--out", metavar="FILE", help="with --format: write the text to FILE")
+    p.add_argument("--results", default="results", metavar="DIR", help="the folder that holds runs/ (default: results)")
     p.add_argument("--control", default="", metavar="EXPLAINER",
                    help="the control 'gain over control' is measured against (default: each family's "
                         "null-control explainer; needed when a family ran several)")

@@ -232,11 +232,11 @@ def control_power(
     """
     if oracle is None and anti is None:
         raise ValueError("control power needs an oracle or an anti-oracle beside random")
-    cols = {"random": random}
+    cols = {"null": random}
     if oracle is not None:
-        cols["oracle"] = oracle
+        cols["positive"] = oracle
     if anti is not None:
-        cols["anti"] = anti
+        cols["negative"] = anti
     x, names = score_matrix(cols)
     kept, dropped = _valid(x, names, "control")
     col = dict(zip(names, kept.T, strict=True))
@@ -245,8 +245,8 @@ def control_power(
         res = paired_comparison(a, b, confidence=confidence, seed=seed, n_resamples=n_resamples)
         return Difference(diff=res["diff"], ci_low=res["ci"][0], ci_high=res["ci"][1], p_value=res["p_value"])
 
-    above = diff(col["oracle"], col["random"]) if "oracle" in col else None
-    below = diff(col["random"], col["anti"]) if "anti" in col else None
+    above = diff(col["positive"], col["null"]) if "positive" in col else None
+    below = diff(col["null"], col["negative"]) if "negative" in col else None
     sides = [_side(d, higher_is_better) for d in (above, below) if d is not None]
     if -1 in sides:
         verdict = CONTROLS_BACKWARDS
@@ -291,7 +291,7 @@ def normalised_scores(
     ctrl = np.column_stack([np.asarray(random, np.float64).reshape(-1), np.asarray(oracle, np.float64).reshape(-1)])
     if ctrl.shape[0] != x.shape[0]:
         raise ValueError(f"controls cover {ctrl.shape[0]} images, the methods {x.shape[0]}")
-    kept, dropped = _valid(np.column_stack([x, ctrl]), [*names, "random", "oracle"])
+    kept, dropped = _valid(np.column_stack([x, ctrl]), [*names, "null-control", "positive-control"])
     means = kept.mean(axis=0)
     point = _normalise(means[:-2], means[-2], means[-1])
     boot = bootstrap_row_means(kept, n_resamples=n_resamples, seed=seed)

@@ -16,7 +16,9 @@ from bench.errors import ConfigError
 from bench.pipeline import make_plan
 from bench.pipeline.controls import record_role, resolve_control
 from bench.plugin import registry as plugins_mod
-from bench.publish.leaderboard import build_leaderboard, collect, render
+from bench.publish.collect import collect
+from bench.publish.formats import render
+from bench.publish.leaderboard import build_leaderboard
 from bench.testing import check_component, checks_for
 
 GRADCAM = [0.50, 0.40, 0.60, 0.45, 0.55, 0.35, 0.52, 0.48]

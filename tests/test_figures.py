@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from _fake_runs import FakeCell, write_run
 
+from bench.publish.collect import collect
 from bench.publish.figures import (
     mean_band,
     normalise,
@@ -15,7 +16,6 @@ from bench.publish.figures import (
     plot_per_class,
     upsample_bilinear,
 )
-from bench.publish.leaderboard import collect
 from bench.publish.report import make_figures
 
 PNG = b"\x89PNG\r\n\x1a\n"

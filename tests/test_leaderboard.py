@@ -7,6 +7,7 @@ import io
 import json
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,14 +15,25 @@ import pytest
 from _fake_runs import FakeCell, write_run
 
 from bench.errors import BenchError, DataError
+from bench.publish.collect import collect, columns_of
+from bench.publish.formats import FORMATS, SCHEMA, render
 from bench.publish.leaderboard import (
-    FORMATS,
-    SCHEMA,
+    PUBLISHED_DIR,
+    build,
     build_leaderboard,
-    collect,
-    columns_of,
+    is_published_folder,
+    output_dir,
+)
+from bench.publish.summary import headline_metrics, summary_text
+from bench.publish.tables import display_table
+from bench.publish.text import (
+    format_ci,
+    format_cost,
+    format_number,
+    format_p,
+    format_value_ci,
     latex_escape,
-    render,
+    md_cell,
 )
 
 GRADCAM = [0.50, 0.40, 0.60, 0.45, 0.55, 0.35, 0.52, 0.48]
@@ -204,7 +216,7 @@ def test_latex_booktabs(results):
     for cmd in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{table}"):
         assert cmd in tex
     assert "95\\% CI" in tex
-    assert f"{np.mean(GRADCAM):.4f}" in tex
+    assert f"{np.mean(GRADCAM):.3f}" in tex
 
 
 def test_html_self_contained_with_figures(built):
@@ -300,3 +312,123 @@ def test_missing_n_is_blank_not_a_sentinel(tmp_path):
     assert doc["rows"][0]["n_images"] is None
     back = pd.read_csv(io.StringIO(render(df, "csv")))
     assert back.n_images.isna().all()
+
+
+# ---------------------------------------------------------------------------------------
+# one number format, plain text, the compact terminal table
+# ---------------------------------------------------------------------------------------
+def test_one_number_format():
+    assert format_number(0.12345) == "0.123" and format_number(0.12345, signed=True) == "+0.123"
+    assert format_number(3.9e-05) == "0.000"  # never scientific notation
+    assert format_number(-0.0001) == "0.000" and format_number(-0.0001, signed=True) == "+0.000"  # no -0.000
+    assert format_number(None) == format_number(float("nan")) == ""
+    assert format_ci(-0.0204, 0.0613) == "[-0.020, 0.061]" and format_ci(0.1, None) == ""
+    assert format_value_ci(0.5, 0.4, 0.6) == "0.500 [0.400, 0.600]" and format_value_ci(0.5, None, 1) == "0.500"
+    assert format_p(0.0312) == "0.031" and format_p(0.00001) == "<0.001" and format_p(None) == ""
+    # costs: 3 significant digits, positional
+    assert [format_cost(v) for v in (0.00597, 2.5, 8.0, 1234.5, 0, None, float("inf"))] == [
+        "0.00597", "2.5", "8", "1230", "0", "", ""]
+
+
+def test_markdown_cells_stop_markup_without_html_entities():
+    assert md_cell("<0.001") == "<0.001"  # a number stays readable in the file and the terminal
+    assert md_cell("<b>x</b> a|b & &amp;") == "\\<b\\>x\\</b\\> a\\|b & \\&amp;"
+    assert "\n" not in md_cell("two\nlines")
+
+
+def _numbers_ok(cell: str) -> bool:
+    return bool(re.fullmatch(r"[+-]?\d+\.\d{3}( \[-?\d+\.\d{3}, -?\d+\.\d{3}\])?", cell))
+
+
+def test_the_files_hold_no_html_entity_and_one_number_format(built):
+    results, paths = built
+    for name in ("md", "report"):
+        text = paths[name].read_text()
+        assert not re.search(r"&(lt|gt|amp|quot|#x?[0-9a-f]+);", text), name
+    df = collect(results)
+    headers, rows, _ = display_table(df)
+    score_columns = [i for i, h in enumerate(headers) if "[95% CI]" in h
+                     or h in ("Test recall (macro)", "F1 (macro)", "Accuracy")]
+    assert len(score_columns) >= 5
+    cells = [r[i] for r in rows for i in score_columns if r[i]]
+    assert cells and all(_numbers_ok(c) for c in cells), [c for c in cells if not _numbers_ok(c)]
+    md = paths["md"].read_text()
+    assert not re.search(r"\d\.?\d*e[-+]\d", md), "no scientific notation"
+
+
+@pytest.fixture()
+def many_metrics(tmp_path):
+    """Eight extra metrics, long names, a second null control and a failed cell."""
+    rng = np.random.default_rng(0)
+    names = ("alpha-metric", "beta-metric", "gamma-metric", "delta-metric", "epsilon-metric",
+             "zeta-metric", "eta-metric", "theta-metric")
+    cells = []
+    for model in ("tiny-cnn", "wide-net"):
+        for k, explainer in enumerate(("gradcam", "smoothgrad-squared", "integrated-gradients", "random")):
+            extra = {m: (rng.uniform(0, 1, 8).tolist(), j % 2 == 0, m.split("-")[0].capitalize())
+                     for j, m in enumerate(names)}
+            cells.append(FakeCell("ds", model, explainer, per_image=(0.3 + 0.05 * k + rng.normal(0, 0.02, 8)).tolist(),
+                                  metrics=extra))
+    cells.append(FakeCell("ds", "tiny-cnn", "rise", status="failed", error="RuntimeError: <boom> & more"))
+    write_run(tmp_path, "run-m", cells)
+    return tmp_path
+
+
+def test_headline_metrics_are_the_primary_then_one_per_family(many_metrics):
+    df = collect(many_metrics)
+    families = {"aopc": "faithfulness", "beta-metric": "localisation", "gamma-metric": "localisation",
+                "eta-metric": "randomisation"}
+    df.attrs["metrics"] = [{**c, "family": families.get(c["id"], "faithfulness")} for c in df.attrs["metrics"]]
+    assert [c.id for c in headline_metrics(df, 3)] == ["aopc", "beta-metric", "eta-metric"]
+    assert [c.id for c in headline_metrics(df, 5)][3:] == ["alpha-metric", "gamma-metric"]
+
+
+def test_terminal_summary_is_plain_and_fits_120_columns(many_metrics):
+    board = build(many_metrics, formats=("md", "csv"), figures=False)
+    text = board.summary()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120, max(lines, key=len)
+    assert not re.search(r"&(lt|gt|amp|quot|#x?[0-9a-f]+);", text) and "<" not in text.replace("<0.001", "")
+    header = next(line for line in lines if line.startswith("Model "))
+    assert "Explainer" in header and "AOPC ↑" in header and "Gain vs random" in header and "passes/map" in header
+    assert 1 <= sum(h in header for h in ("Alpha", "Beta", "Gamma", "Delta", "Epsilon", "Zeta", "Eta", "Theta")) <= 3
+    assert "random (null)" in text and "Test recall (macro): " in text
+    assert "more metric(s) in the full tables" in text and "1 failed cell(s)" in text
+    row = next(line for line in lines if line.startswith("tiny-cnn") and " gradcam " in line)
+    assert re.search(r"\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]", row)
+    # the last lines say where the full tables are
+    assert lines[-5:] == ["Full tables (every metric, settings, flags, paired comparisons, provenance):",
+                          f"  {board.paths['md']}", f"  {board.paths['csv']}",
+                          "Report (per class, classification, comparisons of every metric, figures):",
+                          f"  {board.paths['report']}"]
+
+
+def test_a_long_name_costs_metric_columns_not_the_width(many_metrics):
+    df = collect(many_metrics)
+    long = "a-model-name-long-enough-to-leave-no-room-x"
+    df["model"] = df["model"].replace("wide-net", long)
+    text = summary_text(df)
+    assert max(len(line) for line in text.splitlines()) <= 120
+    assert "more metric(s) in the full tables" in text
+    assert long not in text and long[:20] in text  # cut in the terminal, whole in the files
+
+
+def test_only_the_published_folder_is_protected(tmp_path, monkeypatch):
+    from bench.config.loading import SCHEMA as CONFIG_SCHEMA
+
+    assert str(PUBLISHED_DIR) == CONFIG_SCHEMA["run"]["out"][1]  # the default results folder
+    monkeypatch.chdir(tmp_path)
+    assert is_published_folder("results") and is_published_folder(tmp_path / "results")
+    assert output_dir("results") == Path("results") / "local"
+    assert output_dir("results", publish=True) == Path("results")
+    assert output_dir(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # --out DIR: its top, as before
+    write_run(tmp_path / "results", "r", [FakeCell("d", "m", "gradcam", per_image=GRADCAM),
+                                          FakeCell("d", "m", "random", per_image=RANDOM)])
+    local = build("results", formats=("md",), figures=False)
+    assert local.local and not local.published and set(local.paths.values()) == {
+        Path("results/local/leaderboard.md"), Path("results/local/report.md")}
+    assert not (tmp_path / "results" / "leaderboard.md").exists()
+    assert "bench leaderboard --publish" in local.summary()
+    published = build("results", formats=("md",), figures=False, publish=True)
+    assert published.published and published.paths["md"] == Path("results/leaderboard.md")
+    assert (tmp_path / "results" / "leaderboard.md").exists()

@@ -1,8 +1,9 @@
 """Published numbers are what the code printed: the README's demo table is the committed leaderboard.
 
 The README shows a compact table of ``bench run --all``; ``results/leaderboard.csv``
-is the full one, written by the same run. Both are regenerated at the commit that
-publishes them. This test fails when one is refreshed without the other.
+is the full one, rebuilt from the same runs by ``bench leaderboard --publish`` (a run
+alone writes only ``results/local/``, ignored by git). Both are regenerated at the commit
+that publishes them. This test fails when one is refreshed without the other.
 Regenerate the README's table with ``python tests/test_published.py``.
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from bench.publish.text import format_ci, format_number
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -36,17 +39,14 @@ HEADER = (
 )
 
 
-def _num(value: float, digits: int = 3, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-    return "+0.000" if signed and text == "-0.000" else ("0.000" if text == "-0.000" else text)
+def _num(value: float, signed: bool = False) -> str:
+    """The one number format of every table (:func:`bench.publish.text.format_number`)."""
+    return format_number(value, signed=signed)
 
 
 def _ci(lo: float, hi: float) -> str:
-    if any(isinstance(v, float) and math.isnan(v) for v in (lo, hi)):
-        return ""
-    return f" [{_num(lo)}, {_num(hi)}]"
+    text = format_ci(lo, hi)
+    return f" {text}" if text else ""
 
 
 def _finite(value: object) -> bool:
@@ -68,6 +68,7 @@ def demo_table(frame: pd.DataFrame, model: str = MODEL) -> str:
             _num(r["aopc"]) + _ci(r["aopc_ci_low"], r["aopc_ci_high"]),
             gain,
             *(_num(r.get(col, math.nan)) for _, col in METRICS),
+            # passes as the committed README shows them (format_cost's 3 digits when it is regenerated)
             (f"{passes:g}" if _finite(passes) else ""), str(int(r["n_images"])), flags,
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -89,7 +90,7 @@ def readme_table() -> str:
 def test_readme_demo_table_is_the_committed_leaderboard():
     assert readme_table() == demo_table(committed_frame()), (
         "README.md's demo table differs from results/leaderboard.csv: regenerate both at one "
-        "commit (bench run --all, then python tests/test_published.py)"
+        "commit (bench run --all, bench leaderboard --publish, then python tests/test_published.py)"
     )
 
 

@@ -11,8 +11,9 @@ from _fake_runs import FakeCell, write_run
 
 from bench.pipeline.record import SCHEMA_VERSION, CellRecord, MetricResult, RecordError, Timings
 from bench.pipeline.store import read_json, write_json
-from bench.publish.leaderboard import build_leaderboard, collect, metric_columns_of
-from bench.publish.report import paired_comparisons
+from bench.publish.collect import collect, metric_columns_of
+from bench.publish.comparisons import paired_comparisons
+from bench.publish.leaderboard import build_leaderboard
 
 GRADCAM = [0.50, 0.40, 0.60, 0.45, 0.55, 0.35, 0.52, 0.48]
 RANDOM = [0.20, 0.25, 0.10, 0.30, 0.15, 0.22, 0.18, 0.20]

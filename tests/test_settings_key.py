@@ -40,15 +40,10 @@ from bench.pipeline.settings import (
     settings_key,
 )
 from bench.pipeline.store import Cache, read_json
-from bench.publish.leaderboard import (
-    KEY_COLUMNS,
-    PAIR_COLUMNS,
-    build_leaderboard,
-    collect,
-    render,
-    short_keys,
-)
-from bench.publish.report import attach_gain_ci, paired_comparisons
+from bench.publish.collect import KEY_COLUMNS, PAIR_COLUMNS, collect, short_keys
+from bench.publish.comparisons import attach_gain_ci, paired_comparisons
+from bench.publish.formats import render
+from bench.publish.leaderboard import build_leaderboard
 
 GRADCAM = [0.50, 0.40, 0.60, 0.45, 0.55, 0.35, 0.52, 0.48]
 RANDOM = [0.20, 0.25, 0.10, 0.30, 0.15, 0.22, 0.18, 0.20]

@@ -66,6 +66,8 @@ class RunResult:
     cells: list[CellRecord] = field(default_factory=list)
     leaderboard: dict[str, Path] = field(default_factory=dict)
     interrupted: bool = False
+    #: the compact plain-text table of the leaderboard and where its files are (``bench run`` prints it)
+    summary: str = ""
 
     @property
     def failed(self) -> list[CellRecord]:
@@ -239,15 +241,20 @@ def run(
         manifest["cell_timings"] = {c.cell_id: c.timings.to_dict() for c in result.cells}
         write_json(run_dir / "manifest.json", manifest)
     if leaderboard and not result.interrupted and any(c.ok for c in result.cells):
-        from bench.publish.leaderboard import build_leaderboard
+        from bench.publish.leaderboard import build
 
-        result.leaderboard = build_leaderboard(
+        # the published leaderboard (results/leaderboard.*) is never rewritten by a run: a run of
+        # that folder writes its own under results/local/ (bench.publish.leaderboard.output_dir)
+        board = build(
             results_dir,
             formats=tuple(cfg["leaderboard"]["formats"]),
             control=cfg["leaderboard"]["control"],
+            figures=bool(cfg["leaderboard"]["figures"]),
             primary=plan.primary,
             metrics=plan.metrics,
         )
+        result.leaderboard = board.paths
+        result.summary = board.summary()
     return result
 
 

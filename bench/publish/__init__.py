@@ -1,7 +1,18 @@
 """Publishing: finished cell records -> tables, comparisons, figures, the leaderboard files.
 
-    leaderboard.py     collect records into rows; md/csv/json/html/tex tables
-    report.py          paired comparisons, per-class tables, the report and its figures
+One job per module, each importing only the ones above it:
+
+    text.py            one number format (scores, CIs, p-values, costs), escaping, md/plain tables
+    collect.py         cell records -> the rows frame (MetricColumn, gain over control, sorting)
+    provenance.py      where the numbers come from; legends of the settings fingerprints
+    comparisons.py     per-image values, paired comparisons, gain CIs, per-class values
+    classification.py  the study's per-class precision/recall/F1 tables of each model
+    tables.py          the human tables (leaderboard, failed cells, comparisons, per class)
+    summary.py         the compact plain-text table printed in a terminal
+    html_render.py     the HTML page today (self-contained); page.py: render_page, the new page
+    formats.py         render one format: md, csv, json, html, tex
     figures.py         matplotlib figures (Agg, PNG)
+    report.py          report.md and the figures it shows
+    leaderboard.py     build: collect -> compare -> figures -> every file; where the files go
     dataset_figure.py  ``bench data show``: example images per class with masks outlined
 """

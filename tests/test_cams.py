@@ -16,9 +16,11 @@ tf = pytest.importorskip("tensorflow")
 from bench_cams.channel_cams import AblationCAM, ScoreCAM  # noqa: E402
 from bench_cams.eigencam import EigenCAM  # noqa: E402
 from bench_cams.gradient_cams import GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM  # noqa: E402
+from bench_gradcam.featuremap import TRACE_NAME  # noqa: E402
 from bench_gradcam.gradcam import GradCAM  # noqa: E402
 
 import bench  # noqa: E402
+from bench.engine.tracing import traces  # noqa: E402
 from bench.models import ModelError  # noqa: E402
 from bench.testing import check_component, tiny_model  # noqa: E402
 
@@ -356,7 +358,7 @@ def test_traced_once_per_model_and_image_size(small, name):
     explainer = NAMES[name]()
     explainer.explain(model, images, TARGETS3)
     explainer.explain(model.keras, images[:2], TARGETS3[:2])  # a plain keras.Model, wrapped afresh
-    fns = [fn for _, fn in explainer._fn_cache.values()]
+    fns = [fn for key, (fn, _) in traces(model.keras, TRACE_NAME).items() if key[1] is type(explainer)]
     assert fns and all(fn.experimental_get_tracing_count() == 1 for fn in fns)
 
 
@@ -489,3 +491,38 @@ def test_transfer_models_full_matrix(request, model_name, name):
         _check_transfer(request, model_name, name, {}, n_images=1)
     else:
         _check_transfer(request, model_name, name, {"relu": False})
+
+
+# ---- one trace per model, shared, never keeping the model alive -------------------------------
+@pytest.mark.parametrize("cls", [GradCAM, GradCAMPlusPlus, EigenCAM, AblationCAM])
+def test_traces_are_shared_across_instances_and_release_the_model(cls):
+    import gc
+    import weakref
+
+    model = tiny_model(size=16, seed=5)
+    images = np.random.default_rng(1).random((3, 16, 16, 3), dtype=np.float32)
+    first = cls().explain(model, images, TARGETS3)
+    again = cls().explain(model.keras, images, TARGETS3)  # another instance, a fresh wrapper
+    np.testing.assert_array_equal(first, again)
+    fns = {key: fn for key, (fn, _) in traces(model.keras, TRACE_NAME).items() if key[1] is cls}
+    assert fns and all(fn.experimental_get_tracing_count() == 1 for fn in fns.values())
+    keep = cls()  # an explainer that outlives its model keeps no reference to it
+    keep.explain(model, images, TARGETS3)
+    ref = weakref.ref(model.keras)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_shared_cam_trace_runs_eagerly_on_the_model_of_the_call():
+    """Under ``run_functions_eagerly`` the traced body runs on every call: it reads the model of
+    the call in progress (a weak reference the explainer points before each call)."""
+    model = tiny_model(size=16, seed=6)
+    images = np.random.default_rng(2).random((3, 16, 16, 3), dtype=np.float32)
+    graph = LayerCAM().explain(model, images, TARGETS3)
+    tf.config.run_functions_eagerly(True)
+    try:
+        eager = LayerCAM().explain(model.keras, images, TARGETS3)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    np.testing.assert_allclose(eager, graph, atol=1e-5)

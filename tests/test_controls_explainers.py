@@ -239,13 +239,69 @@ def test_conformance_kit_oracles_given_their_masks(cls, role):
 
 @pytest.mark.parametrize("name", ["oracle", "anti-oracle"])
 def test_conformance_kit_on_the_registered_oracles(name):
-    """The kit itself passes the masks a spec declares (once the core's contract has it)."""
+    """The kit passes the masks the registered spec declares (one image's mask empty, as a Normal's)."""
+    component = bench.create("explainer", name)
+    names = [n for n, _ in checks_for(component)]
+    assert "check_control_ignores_the_model" in names and "check_explainer_batch_independent" in names
+    check_component(component, tiny_model())
+
+
+def test_the_kit_gives_the_declared_masks_with_an_empty_one():
+    from bench.testing.checks import declared_masks, registered_explainer_spec, tiny_masks
+
+    images = tiny_images(3)
+    masks = tiny_masks(images, ("lesion", "lungs"))
+    assert sorted(masks) == ["lesion", "lungs"]
+    for m in masks.values():
+        assert m.dtype == np.bool_ and m.shape == (3, 32, 32)
+        assert m[0].any() and m[1].any() and not m[2].any()  # image 2: no lesion, as a Normal image
+    assert not np.array_equal(masks["lesion"], masks["lungs"])
+    # the single-image calls of the batch check see the same masks as the batch
+    for i in range(3):
+        np.testing.assert_array_equal(tiny_masks(images[i : i + 1], ("lesion",), first=i)["lesion"][0],
+                                      masks["lesion"][i])
+    oracle = bench.create("explainer", "oracle")
+    assert registered_explainer_spec(oracle).name == "oracle" and declared_masks(oracle) == ("lesion",)
+    assert declared_masks(bench.create("explainer", "gradcam")) == ()
+
+
+class _TumourPlugin:
+    @bench.hookimpl
+    def bench_register_explainers(self):
+        return oracle_specs("tumour")
+
+
+def test_the_kit_finds_an_oracle_for_another_mask_through_its_partial_factory():
+    """``oracle_specs("tumour")`` registers partials of the same classes: the kit matches the spec
+    whose fixed keywords agree with the component, so it passes ``tumour`` (not ``lesion``) and
+    derives the control role."""
+    from bench.testing.checks import declared_masks, registered_explainer_spec
+
+    bench.register_plugin(_TumourPlugin(), name="test-tumour-oracles")
     try:
-        check_component(bench.create("explainer", name), tiny_model())
-    except ControlError as exc:
-        if "got no masks" in str(exc):
-            pytest.skip("bench.testing does not pass the masks an explainer spec declares yet")
-        raise
+        for name, role in (("oracle-tumour", "positive-control"), ("anti-oracle-tumour", "negative-control")):
+            component = bench.create("explainer", name)
+            spec = registered_explainer_spec(component)
+            assert (spec.name, spec.role, declared_masks(component)) == (name, role, ("tumour",))
+            assert "check_control_ignores_the_model" in [n for n, _ in checks_for(component)]
+            check_component(component, tiny_model())
+        # the built-ins still resolve to theirs
+        assert registered_explainer_spec(bench.create("explainer", "oracle")).name == "oracle"
+    finally:
+        bench.unregister_plugin("test-tumour-oracles")
+
+
+def test_the_kit_takes_an_unregistered_explainer_spec():
+    """``spec=`` drives role and masks for an explainer that is not registered (a plugin's own tests)."""
+    spec = bench.ExplainerSpec(name="my-oracle", factory=OracleExplainer, role="positive-control",
+                               masks=("roi",))
+    component = OracleExplainer(mask="roi")
+    names = [n for n, _ in checks_for(component, spec=spec)]
+    assert "check_control_ignores_the_model" in names
+    check_component(component, tiny_model(), spec=spec)
+    # without it, the class's registered spec (the built-in oracle's) declares 'lesion', not 'roi'
+    with pytest.raises(ControlError, match=r"no 'roi' among the masks passed \('lesion'\)"):
+        check_component(OracleExplainer(mask="roi"), tiny_model())
 
 
 # ---- the nested transfer model (never called: controls ignore the model) -----------------

@@ -434,3 +434,68 @@ def test_nested_densenet201(name):
 @pytest.mark.parametrize("name", list(NAMES))
 def test_full_method_model_matrix(model_name, name):
     _check_on_transfer(model_name, name, n_images=3)
+
+
+# ---- the shared trace memo (bench.engine.tracing) ---------------------------------------------
+def test_the_trace_memo_keys_by_model_structure_and_function_name():
+    import gc
+    import weakref
+
+    from bench.engine import tracing
+
+    km = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d1")])
+    built = []
+
+    def build(tag):
+        def make():
+            built.append(tag)
+            return object()
+        return make
+
+    a = tracing.traced(km, ("t.one", 1), build("a"))
+    assert tracing.traced(km, ("t.one", 1), build("again")) is a  # memoised: built once
+    b = tracing.traced(km, ("t.two", 1), build("b"))  # another function: never the same trace
+    c = tracing.traced(km, ("t.one", 2), build("c"))  # another signature
+    assert len({id(a), id(b), id(c)}) == 3 and built == ["a", "b", "c"]
+    assert set(tracing.traces(km)) == {("t.one", 1), ("t.two", 1), ("t.one", 2)}
+    assert set(tracing.traces(km, "t.two")) == {("t.two", 1)}
+    other = keras.models.clone_model(km)  # equal, but another model: its own traces
+    assert tracing.traced(other, ("t.one", 1), build("other")) is not a
+    km.add(keras.layers.Dense(2, name="d2"))  # a changed model: the old traces are stale
+    assert tracing.traces(km) == {}
+    assert tracing.traced(km, ("t.one", 1), build("changed")) is not a and built[-1] == "changed"
+    tracing.forget(km)
+    assert tracing.traces(km) == {}
+    for bad in ("t.one", (), (1, 2), ("",), ("t", [1])):
+        with pytest.raises(TypeError, match="trace key"):
+            tracing.traced(km, bad, build("bad"))
+    class NoWeakRef:
+        __slots__ = ()
+
+    odd = NoWeakRef()  # cannot be held weakly: built afresh each time (correct, not memoised)
+    assert tracing.traced(odd, ("t.one", 1), build("x")) is not tracing.traced(odd, ("t.one", 1), build("y"))
+    assert tracing.traces(odd) == {}
+    # weak in the model: dropping it drops its traces
+    ref = weakref.ref(other)
+    del other
+    gc.collect()
+    assert ref() is None
+
+
+def test_the_gradient_and_score_traces_do_not_keep_a_model_alive():
+    import gc
+    import weakref
+
+    from bench_occlusion.engine import compiled_functions as score_functions
+    from bench_occlusion.occlusion import Occlusion
+
+    model = tiny_model(size=16, seed=3)
+    images = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
+    Saliency().explain(model, images, [0, 1])
+    Occlusion(grid=2).explain(model, images, [0, 1])
+    keras_model = model.keras
+    assert list(compiled_functions(keras_model)) == [(16, 16, 3)] == list(score_functions(keras_model))
+    ref = weakref.ref(keras_model)
+    del model, keras_model
+    gc.collect()
+    assert ref() is None

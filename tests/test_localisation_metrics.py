@@ -385,3 +385,64 @@ def test_the_pointing_game_ranks_the_random_control_above_the_anti_oracle_exactl
     assert expected - s["anti"][0] > 0.015, (expected, s)  # deterministic: machine noise is < 1e-6
     assert abs(s["random"][0] - expected) < 3 * s["random"][1]  # the sampled control agrees with it
     print(f"pointing game: oracle {s['oracle'][0]:.4f}, random (exact) {expected:.4f}, anti-oracle {s['anti'][0]:.4f}")
+
+
+# ---------------------------------------------------------------------------------------
+# aopc-lesion: the study's MoRF AOPC on the images that have a lesion (where the oracles are defined)
+# ---------------------------------------------------------------------------------------
+def _masked_aopc(curves, masks, name="aopc-lesion", mask_name="lesion"):
+    spec = spec_of(name)
+    data = metric_data(spec, ids=np.arange(len(curves)), curves={"morf": np.asarray(curves)},
+                       masks={mask_name: np.asarray(masks, bool)})
+    return bench.create("metric", name).compute(data)
+
+
+def test_aopc_lesion_is_the_morf_aopc_of_the_images_with_a_lesion_and_nan_elsewhere():
+    rng = np.random.default_rng(11)
+    curves = rng.random((5, 10))
+    masks = np.zeros((5, 8, 8), bool)
+    for i in (0, 2, 3):
+        masks[i, i : i + 2, 1:4] = True
+    cols = _masked_aopc(curves, masks)
+    assert list(cols) == ["masked-aopc"] == [spec_of("aopc-lesion").headline_column]
+    got = cols["masked-aopc"]
+    for i in range(5):
+        if masks[i].any():  # written from the definition: sum_{k=1..L} (f0 - fk) / (L + 1)
+            assert got[i] == pytest.approx(sum(curves[i, 0] - curves[i, k] for k in range(1, 10)) / 10, abs=1e-12)
+        else:
+            assert math.isnan(got[i])
+    s = summarise(got)
+    assert (s.n, s.n_excluded) == (3, 2)  # the two images without a lesion: left out and counted
+    spec = spec_of("aopc-lesion")
+    assert spec.family == "faithfulness" and spec.higher_is_better
+    assert spec.inputs.curves == ("morf",) and spec.inputs.masks == ("lesion",) and not spec.inputs.heatmaps
+    assert "non-empty" in spec.description and "oracle" in spec.description
+
+
+def test_aopc_lesion_for_another_mask_and_the_conformance_kit():
+    from bench_localisation import masked_aopc_spec
+
+    from bench.testing import check_component, checks_for
+
+    metric = bench.create("metric", "aopc-lesion")
+    assert [n for n, _ in checks_for(metric)][:2] == ["check_get_params", "check_clone"]
+    check_component(metric)
+
+    class Tumour:
+        @bench.hookimpl
+        def bench_register_metrics(self):
+            return [masked_aopc_spec(mask="tumour")]
+
+    bench.register_plugin(Tumour(), name="aopc-tumour-test-plugin")
+    try:
+        assert spec_of("aopc-tumour").inputs.masks == ("tumour",)
+        tumour = bench.create("metric", "aopc-tumour")
+        assert tumour.get_params() == {"mask": "tumour"}
+        curves = np.linspace(1, 0, 12).reshape(2, 6)
+        masks = np.zeros((2, 4, 4), bool)
+        masks[1, 0, 0] = True
+        got = _masked_aopc(curves, masks, "aopc-tumour", "tumour")["masked-aopc"]
+        assert math.isnan(got[0]) and got[1] == pytest.approx(_masked_aopc(curves, masks)["masked-aopc"][1])
+        check_component(tumour)
+    finally:
+        bench.unregister_plugin("aopc-tumour-test-plugin")

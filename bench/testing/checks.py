@@ -50,12 +50,19 @@ def check_clone(component: Any) -> None:
 # ---- explainers -------------------------------------------------------------------------
 def tiny_masks(images: np.ndarray, names: Any, *, first: int = 0) -> dict[str, np.ndarray]:
     """A bool (N, H, W) box mask per name for ``images``, different per image and name (image
-    ``first + i`` of the set); the masks an explainer that declares ``masks`` gets in the checks."""
+    ``first + i`` of the set); the masks an explainer that declares ``masks`` gets in the checks.
+
+    The mask of every third image of the set (``first + i`` = 2, 5, 8, ...) is empty, as on a
+    dataset's images without a finding: an explainer that reads a mask must still return a
+    finite map there.
+    """
     n, h, w = len(images), int(images.shape[1]), int(images.shape[2])
     out = {}
     for j, name in enumerate(names):
         m = np.zeros((n, h, w), bool)
         for i in range(n):
+            if (first + i) % 3 == 2:
+                continue
             k = first + i + j
             top, left = (3 * k) % max(h // 2, 1), (5 * k) % max(w // 2, 1)
             m[i, top : top + max(h // 3, 1), left : left + max(w // 3, 1)] = True
@@ -63,36 +70,78 @@ def tiny_masks(images: np.ndarray, names: Any, *, first: int = 0) -> dict[str, n
     return out
 
 
-def declared_masks(explainer: Any) -> tuple[str, ...]:
-    """The masks the registered spec of ``explainer``'s class declares (``ExplainerSpec.masks``)."""
+def _factory_parts(factory: Any) -> tuple[Any, dict[str, Any]]:
+    """(the class or ``module:qualname`` a factory builds, the keywords a ``functools.partial`` fixes)."""
+    keywords: dict[str, Any] = {}
+    while isinstance(factory, functools.partial):
+        keywords = {**factory.keywords, **keywords}
+        factory = factory.func
+    return factory, keywords
+
+
+def registered_spec(kind: str, component: Any) -> Any:
+    """The registered spec of ``kind`` whose factory builds ``component`` (None: not registered).
+
+    Matched on the factory (the class itself, its ``module:qualname`` string, or a
+    ``functools.partial`` of either), so no lazy factory is imported. Where several specs
+    build the same class (``oracle`` and ``oracle-tumour``), the one whose fixed keywords and
+    documented parameters agree with ``component.get_params()`` wins.
+    """
     from bench.plugin.registry import registry
 
-    cls = type(explainer)
+    cls = type(component)
     reference = f"{cls.__module__}:{cls.__qualname__}"
-    for entry in registry()["explainer"].values():
-        factory = getattr(entry.spec.factory, "func", entry.spec.factory)  # functools.partial too
-        if factory is cls or (isinstance(factory, str) and factory == reference):
-            return tuple(getattr(entry.spec, "masks", ()))
-    return ()
+    try:
+        params = dict(component.get_params())
+    except Exception:  # noqa: BLE001 - check_get_params reports a broken get_params
+        params = {}
+    matches = []
+    for entry in registry()[kind].values():
+        base, keywords = _factory_parts(entry.spec.factory)
+        if base is cls or (isinstance(base, str) and base == reference):
+            matches.append((entry.spec, {**dict(entry.spec.parameters or {}), **keywords}))
+    for spec, expected in matches:
+        if all(k in params and params[k] == v for k, v in expected.items()):
+            return spec
+    return matches[0][0] if matches else None
 
 
-def _explain(explainer: Any, model: Any, images: np.ndarray, targets: np.ndarray, *, first: int = 0) -> np.ndarray:
-    """``explain`` as a run calls it: ``ids=`` when accepted, ``masks=`` when the spec declares any."""
+def registered_explainer_spec(component: Any) -> Any:
+    """The registered :class:`bench.ExplainerSpec` that builds ``component`` (:func:`registered_spec`)."""
+    return registered_spec("explainer", component)
+
+
+def declared_masks(explainer: Any, spec: Any = None) -> tuple[str, ...]:
+    """The masks ``spec`` (default: the registered spec of ``explainer``) declares (``ExplainerSpec.masks``)."""
+    spec = spec if spec is not None else registered_explainer_spec(explainer)
+    return tuple(getattr(spec, "masks", ()) or ())
+
+
+def _explain(
+    explainer: Any, model: Any, images: np.ndarray, targets: np.ndarray, *, first: int = 0,
+    masks: tuple[str, ...] | None = None,
+) -> np.ndarray:
+    """``explain`` as a run calls it: ``ids=`` when accepted, ``masks=`` when the spec declares any.
+
+    ``masks``: the declared mask names (None: those of the registered spec).
+    """
+    from bench.pipeline.explain import accepts_keyword
+
     kwargs: dict[str, Any] = {}
-    if "ids" in inspect.signature(explainer.explain).parameters:
+    if accepts_keyword(explainer.explain, "ids"):
         kwargs["ids"] = np.array([f"img-{first + i}" for i in range(len(images))])
-    names = declared_masks(explainer)
+    names = declared_masks(explainer) if masks is None else masks
     if names:
         kwargs["masks"] = tiny_masks(images, names, first=first)
     return np.asarray(explainer.explain(model, images, targets, **kwargs))
 
 
-def check_explainer_output(explainer: Any, model: Any = None) -> None:
+def check_explainer_output(explainer: Any, model: Any = None, *, masks: tuple[str, ...] | None = None) -> None:
     model = model or tiny_model()
     images = tiny_images(3)
     targets = np.array([0, 1, 2])
     before = images.copy()
-    maps = _explain(explainer, model, images, targets)
+    maps = _explain(explainer, model, images, targets, masks=masks)
     assert maps.ndim == 3 and maps.shape[0] == 3, (
         f"{_name(explainer)}.explain must return (N, h, w); got shape {maps.shape}"
     )
@@ -101,20 +150,20 @@ def check_explainer_output(explainer: Any, model: Any = None) -> None:
     assert np.array_equal(images, before), f"{_name(explainer)}.explain modified its input images"
 
 
-def check_explainer_deterministic(explainer: Any, model: Any = None) -> None:
+def check_explainer_deterministic(explainer: Any, model: Any = None, *, masks: tuple[str, ...] | None = None) -> None:
     model = model or tiny_model()
     images, targets = tiny_images(2), np.array([1, 3])
-    a = _explain(explainer, model, images, targets)
-    b = _explain(explainer, model, images, targets)
+    a = _explain(explainer, model, images, targets, masks=masks)
+    b = _explain(explainer, model, images, targets, masks=masks)
     np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"{_name(explainer)} is not deterministic")
 
 
-def check_explainer_batch_independent(explainer: Any, model: Any = None) -> None:
+def check_explainer_batch_independent(explainer: Any, model: Any = None, *, masks: tuple[str, ...] | None = None) -> None:
     """Explaining images one by one equals explaining them as a batch."""
     model = model or tiny_model()
     images, targets = tiny_images(3), np.array([0, 1, 2])
-    batch = _explain(explainer, model, images, targets)
-    singles = [_explain(explainer, model, images[i : i + 1], targets[i : i + 1], first=i) for i in range(3)]
+    batch = _explain(explainer, model, images, targets, masks=masks)
+    singles = [_explain(explainer, model, images[i : i + 1], targets[i : i + 1], first=i, masks=masks) for i in range(3)]
     np.testing.assert_allclose(
         batch, np.concatenate(singles), atol=1e-4,
         err_msg=f"{_name(explainer)}: an image's heatmap depends on the rest of its batch",
@@ -122,7 +171,7 @@ def check_explainer_batch_independent(explainer: Any, model: Any = None) -> None
 
 
 # ---- explainers by role (what follows from the role a spec declares) ---------------------
-def check_control_ignores_the_model(explainer: Any, model: Any = None) -> None:
+def check_control_ignores_the_model(explainer: Any, model: Any = None, *, masks: tuple[str, ...] | None = None) -> None:
     """A control (any role but ``method``) is a reference line: its maps do not depend on the model.
 
     Two models with different weights give the same maps of the same images.
@@ -131,18 +180,19 @@ def check_control_ignores_the_model(explainer: Any, model: Any = None) -> None:
     other = tiny_model(seed=12345)
     images, targets = tiny_images(3), np.array([0, 1, 2])
     np.testing.assert_allclose(
-        _explain(explainer, first, images, targets), _explain(explainer, other, images, targets), atol=1e-6,
+        _explain(explainer, first, images, targets, masks=masks),
+        _explain(explainer, other, images, targets, masks=masks), atol=1e-6,
         err_msg=f"{_name(explainer)} is registered as a control, but its maps change with the model "
                 "(register it with role='method')",
     )
 
 
-def check_null_control_ignores_the_image(explainer: Any, model: Any = None) -> None:
+def check_null_control_ignores_the_image(explainer: Any, model: Any = None, *, masks: tuple[str, ...] | None = None) -> None:
     """A null control carries no information: an image's map (given its id) ignores its pixels."""
     model = model or tiny_model()
     targets = np.array([0, 1, 2])
-    a = _explain(explainer, model, tiny_images(3, seed=1), targets)
-    b = _explain(explainer, model, tiny_images(3, seed=2), targets)
+    a = _explain(explainer, model, tiny_images(3, seed=1), targets, masks=masks)
+    b = _explain(explainer, model, tiny_images(3, seed=2), targets, masks=masks)
     np.testing.assert_allclose(
         a, b, atol=1e-6,
         err_msg=f"{_name(explainer)} is registered as a null-control, but its maps depend on the image "
@@ -153,18 +203,10 @@ def check_null_control_ignores_the_image(explainer: Any, model: Any = None) -> N
 def registered_role(component: Any) -> str | None:
     """The role the registered explainer spec of ``component``'s class declares (None: not registered).
 
-    Matched on the factory (the class itself, or its ``module:qualname`` string), so no
-    lazy factory is imported.
+    Matched as :func:`registered_explainer_spec` matches (no lazy factory is imported).
     """
-    from bench.plugin.registry import registry
-
-    cls = type(component)
-    reference = f"{cls.__module__}:{cls.__qualname__}"
-    for entry in registry()["explainer"].values():
-        factory = entry.spec.factory
-        if factory is cls or (isinstance(factory, str) and factory == reference):
-            return entry.role
-    return None
+    spec = registered_explainer_spec(component)
+    return None if spec is None else spec.role
 
 
 def role_checks(role: str | None) -> list[Callable[..., None]]:
@@ -320,20 +362,8 @@ class _TinyExplainer:
 
 
 def registered_metric_spec(component: Any) -> Any:
-    """The registered :class:`bench.MetricSpec` whose factory is ``component``'s class (None: not found).
-
-    Matched on the factory (the class itself, or its ``module:qualname`` string), so no
-    lazy factory is imported.
-    """
-    from bench.plugin.registry import registry
-
-    cls = type(component)
-    reference = f"{cls.__module__}:{cls.__qualname__}"
-    for entry in registry()["metric"].values():
-        factory = entry.spec.factory
-        if factory is cls or (isinstance(factory, str) and factory == reference):
-            return entry.spec
-    return None
+    """The registered :class:`bench.MetricSpec` that builds ``component`` (:func:`registered_spec`)."""
+    return registered_spec("metric", component)
 
 
 def metric_inputs(spec: Any, n: int = 5, *, model: Any = None, seed: int = 0) -> dict[str, Any]:
@@ -450,7 +480,9 @@ def checks_for(
     """(name, zero-argument check) for every check that applies to ``component``.
 
     An explainer also gets the checks its role implies (:func:`role_checks`): ``role``,
-    else the role its registered spec declares (``method`` when it is not registered).
+    else the role of its spec (``spec``, else its registered :class:`bench.ExplainerSpec`;
+    ``method`` when it has none), and every check passes it the masks that spec declares
+    (:func:`tiny_masks`: one box per image, none on every third image).
     A metric (``compute``) is checked on synthetic inputs of exactly what its spec
     declares: ``spec``, else its registered :class:`bench.MetricSpec`.
     """
@@ -469,8 +501,9 @@ def checks_for(
         return
     if hasattr(component, "explain"):
         specific = [check_explainer_output, check_explainer_deterministic, check_explainer_batch_independent]
+        spec = spec if spec is not None else registered_explainer_spec(component)
         if role is None:
-            role = registered_role(component)
+            role = None if spec is None else spec.role
         else:
             from bench.plugin.specs import role_problem
 
@@ -478,10 +511,11 @@ def checks_for(
             if problem is not None:
                 raise ValueError(f"checks_for({_name(component)}): {problem}")
         specific += role_checks(role)
+        masks = declared_masks(component, spec)
         for fn in generic:
             yield fn.__name__, functools.partial(fn, component)
         for fn in specific:
-            yield fn.__name__, functools.partial(fn, component, model)
+            yield fn.__name__, functools.partial(fn, component, model, masks=masks)
         return
     if hasattr(component, "run_cells"):
         specific = [check_executor_matches_local]

@@ -258,17 +258,17 @@ class AblationCAM(ChannelCAM):
         import tensorflow as tf
 
         def build(source: Any) -> Any:
-            head = getattr(source, "logits_from_features", None)
-            if head is None:
+            if not hasattr(source, "logits_from_features"):
                 raise ValueError(
                     f"Ablation-CAM needs model.logits_from_features(features) (the layers after the "
                     f"feature layer); model {getattr(model, 'name', '?')!r} "
-                    f"({type(source).__name__}) has none"
+                    f"({type(source.get()).__name__}) has none"
                 )
 
             def ablated_scores(features: Any, t: Any, img: Any, ch: Any) -> Any:
                 keep = 1.0 - tf.one_hot(ch, tf.shape(features)[-1], dtype=features.dtype)
-                logits = head(tf.gather(features, img) * keep[:, None, None, :], training=False)
+                ablated = tf.gather(features, img) * keep[:, None, None, :]
+                logits = source.logits_from_features(ablated, training=False)
                 return tf.gather(logits, tf.gather(t, img), axis=1, batch_dims=1)
 
             spec = self._pair_signature(

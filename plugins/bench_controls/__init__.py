@@ -26,8 +26,9 @@ DEFAULT_MASK = "lesion"
 
 _EMPTY = (
     "an image whose {mask!r} mask is empty (a Normal image has no lesion) gets a constant map "
-    "{value} (counted among the constant heatmaps; compare the oracles on the images with a "
-    "non-empty mask)"
+    "{value}: undefined there, its order is the seeded tie-break (counted among the constant "
+    "heatmaps); compare the oracles on the images with a non-empty mask, as aopc-{mask} and the "
+    "localisation metrics do (NaN on the others, left out and counted)"
 )
 
 
@@ -38,7 +39,9 @@ def oracle_specs(
 
     Names default to ``oracle-<mask>`` / ``anti-oracle-<mask>``. Each spec declares
     ``masks=(mask,)`` and its factory defaults to ``mask``, so the harness passes the
-    mask the explainer reads.
+    mask the explainer reads. The metrics that compare them on the images with a non-empty
+    mask are registered for another mask by ``bench_localisation.masked_aopc_spec(mask=mask)``
+    and ``bench_localisation.localisation_specs(mask=mask, suffix=...)``.
     """
     if mask == DEFAULT_MASK:
         factories = ("bench_controls.controls:OracleExplainer", "bench_controls.controls:AntiOracleExplainer")

@@ -176,8 +176,11 @@ class OracleExplainer(_Control):
 
     On an image whose mask is empty (a Normal image has no lesion) the oracle is
     undefined: its map is then constant (all 0), which the harness counts as a constant
-    heatmap (its order is the seeded tie-break), and comparisons involving the oracle
-    should use the images with a non-empty mask.
+    heatmap; its order is the seeded tie-break, the same as the anti-oracle's, so there the
+    two controls tie and carry no information. Comparisons involving the oracles use the
+    images with a non-empty mask: the localisation metrics and ``aopc-<mask>``
+    (:func:`bench_localisation.masked_aopc_spec`, the MoRF AOPC there) give NaN on the
+    others, which the harness leaves out and counts (``n_excluded``).
 
     Parameters
     ----------

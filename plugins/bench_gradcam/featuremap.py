@@ -3,8 +3,9 @@
 * :func:`feature_source`: the bench model whose ``features_and_logits`` yields the wanted
   layer (nested backbones included: a sub-model named as a whole means its output).
 * :class:`FeatureMapExplainer`: input checks, and one ``tf.function`` per (Keras model,
-  layer, image size, parameters): a fixed signature with free batch dimensions, so a
-  model is traced once however many batches it explains.
+  layer, image size, parameters) from the shared trace memo (:mod:`bench.engine.tracing`):
+  a fixed signature with free batch dimensions, so a model is traced once however many
+  batches (and explainer instances) explain it.
 * :class:`GradientCAM`: features ``A``, the pre-softmax class score ``y^c`` and
   ``dy^c/dA`` from one ``GradientTape`` per batch; a subclass only says how they
   combine into a map (:meth:`GradientCAM.combine`).
@@ -12,14 +13,52 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
-#: How many traced functions an explainer keeps (models x image sizes x functions).
+from bench.engine.tracing import traced
+
+#: How many traced functions an explainer lists as used (models x image sizes x functions).
 TRACE_CACHE_SIZE = 8
+
+#: the name of the CAM functions in the shared trace memo (:mod:`bench.engine.tracing`)
+TRACE_NAME = "bench_gradcam.featuremap"
+
+
+class SourceRef:
+    """Stands for the bench model a traced CAM function reads, held weakly.
+
+    A traced function must not hold its model strongly (the shared trace memo would keep
+    it alive for ever), yet its Python body runs again whenever TensorFlow traces it (the
+    first call; every call under ``tf.config.run_functions_eagerly``). The explainer points
+    the reference at the bench model of the call in progress before each call
+    (:meth:`point_to`), and attribute access goes to that model: ``source.features_and_logits``.
+    """
+
+    __slots__ = ("_ref", "label")
+
+    def __init__(self, *, label: str = "feature-map explainer"):
+        self._ref: Any = None
+        self.label = label
+
+    def point_to(self, source: Any) -> None:
+        self._ref = weakref.ref(source)
+
+    def get(self) -> Any:
+        source = None if self._ref is None else self._ref()
+        if source is None:
+            raise RuntimeError(
+                f"{self.label}: the traced function ran outside an explain() call (its model is gone)"
+            )
+        return source
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
 
 
 def feature_source(model: Any, layer: str | None) -> Any:
@@ -71,28 +110,35 @@ class FeatureMapExplainer:
     ) -> Any:
         """``build(source)`` (a ``tf.function``) for this model, layer, image size and parameters.
 
-        Keyed by the Keras model (not the wrapper), so plain ``keras.Model``s wrapped afresh
-        on every call still trace once; ``tag`` tells an explainer's functions apart.
+        One trace per (Keras model, class, layer, image size, ``tag``, parameters), shared by
+        every instance with the same parameters and by every wrapper of the same ``keras.Model``
+        (:func:`bench.engine.tracing.traced`); ``tag`` tells an explainer's functions apart.
+        ``source`` is a :class:`SourceRef`: it stands for the bench model of the call in progress
+        (:func:`feature_source`), held weakly, so the memo never keeps a model alive; the
+        instance keeps that source alive until its :meth:`explain` call returns.
         """
-        cache: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = self.__dict__.setdefault(
-            "_fn_cache", OrderedDict()
-        )
         keras_model = model.keras
-        key = (
-            id(keras_model),
-            self._layer_name(model),
-            tuple(image_shape),
-            tag,
-            repr(sorted(self.get_params().items())),
-        )
-        hit = cache.get(key)
-        if hit is not None and hit[0] is keras_model:
-            cache.move_to_end(key)
-            return hit[1]
-        fn = build(feature_source(model, self.layer))
-        cache[key] = (keras_model, fn)
-        while len(cache) > TRACE_CACHE_SIZE:
-            cache.popitem(last=False)
+        layer = self._layer_name(model)
+        key = (TRACE_NAME, type(self), layer, tuple(int(d) for d in image_shape), tag,
+               repr(sorted(self.get_params().items())))
+
+        source = feature_source(model, self.layer)
+
+        def make() -> tuple[Any, SourceRef]:
+            ref = SourceRef(label=f"{self.label} on {getattr(model, 'name', '?')!r}")
+            ref.point_to(source)
+            return build(ref), ref
+
+        fn, ref = traced(keras_model, key, make)
+        ref.point_to(source)
+        # the source lives (so the weak reference holds) until this thread's explain() returns
+        in_use: dict[int, dict[Any, Any]] = self.__dict__.setdefault("_sources_in_use", {})
+        in_use.setdefault(threading.get_ident(), {})[key] = source
+        used: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = self.__dict__.setdefault("_fn_cache", OrderedDict())
+        used[key] = (weakref.ref(keras_model), fn)  # what this instance used (weakly in the model)
+        used.move_to_end(key)
+        while len(used) > TRACE_CACHE_SIZE:
+            used.popitem(last=False)
         return fn
 
     @staticmethod
@@ -129,7 +175,10 @@ class FeatureMapExplainer:
 
         bm = as_bench_model(model)
         x, t = self._check(bm, images, targets)
-        return np.asarray(self._explain(bm, x, t), dtype=np.float32)
+        try:
+            return np.asarray(self._explain(bm, x, t), dtype=np.float32)
+        finally:
+            self.__dict__.get("_sources_in_use", {}).pop(threading.get_ident(), None)
 
 
 class GradientCAM(FeatureMapExplainer):

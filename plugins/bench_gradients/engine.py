@@ -18,13 +18,13 @@ and a chunk may hold several images; the sums do not depend on the split.
 from __future__ import annotations
 
 import numbers
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from bench.engine.regions import check_ids, derive_seed
+from bench.engine.tracing import traced, traces
 
 #: the channel reductions an explainer may be asked for
 REDUCTIONS: tuple[str, ...] = ("sum", "abs-sum", "max-abs")
@@ -102,46 +102,42 @@ def check_inputs(
 
 
 # ---- the compiled gradient -----------------------------------------------------------------
-#: Keras model -> {image shape: compiled gradient}; shared by every explainer of the family (the
-#: function is the same for all), and dropped with the model (the function holds the logits
-#: sub-model, not the model object, so the weak key can die)
-_FUNCTIONS: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], Any]] = weakref.WeakKeyDictionary()
+#: the name of the gradient function in the shared trace memo (:mod:`bench.engine.tracing`)
+TRACE_NAME = "bench_gradients.gradient"
 
 
 def compiled_functions(keras_model: Any) -> dict[tuple[int, ...], Any]:
     """The compiled gradient functions of ``keras_model`` by image shape (for tests and tools)."""
-    return dict(_FUNCTIONS.get(keras_model, {}))
+    return {key[1]: fn for key, fn in traces(keras_model, TRACE_NAME).items()}
 
 
 def gradient_function(model: Any, image_shape: tuple[int, ...]) -> Any:
     """``fn(x (B, H, W, C) float32, t (B,) int32) -> (d y^t / d x, y^t)`` for a bench model.
 
-    Traced once per Keras model and image shape (keyed by the Keras model, not the
-    bench wrapper, so a plain ``keras.Model`` wrapped afresh on every call, or six
-    explainers of the family on one model, share one trace).
+    Traced once per Keras model and image shape (:func:`bench.engine.tracing.traced`, keyed
+    by the Keras model, not the bench wrapper, so a plain ``keras.Model`` wrapped afresh on
+    every call, or six explainers of the family on one model, share one trace). The
+    function holds the logits sub-model, not the model, so the memo never keeps it alive.
     """
-    import tensorflow as tf
-
-    keras_model = model.keras
     shape = tuple(int(d) for d in image_shape)
-    per_model = _FUNCTIONS.setdefault(keras_model, {})
-    fn = per_model.get(shape)
-    if fn is not None:
-        return fn
-    logits = model.logits_keras  # built here, outside any trace
 
-    def grad(x: Any, t: Any) -> Any:
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            z = logits(x, training=False)
-            y = tf.gather(z, t, axis=1, batch_dims=1)
-        g = tape.gradient(y, x)
-        return tf.cast(g, tf.float32), tf.cast(y, tf.float32)
+    def build() -> Any:
+        import tensorflow as tf
 
-    spec = [tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None,), tf.int32)]
-    fn = tf.function(grad, input_signature=spec)
-    per_model[shape] = fn
-    return fn
+        logits = model.logits_keras  # built here, outside any trace
+
+        def grad(x: Any, t: Any) -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                z = logits(x, training=False)
+                y = tf.gather(z, t, axis=1, batch_dims=1)
+            g = tape.gradient(y, x)
+            return tf.cast(g, tf.float32), tf.cast(y, tf.float32)
+
+        spec = [tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None,), tf.int32)]
+        return tf.function(grad, input_signature=spec)
+
+    return traced(model.keras, (TRACE_NAME, shape), build)
 
 
 def accumulate(

@@ -9,6 +9,10 @@ finds the maximum on the heatmap's own grid and spreads each maximal cell over t
 covers (a bilinear resize moves a coarse map's maximum towards the border). Images whose mask is empty
 get NaN, which the harness leaves out and counts. See :mod:`bench_localisation.measures`.
 
+``aopc-lesion`` is the study's MoRF AOPC on the images whose lesion mask is non-empty (NaN
+on the others): the AOPC on which the oracle controls are defined, so the metric-power
+comparisons (oracle > random > anti-oracle) can be read without the Normal images' ties.
+
 A metric's spec declares the masks it reads, and the harness hands it only those, so the
 ``mask`` parameter can only name a declared mask. To measure against another mask (the
 real database's ``lung``, say), register the measures for it from a plugin::
@@ -138,6 +142,37 @@ def lung_relevance_spec() -> MetricSpec:
     )
 
 
+def masked_aopc_spec(*, mask: str = "lesion", name: str | None = None) -> MetricSpec:
+    """``aopc-<mask>``: the MoRF AOPC on the images whose ``mask`` is non-empty (NaN elsewhere).
+
+    The AOPC on which the oracle controls are defined (an image without a region gives them a
+    constant map): compare them there. For ``mask="lesion"`` the factory is a lazy string.
+    """
+    if mask == "lesion":
+        factory: object = "bench_localisation.measures:MaskedAOPC"
+    else:
+        from . import measures
+
+        factory = measures.for_mask(measures.MaskedAOPC, mask)
+    return MetricSpec(
+        name=name or f"aopc-{mask}",
+        headline="masked-aopc",
+        factory=factory,  # type: ignore[arg-type]
+        family="faithfulness",
+        higher_is_better=True,
+        label=f"AOPC ({mask} images)",
+        description=(
+            f"AOPC of the MoRF curve, sum_k (f(x0) - f(xk)) / (L+1) (the study's measure), on the images "
+            f"whose {mask} mask is non-empty: the images on which the oracle and anti-oracle controls are "
+            f"defined (an image without a {mask} region gives them a constant map, ordered by the seeded "
+            f"tie-break); {_EMPTY.format(mask=mask)}; reads the MoRF curves, no extra forward pass"
+        ),
+        inputs=MetricInputs(curves=("morf",), masks=(mask,)),
+        heatmap_transform="rank",
+        parameters={"mask": mask},
+    )
+
+
 @hookimpl
 def bench_register_metrics():
-    return [*localisation_specs(), lung_relevance_spec()]
+    return [*localisation_specs(), lung_relevance_spec(), masked_aopc_spec()]

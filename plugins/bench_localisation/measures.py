@@ -383,6 +383,30 @@ class LungRelevance(RelevanceMass):
         super().__init__(mask=mask)
 
 
+class MaskedAOPC(MaskMetric):
+    """MoRF AOPC on the images whose mask is non-empty; NaN on the others (left out and counted).
+
+    ``sum_{k=1..L} (f(x^(0)) - f(x^(k))) / (L+1)`` per image (:func:`bench.engine.curves.aopc_from_curves`),
+    the study's AOPC, kept only where the image has a ground-truth region. The oracle controls
+    (the mask as the heatmap, and its inverse) are defined only there: on an image whose mask is
+    empty (a Normal image has no lesion) their map is constant, its order the seeded tie-break, so
+    the plain AOPC mixes those images' random orders into the oracles' scores and shrinks the
+    gaps that tell whether the metric can rank methods at all. Reads only the MoRF curves and
+    the mask: no extra forward pass.
+    """
+
+    column = "masked-aopc"
+
+    def compute(self, data: Any) -> dict[str, np.ndarray]:
+        from bench.engine.curves import aopc_from_curves
+
+        self.validate()
+        masks = np.asarray(data.mask(self.mask))
+        values = aopc_from_curves(data.curve("morf"))
+        present = masks.reshape(len(masks), -1).any(axis=1)
+        return {self.column: np.where(present, values, np.nan)}
+
+
 #: The measures on the lesion mask, in the order they are registered.
 MEASURES: tuple[type[MaskMetric], ...] = (
     PointingGame, RelevanceMass, RelevanceRank, EnergyPointingGame, PixelAUC, TopKIoU,

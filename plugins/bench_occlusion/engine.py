@@ -14,51 +14,50 @@ the number of samples, and the model never sees more than ``batch_size`` rows.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from bench.engine.tracing import traced, traces
+
 #: the scores a perturbation explainer may read off the model
 SCORES: tuple[str, ...] = ("probability", "logit")
 
-#: Keras model -> {image shape: compiled score function}; dropped with the model
-_FUNCTIONS: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], Any]] = weakref.WeakKeyDictionary()
+#: the name of the score function in the shared trace memo (:mod:`bench.engine.tracing`)
+TRACE_NAME = "bench_occlusion.scores"
 
 
 def compiled_functions(keras_model: Any) -> dict[tuple[int, ...], Any]:
     """The compiled score functions of ``keras_model`` by image shape (for tests and tools)."""
-    return dict(_FUNCTIONS.get(keras_model, {}))
+    return {key[1]: fn for key, fn in traces(keras_model, TRACE_NAME).items()}
 
 
 def score_function(model: Any, image_shape: tuple[int, ...]) -> Any:
     """``fn(x (B, H, W, C) float32, t (B,) int32) -> (probability_t (B,), logit_t (B,))``
     (in the order of :data:`SCORES`).
 
-    Traced once per Keras model and image shape (keyed by the Keras model, so a plain
-    ``keras.Model`` wrapped afresh on every call, or Occlusion and RISE on one model,
-    share one trace). The probability is ``softmax(logits)_t``, the model's own output.
+    Traced once per Keras model and image shape (:func:`bench.engine.tracing.traced`, keyed
+    by the Keras model, so a plain ``keras.Model`` wrapped afresh on every call, or Occlusion
+    and RISE on one model, share one trace). The probability is ``softmax(logits)_t``, the
+    model's own output. The function holds the logits sub-model, not the model.
     """
-    import tensorflow as tf
-
-    keras_model = model.keras
     shape = tuple(int(d) for d in image_shape)
-    per_model = _FUNCTIONS.setdefault(keras_model, {})
-    fn = per_model.get(shape)
-    if fn is not None:
-        return fn
-    logits = model.logits_keras  # built here, outside any trace
 
-    def scores(x: Any, t: Any) -> Any:
-        z = tf.cast(logits(x, training=False), tf.float32)
-        p = tf.nn.softmax(z, axis=-1)
-        return tf.gather(p, t, axis=1, batch_dims=1), tf.gather(z, t, axis=1, batch_dims=1)
+    def build() -> Any:
+        import tensorflow as tf
 
-    spec = [tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None,), tf.int32)]
-    fn = tf.function(scores, input_signature=spec)
-    per_model[shape] = fn
-    return fn
+        logits = model.logits_keras  # built here, outside any trace
+
+        def scores(x: Any, t: Any) -> Any:
+            z = tf.cast(logits(x, training=False), tf.float32)
+            p = tf.nn.softmax(z, axis=-1)
+            return tf.gather(p, t, axis=1, batch_dims=1), tf.gather(z, t, axis=1, batch_dims=1)
+
+        spec = [tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None,), tf.int32)]
+        return tf.function(scores, input_signature=spec)
+
+    return traced(model.keras, (TRACE_NAME, shape), build)
 
 
 def row_chunks(n_images: int, n_samples: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

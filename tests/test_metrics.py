@@ -37,7 +37,11 @@ def _run(name: str, **inputs):
 
 
 def test_curve_orders_are_the_engine_orders():
-    assert CURVE_ORDERS == ORDERS
+    # the region orders (deletion), then insertion: the complement mask of MoRF
+    assert CURVE_ORDERS == (*ORDERS, "insertion")
+    from bench.engine.curves import RANKING
+
+    assert set(RANKING) == set(CURVE_ORDERS) and RANKING["insertion"] == "morf"
 
 
 def test_builtin_specs_declare_what_they_need_and_which_way_is_better():

@@ -177,7 +177,7 @@ def test_ray_grid_equals_local(runs):
         assert lc.status == rc.status == "ok", rc.error
         assert rc.n_images == lc.n_images >= 3  # so the curves ran in 2 shards
         assert rc.classification == lc.classification
-        assert rc.orders == lc.orders == ["morf", "lerf"]
+        assert rc.orders == lc.orders == ["morf", "lerf", "insertion"]
         assert list(rc.metrics) == list(lc.metrics) and {"aopc", "lerf-aopc", "abpc", "t-ray-mass"} <= set(rc.metrics)
         for name, lm in lc.metrics.items():
             rm = rc.metrics[name]
@@ -275,7 +275,7 @@ def test_dead_worker_is_retried_then_its_cell_recorded_failed(runs):
     markers = os.environ["BENCH_RAY_TEST_MARKERS"]
     assert os.path.exists(os.path.join(markers, "once"))  # it did kill a worker, then Ray retried it
     assert once.status == "ok", once.error
-    assert once.n_images >= 3 and once.orders == ["morf", "lerf"]
+    assert once.n_images >= 3 and once.orders == ["morf", "lerf", "insertion"]
     assert all(m.ok for m in once.metrics.values()), {n: (m.status, m.error) for n, m in once.metrics.items() if not m.ok}
     assert always.status == "failed"
     assert always.stage == "explain"

@@ -315,11 +315,56 @@ class MaskReader:
                                     masks=("lesion",))]
 
 
-def test_an_explainer_that_reads_masks_is_refused_with_the_reason(model):
+def _box_masks(n: int, size: int = 32) -> np.ndarray:
+    m = np.zeros((n, size, size), bool)
+    for i in range(n):
+        if i % 3 == 2:
+            continue  # an empty mask, as a Normal image's lesion
+        m[i, 2 + 3 * i: 10 + 3 * i, 4 + i: 14 + 2 * i] = True
+    return m
+
+
+def _mask_data(name, model, n=N, masks=None):
+    spec = bench.registry().get("metric", name).spec
+    images = (tiny_images(n, seed=7)[..., 0] * 255).astype(np.uint8)
+    targets = np.argmax(model.predict_proba(images), axis=1)
+    return spec, metric_data(spec, ids=np.array([f"img-{i}" for i in range(n)]), grid=(4, 4), model=model,
+                             explainer=MaskReader(), images=images, targets=targets,
+                             explainer_masks=None if masks is None else {"lesion": masks})
+
+
+def test_an_explainer_that_reads_masks_is_re_run_with_the_declared_masks(model):
+    """The harness hands a metric the masks the cell's explainer declares (``data.explainer_masks``):
+    re-explaining passes them, row by row. A mask reader ignores the model and the class (both
+    sanity checks 1), and its maps do not move under input noise (max-sensitivity 0: a row given
+    another image's mask would move)."""
+    from bench_robustness.sensitivity import MaxSensitivity
+
     bench.register_plugin(MaskReader(), name="mask-reader-plugin")
     try:
-        spec, data = _data("random-logit", model, MaskReader(), n=2)
-        with pytest.raises(ValueError, match="reads the dataset mask.*'lesion'.*does not give a metric"):
+        masks = _box_masks(N)
+        for name, metric in (("model-randomisation", ModelRandomisation(max_blocks=2)),
+                             ("random-logit", RandomLogit()), ("max-sensitivity", MaxSensitivity(n_samples=2))):
+            spec, data = _mask_data(name, model, masks=masks)
+            np.testing.assert_array_equal(data.explainer_masks["lesion"], masks)
+            cols = compute_columns(metric, spec, data)
+            expected = 0.0 if name == "max-sensitivity" else 1.0
+            np.testing.assert_allclose(cols[name], expected, atol=1e-6, err_msg=name)
+        # without the masks: refused with the reason (the metric fails in that cell only)
+        spec, data = _mask_data("random-logit", model)
+        with pytest.raises(ValueError, match="reads the dataset mask.*'lesion'.*not given them"):
             compute_columns(RandomLogit(), spec, data)
     finally:
         bench.unregister_plugin("mask-reader-plugin")
+
+
+def test_sanity_metrics_report_their_forward_passes(model, gradcam):
+    spec, data = _data("random-logit", model, gradcam, n=3)
+    metric = RandomLogit()
+    assert metric.forward_passes() is None  # nothing computed yet
+    compute_columns(metric, spec, data)
+    assert metric.forward_passes() == pytest.approx(2 * 3 * gradcam.passes_per_map())
+    spec, data = _data("model-randomisation", model, gradcam, n=3)
+    metric = ModelRandomisation(max_blocks=2)
+    compute_columns(metric, spec, data)
+    assert metric.forward_passes() == pytest.approx(3 * (2 + 1) * gradcam.passes_per_map())

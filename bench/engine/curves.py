@@ -18,6 +18,20 @@ by its position, batch or worker: results do not depend on ``batch_size``
 (beyond the model's float rounding), and permuting the images permutes the
 per-image results. The model is only ever called through a
 :class:`bench.engine.forward.ForwardStrategy` (the seam for incremental inference).
+
+Orders. ``morf``, ``lerf`` and ``random`` delete: the perturbed set at step k is the
+union of the first k regions. ``insertion`` (Petsiuk et al. 2018) is the *complement
+mask* of MoRF: the perturbed set at step k is every region but the k most relevant ones,
+so ``x^(0)`` is the fully perturbed image and ``x^(L)`` the original, regions restored
+in MoRF order. It is the same stream of (image, step) pairs, only the mask differs.
+
+Locality. A perturbation declares ``mask_local`` (only masked pixels change) and
+``step_local`` (step k changes only region r_k; :class:`bench.PerturbationSpec`). The
+batch's ``changed_box`` is r_k only where both hold; otherwise it is the bounding box of
+everything perturbed at step k-1 or k (a non-step-local perturbation, such as an
+imputation from the unmasked neighbours, changes every perturbed pixel at every step),
+and the forward strategy is told the steps are not local (``prepare(mask_local=False)``:
+``auto`` then runs full passes and records why).
 """
 
 from __future__ import annotations
@@ -46,11 +60,16 @@ from bench.engine.regions import (
     region_scores,
 )
 from bench.engine.strategies import get_strategy, strategy_name
-from bench.errors import ComponentOutputError, ConfigError, DataError
+from bench.errors import ComponentOutputError, ConfigError, DataError, did_you_mean
+from bench.plugin.specs import CURVE_ORDERS
 from bench.stats import bootstrap_ci
 
 DEFAULT_BATCH_SIZE = 64
 RESULT_SCHEMA = 1
+#: The complement-mask order: regions restored in MoRF order into the fully perturbed image.
+INSERTION = "insertion"
+#: The region ranking each curve order follows (insertion restores the MoRF order).
+RANKING: dict[str, str] = {o: o for o in CURVE_ORDERS if o != INSERTION} | {INSERTION: "morf"}
 
 
 def aopc_from_curves(curves: Any) -> np.ndarray:
@@ -242,6 +261,48 @@ def resolve_perturbation(perturbation: Any) -> tuple[Any, str, bool]:
     return perturbation, str(name), bool(getattr(perturbation, "mask_local", False))
 
 
+def _registered_spec(obj: Any) -> Any:
+    """The registered perturbation spec whose factory is ``obj``'s class (None: not registered)."""
+    from bench.plugin.registry import registry
+
+    cls = type(obj)
+    reference = f"{cls.__module__}:{cls.__qualname__}"
+    for entry in registry()["perturbation"].values():
+        factory = entry.spec.factory
+        if factory is cls or (isinstance(factory, str) and factory == reference):
+            return entry.spec
+    return None
+
+
+def perturbation_locality(perturbation: Any) -> tuple[bool, bool]:
+    """``(mask_local, step_local)`` a perturbation declares (see :class:`bench.PerturbationSpec`).
+
+    A registered name: its spec's flags. An object: its ``mask_local`` / ``step_local``
+    attributes, else those of the registered spec whose factory is its class, else
+    ``mask_local=False`` and ``step_local`` as ``mask_local``. ``step_local`` is never True
+    where ``mask_local`` is False.
+    """
+    spec: Any = None
+    if isinstance(perturbation, str):
+        from bench.plugin.registry import registry
+
+        spec = registry().get("perturbation", perturbation).spec
+        mask_local = bool(getattr(spec, "mask_local", True))
+        step_local = getattr(spec, "step_local", None)
+    else:
+        mask_local_attr = getattr(perturbation, "mask_local", None)
+        step_local = getattr(perturbation, "step_local", None)
+        if mask_local_attr is None or step_local is None:
+            spec = _registered_spec(perturbation)
+        if mask_local_attr is None:
+            mask_local_attr = getattr(spec, "mask_local", False) if spec is not None else False
+        if step_local is None and spec is not None:
+            step_local = getattr(spec, "step_local", None)
+        mask_local = bool(mask_local_attr)
+    step = mask_local if step_local is None else bool(step_local)
+    return mask_local, bool(step and mask_local)
+
+
 def _params_of(obj: Any) -> dict[str, Any]:
     get = getattr(obj, "get_params", None)
     if callable(get):
@@ -296,6 +357,28 @@ class _Plan:
     perturb: Any
     perturbation_name: str
     n_steps: int  # L + 1
+    #: insertion: the perturbed set is the complement of the first k regions
+    complement: bool = False
+    #: step k changes only region r_k (mask- and step-local perturbation)
+    local_steps: bool = True
+    #: (N, L, 4): per image and step k (index k-1), the bounding box of the pixels that may
+    #: change between x^(k-1) and x^(k) when the steps are not local
+    union_boxes: np.ndarray | None = None
+
+
+def _union_boxes(order: np.ndarray, boxes: np.ndarray, complement: bool) -> np.ndarray:
+    """int (N, L, 4): at index k-1 the bounding box of the regions perturbed at step k-1 or k.
+
+    Deletion: the first k regions (the mask only grows); insertion: regions k-1.. L-1 (the
+    mask only shrinks: everything still perturbed at step k-1).
+    """
+    b = boxes[order]  # (N, L, 4) in perturbation order
+    if complement:
+        b = b[:, ::-1]
+    lo = np.minimum.accumulate(b[..., [0, 2]], axis=1)
+    hi = np.maximum.accumulate(b[..., [1, 3]], axis=1)
+    out = np.stack([lo[..., 0], hi[..., 0], lo[..., 1], hi[..., 1]], axis=-1)
+    return out[:, ::-1] if complement else out
 
 
 def _build_batch(plan: _Plan, start: int, stop: int) -> ForwardBatch:
@@ -311,20 +394,26 @@ def _build_batch(plan: _Plan, start: int, stop: int) -> ForwardBatch:
     masks = np.empty(originals.shape[:3], dtype=bool)
     # rows of one image are contiguous: compare its rank map with each row's k, no gathers
     cuts = np.searchsorted(local, np.arange(i1 - i0 + 1))
+    compare = np.greater_equal if plan.complement else np.less
     for j in range(i1 - i0):
         rows = slice(int(cuts[j]), int(cuts[j + 1]))
         rank_map = plan.rank[i0 + j][plan.labels]  # (H, W): position of each pixel's region
-        np.less(rank_map[None], k[rows, None, None], out=masks[rows])
+        compare(rank_map[None], k[rows, None, None], out=masks[rows])
     out = plan.perturb(originals, masks, plan.seeds[img])
     xk = check_perturbed(out, originals.shape, plan.perturbation_name)
     if not xk.flags.writeable:
         xk = xk.copy()
-    zero = np.flatnonzero(k == 0)
-    if zero.size:  # x^(0) is the original image, whatever the perturbation does to empty masks
-        xk[zero] = x0[local[zero]]
+    # the step with nothing perturbed is the original image, whatever the perturbation does
+    # to empty masks: x^(0) of a deletion curve, x^(L) of an insertion curve
+    clean = np.flatnonzero(k == (steps - 1 if plan.complement else 0))
+    if clean.size:
+        xk[clean] = x0[local[clean]]
     boxes = np.zeros((len(pairs), 4), dtype=np.int64)
     sel = k > 0
-    boxes[sel] = plan.boxes[plan.order[img[sel], k[sel] - 1]]
+    if plan.local_steps or plan.union_boxes is None:
+        boxes[sel] = plan.boxes[plan.order[img[sel], k[sel] - 1]]  # r_k: deleted or restored at step k
+    else:
+        boxes[sel] = plan.union_boxes[img[sel], k[sel] - 1]
     return ForwardBatch(images=xk, image_index=img, step=k, changed_box=boxes, targets=plan.targets[img])
 
 
@@ -360,6 +449,8 @@ def evaluate_aopc(
     confidence: float = 0.95,
     n_resamples: int = 10_000,
     prefetch: bool = True,
+    mask_local: bool | None = None,
+    step_local: bool | None = None,
 ) -> AOPCResult:
     """AOPC of ``heatmaps`` for ``model`` on ``images``, streamed in batches.
 
@@ -368,11 +459,15 @@ def evaluate_aopc(
     targets: int (N,), the explained class per image (``None``: the predicted class).
     heatmaps: (N, h, w), any h, w (``None`` only with ``order="random"``).
     perturbation: a registered name or an object with ``perturb(images, masks, seeds)``.
-    grid: int or (rows, cols); order: ``"morf"``, ``"lerf"`` or ``"random"``.
+    grid: int or (rows, cols); order: ``"morf"``, ``"lerf"``, ``"random"`` (deletion) or
+        ``"insertion"`` (the complement mask of MoRF: see the module docs).
     ids: per-image ids keying the noise and the tie-breaks (default ``0..N-1``).
     batch_size: (image, step) pairs per model call (default 64).
     strategy: ``"full"``, ``"incremental"``, ``"auto"`` or a :class:`bench.engine.forward.ForwardStrategy`
         (the strategy used, and why, is in ``result.strategy`` and ``result.strategy_info``).
+    mask_local, step_local: what the perturbation declares (its :class:`bench.PerturbationSpec`'s
+        flags; ``None``: :func:`perturbation_locality`). The steps are streamed as local (one
+        region changes per step) only where both are true.
     """
     from bench.models import as_bench_model
 
@@ -391,24 +486,35 @@ def evaluate_aopc(
     ids_arr = check_ids(ids, n)
     num_classes = int(bm.num_classes)
 
+    order_name = str(order).lower()
+    if order_name not in RANKING:
+        raise ConfigError(
+            f"unknown order {order!r}{did_you_mean(order_name, list(RANKING))}; orders: {', '.join(RANKING)}"
+        )
+    complement = order_name == INSERTION
     fwd = get_strategy(strategy)
-    pert, pert_name, mask_local = resolve_perturbation(perturbation)
-    fwd.prepare(bm, batch_size=bs, image_shape=(h, w, 3), mask_local=mask_local)
+    pert, pert_name, _ = resolve_perturbation(perturbation)
+    declared_mask, declared_step = perturbation_locality(perturbation)
+    is_mask_local = declared_mask if mask_local is None else bool(mask_local)
+    is_step_local = (declared_step if step_local is None else bool(step_local)) and is_mask_local
+    fwd.prepare(bm, batch_size=bs, image_shape=(h, w, 3), mask_local=is_mask_local and is_step_local)
 
     if targets is None:
         targets = _predict_classes(fwd, x, bs, num_classes)
     t = _check_targets(targets, n, num_classes)
 
-    order_name = str(order).lower()
+    ranking = RANKING[order_name]
     if heatmaps is None:
-        if order_name != "random":
+        if ranking != "random":
             raise ConfigError(f"heatmaps are required for order {order!r}")
         scores = np.zeros((n, n_regions))
     else:
         hm = check_heatmaps(heatmaps, n)
         scores = region_scores(hm, (h, w), (rows, cols))
-    region_order_ = region_order(scores, order_name, seed=seed, ids=ids_arr)
-    ties = count_ties(scores) if order_name != "random" else np.zeros(n, np.int64)
+    region_order_ = region_order(scores, ranking, seed=seed, ids=ids_arr)
+    ties = count_ties(scores) if ranking != "random" else np.zeros(n, np.int64)
+    boxes = region_boxes((h, w), (rows, cols))
+    local_steps = is_mask_local and is_step_local
 
     plan = _Plan(
         images=x,
@@ -417,10 +523,13 @@ def evaluate_aopc(
         order=region_order_,
         rank=rank_of_regions(region_order_).astype(np.int32),
         labels=region_labels((h, w), (rows, cols)),
-        boxes=region_boxes((h, w), (rows, cols)),
+        boxes=boxes,
         perturb=pert.perturb,
         perturbation_name=pert_name,
         n_steps=n_regions + 1,
+        complement=complement,
+        local_steps=local_steps,
+        union_boxes=None if local_steps else _union_boxes(region_order_, boxes, complement),
     )
     total = n * (n_regions + 1)
     curves = np.zeros((n, n_regions + 1), dtype=np.float32)
@@ -430,7 +539,7 @@ def evaluate_aopc(
     if progress and total:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=f"AOPC {order_name}", unit="pass")
+        bar = tqdm(total=total, desc=f"curves {order_name}", unit="pass")
     try:
         for batch in _batches(plan, total, bs, prefetch):
             probs = _check_probs(fwd.forward(batch), len(batch), num_classes, where)
@@ -469,8 +578,21 @@ def evaluate_aopc(
         batch_size=bs,
         image_shape=(h, w),
         confidence=confidence,
-        strategy_info=dict(getattr(fwd, "info", None) or {}),
+        strategy_info=_locality_info(dict(getattr(fwd, "info", None) or {}), is_mask_local, is_step_local),
     )
+
+
+def _locality_info(info: dict[str, Any], mask_local: bool, step_local: bool) -> dict[str, Any]:
+    """The strategy's info, saying so where the steps were not local because of ``step_local``."""
+    if mask_local and not step_local:
+        info["step_local"] = False
+        why = ("the perturbation is not step-local (step_local=False): each step changes every perturbed "
+               "pixel, not only the new region")
+        if info.get("used") == "full" and "mask_local" in str(info.get("reason", "")):
+            info["reason"] = why
+        if "mask_local" in str(info.get("note", "")):
+            info["note"] = "step_local=False: changed boxes are taken from the actual pixel differences"
+    return info
 
 
 def _predict_classes(fwd: Any, x: np.ndarray, batch_size: int, num_classes: int) -> np.ndarray:

@@ -165,28 +165,60 @@ class CurvesArtifact:
 
 @dataclass
 class MetricOutput:
-    """One metric's per-image columns on one cell (the metric stage, cached)."""
+    """One metric's per-image columns on one cell (the metric stage, cached).
+
+    Its cost: ``seconds`` and ``forward_passes`` of its own ``compute`` (when it was
+    computed, also for a cached result; passes as the metric reports them through its
+    optional ``forward_passes()``, None when it does not say), and ``curve_passes`` /
+    ``curve_seconds`` of the curves it reads (computed by the curves stage, shared with
+    the other metrics that read them).
+    """
 
     name: str
     columns: dict[str, np.ndarray]
     params: dict[str, Any]
     key: str
     seconds: float = 0.0
+    forward_passes: float | None = None
+    curve_passes: int = 0
+    curve_seconds: float = 0.0
+    #: the curves it read, by name (``morf``, ``morf@<perturbation>``) -> their perturbation
+    curves: dict[str, str] = field(default_factory=dict)
+
+    def cost(self) -> dict[str, Any]:
+        """What the metric cost on the cell: its own passes and seconds, its curves', their sums."""
+        own = self.forward_passes
+        return {
+            "seconds": float(self.seconds),
+            "forward_passes": None if own is None else float(own),
+            "curve_passes": int(self.curve_passes),
+            "curve_seconds": float(self.curve_seconds),
+            "total_passes": float(self.curve_passes + (own or 0.0)),
+            "total_seconds": float(self.seconds + self.curve_seconds),
+            "curves": dict(self.curves),
+        }
 
 
 @dataclass
 class MetricsArtifact:
     """The metrics stage of a cell: each selected metric's result (ok, failed or skipped) and columns.
 
-    ``columns`` holds every ok metric's per-image columns as ``<metric>/<column>``.
+    ``columns`` holds every ok metric's per-image columns as ``<metric>/<column>``;
+    ``costs`` each ok metric's :meth:`MetricOutput.cost`.
     """
 
     results: dict[str, MetricResult] = field(default_factory=dict)
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    costs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
         return float(sum(r.seconds for r in self.results.values()))
+
+    @property
+    def forward_passes(self) -> float:
+        """The forward passes the metrics' own computations cost (not their curves')."""
+        return float(sum(c.get("forward_passes") or 0.0 for c in self.costs.values()))
 
     def summary(self) -> dict[str, Any]:
         return {"metrics": {name: r.status for name, r in self.results.items()}}

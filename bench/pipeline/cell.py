@@ -29,10 +29,17 @@ from bench.pipeline.settings import (
     settings_key,
     weights_hash,
 )
-from bench.pipeline.stages import Stages, component_params, create_component, error_text
+from bench.pipeline.stages import (
+    Stages,
+    cell_curves,
+    component_params,
+    create_component,
+    error_text,
+)
 from bench.pipeline.store import write_json, write_npz
 from bench.plugin.names import safe_child
 from bench.plugin.registry import registry
+from bench.plugin.specs import curve_key
 
 
 def now() -> str:
@@ -54,6 +61,7 @@ def new_record(stages: Stages, task: CellTask, run_id: str) -> CellRecord:
     acfg = cfg["aopc"]
     grid = config_mod.grid_shape(acfg["grid"])
     orders = list(plan.orders)
+    curves = [curve_key(o, p, task.perturbation) for o, p in cell_curves(plan, task)]
     return CellRecord(
         cell_id=task.cell_id,
         run_id=run_id,
@@ -65,6 +73,7 @@ def new_record(stages: Stages, task: CellTask, run_id: str) -> CellRecord:
             "aopc": {
                 "grid": list(grid),
                 "orders": orders,
+                "curves": curves,
                 "seed": cfg["run"]["seed"],
                 "batch_size": acfg["batch_size"],
                 "max_images": acfg["max_images"],
@@ -156,13 +165,20 @@ def fill_record(record: CellRecord, stages: Stages, arts: CellArtifacts) -> dict
     record.keys["heatmaps"] = heat.key
     record.constant_heatmaps = count_constant_heatmaps(heat.heatmaps)
     timings = Timings(explain_seconds=heat.seconds, explain_maps=heat.n_images, passes_per_map=heat.passes_per_map)
-    for order, curves in arts.curves.items():
-        record.params["perturbation"] = curves.params
-        record.strategy = curves.strategy
-        record.strategy_info[order] = curves.strategy_info
+    for name, curves in arts.curves.items():  # name: the order, or order@perturbation (another one's)
+        if curves.perturbation == task.perturbation:
+            record.params["perturbation"] = curves.params
+            record.strategy = curves.strategy
+        else:  # curves a metric asked for under another perturbation: which, with what parameters
+            record.params.setdefault("curves", {})[name] = {"perturbation": curves.perturbation,
+                                                            "order": curves.order, "params": dict(curves.params)}
+            record.provenance.setdefault("curve_perturbations", {})[curves.perturbation] = reg.get(
+                "perturbation", curves.perturbation).provenance()
+            record.strategy = record.strategy or curves.strategy
+        record.strategy_info[name] = curves.strategy_info
         timings.evaluate_seconds += curves.seconds
         timings.forward_passes += curves.forward_passes
-        record.keys[f"curves:{order}"] = curves.key
+        record.keys[f"curves:{name}"] = curves.key
     if "perturbation" not in record.params:  # no metric reads curves: the perturbation's params, for the settings
         pparams = dict(cfg["perturbations"]["params"].get(task.perturbation, {}))
         try:
@@ -176,8 +192,21 @@ def fill_record(record: CellRecord, stages: Stages, arts: CellArtifacts) -> dict
             record.params["metrics"][name] = result.params
             record.provenance.setdefault("metrics", {})[name] = reg.get("metric", name).provenance()
         timings.metrics_seconds = arts.metrics.seconds
+        # what each metric cost: its own seconds and forward passes (as it reports them), and
+        # those of the curves it reads; kept beside the timings (``metric_timings`` in the JSON)
+        record.extra[METRIC_TIMINGS] = {name: dict(cost) for name, cost in arts.metrics.costs.items()}
     record.timings = timings
     return facts
+
+
+#: The key of a record's JSON holding each metric's cost (:meth:`bench.pipeline.MetricOutput.cost`).
+METRIC_TIMINGS = "metric_timings"
+
+
+def metric_timings(record: CellRecord) -> dict[str, dict[str, Any]]:
+    """Each metric's cost on a cell (seconds, forward passes, those of the curves it reads)."""
+    value = record.extra.get(METRIC_TIMINGS)
+    return {str(k): dict(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
 
 
 def write_arrays(run_dir: Path, record: CellRecord, arts: CellArtifacts) -> None:
@@ -194,10 +223,10 @@ def write_arrays(run_dir: Path, record: CellRecord, arts: CellArtifacts) -> None
     record.curves_file = f"curves/{task.cell_id}.npz" if arts.curves else None
     if arts.curves:
         arrays: dict[str, np.ndarray] = {"ids": ids, "targets": targets, "labels": labels}
-        for order, c in arts.curves.items():
-            arrays[f"{order}_curves"] = c.curves
-            arrays[f"{order}_per_image"] = c.per_image
-            arrays[f"{order}_order"] = c.region_order
+        for name, c in arts.curves.items():  # name: the order, or order@perturbation
+            arrays[f"{name}_curves"] = c.curves
+            arrays[f"{name}_per_image"] = c.per_image
+            arrays[f"{name}_order"] = c.region_order
         write_npz(safe_child(run_dir, "curves", f"{task.cell_id}.npz"), **arrays)
     columns = arts.metrics.columns if arts.metrics is not None else {}
     write_npz(safe_child(run_dir, "metrics", f"{task.cell_id}.npz"), ids=ids, labels=labels,

@@ -2,14 +2,17 @@
 
 ::
 
-    dataset -> model (train + test evaluation) -> heatmaps -> curves (one per order) -> metrics
+    dataset -> model (train + test evaluation) -> heatmaps -> curves (order, perturbation) -> metrics
 
 :data:`STAGE_GRAPH` is the only place that says which stage feeds which. Every executor
 walks it, none spells out the order itself:
 
 * :meth:`StageGraph.cell_jobs` expands the graph for one :class:`~bench.pipeline.CellTask`
-  into :class:`Job` s (one per stage instance: one ``curves`` job per order the plan's
-  metrics need, none when they need none), in dependency order;
+  into :class:`Job` s (one per stage instance: one ``curves`` job per (order, perturbation)
+  the plan's metrics read in that cell, none when they read none; a curves job's
+  ``perturbation`` is the curves', which is the cell's unless a metric asks for curves under
+  another one, and then the job is shared with the cell whose perturbation that is), in
+  dependency order;
   :meth:`StageGraph.grid_jobs` gives the jobs of many cells with the shared ones (the
   dataset, a model, a model's heatmaps) once;
 * :meth:`StageGraph.walk` computes the jobs of a cell in order into a typed
@@ -27,6 +30,9 @@ that raises becomes a :class:`CellFailure` carrying the stage's ``label`` (the
 ``explain``, ``evaluate``) and the job's id. The ``final`` stage (the metrics) is part of
 the record: an executor may compute it elsewhere and hand its artifact over, or leave it to
 where the record is written (:meth:`bench.pipeline.RunContext.finish_cell`).
+
+Curves under a perturbation other than the cell's exist only for the metrics that asked for
+them: when such a job fails, the walk goes on, and only those metrics fail (with the reason).
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ from bench.pipeline.artifacts import (
     ModelArtifact,
 )
 from bench.pipeline.plan import CellTask, Plan
-from bench.pipeline.stages import Stages
+from bench.pipeline.stages import Stages, cell_curves, error_text
+from bench.plugin.specs import curve_key
 
 #: The fields of a :class:`~bench.pipeline.CellTask` a stage's scope may name, and ``order``.
 SCOPE_FIELDS: tuple[str, ...] = ("dataset", "model", "explainer", "perturbation", "order")
@@ -111,7 +118,11 @@ class Job:
 class CellArtifacts:
     """What the stages of one cell produced so far (typed: one attribute per stage).
 
-    ``failure`` is the :class:`CellFailure` that stopped a :meth:`StageGraph.walk`, if any.
+    ``curves`` by name: the bare order (``morf``) under the cell's perturbation,
+    ``<order>@<perturbation>`` under another one a metric asked for
+    (:func:`bench.plugin.specs.curve_key`). ``failure`` is the :class:`CellFailure` that
+    stopped a :meth:`StageGraph.walk`, if any; ``curve_failures`` the curves under another
+    perturbation that failed (name -> failure), which stop only the metrics reading them.
     """
 
     task: CellTask
@@ -121,16 +132,21 @@ class CellArtifacts:
     curves: dict[str, CurvesArtifact] = field(default_factory=dict)
     metrics: MetricsArtifact | None = None
     failure: CellFailure | None = None
+    curve_failures: dict[str, CellFailure] = field(default_factory=dict)
+
+    def slot(self, job: Job) -> str:
+        """The name a per-curve job's artifact has in this cell (``morf``, ``morf@<perturbation>``)."""
+        return curve_key(job.order, job.perturbation, self.task.perturbation)
 
     def put(self, node: StageNode, job: Job, artifact: Any) -> None:
         if node.per_order:
-            getattr(self, node.name)[job.order] = artifact
+            getattr(self, node.name)[self.slot(job)] = artifact
         else:
             setattr(self, node.name, artifact)
 
     def get(self, node: StageNode, job: Job) -> Any:
         value = getattr(self, node.name)
-        return value.get(job.order) if node.per_order else value
+        return value.get(self.slot(job)) if node.per_order else value
 
 
 Compute = Callable[[Stages, Job, CellArtifacts], Any]
@@ -142,7 +158,8 @@ class StageNode:
 
     ``needs``: the stages whose artifacts ``compute`` reads (declared before it);
     ``scope``: the cell fields (and ``order``) one instance is per; ``label``: the stage a
-    failure is recorded at; ``per_order``: one instance per curve order the plan needs;
+    failure is recorded at; ``per_order``: one instance per curve (order, perturbation) the
+    cell's metrics read (:func:`bench.pipeline.stages.cell_curves`);
     ``uses_model``: it runs the model (an executor may give it an accelerator);
     ``final``: computed where the cell's record is written; ``shardable``: ``shard`` /
     ``merge`` compute it in image shards (the images of the ``images_from`` stage) and
@@ -195,14 +212,14 @@ class StageGraph:
         return self._by_name[name]
 
     # ---- expansion ------------------------------------------------------------------------
-    def _job(self, node: StageNode, task: CellTask, order: str = "") -> Job:
+    def _job(self, node: StageNode, task: CellTask, order: str = "", perturbation: str = "") -> Job:
         values = {"dataset": task.dataset, "model": task.model, "explainer": task.explainer,
-                  "perturbation": task.perturbation, "order": order}
+                  "perturbation": perturbation or task.perturbation, "order": order}
         return Job(stage=node.name, **{f: values[f] for f in node.scope})
 
     def _instances(self, node: StageNode, plan: Plan, task: CellTask) -> list[Job]:
         if node.per_order:
-            return [self._job(node, task, order) for order in plan.orders]
+            return [self._job(node, task, order, perturbation) for order, perturbation in cell_curves(plan, task)]
         return [self._job(node, task)]
 
     def cell_jobs(self, plan: Plan, task: CellTask, *, final: bool = True) -> list[Job]:
@@ -231,7 +248,7 @@ class StageGraph:
         for need in node.needs:
             upstream = self.node(need)
             if upstream.per_order and node.per_order:
-                out.append(self._job(upstream, task, job.order))
+                out.append(self._job(upstream, task, job.order, job.perturbation))
             else:
                 out.extend(self._instances(upstream, plan, task))
         return out
@@ -260,19 +277,27 @@ class StageGraph:
         here, and ``computed`` (job id -> artifact) are used as they are: an executor that ran
         a job elsewhere reports its error or hands its artifact over this way. The returned
         artifacts hold what was computed and, if a stage failed, the :class:`CellFailure`
-        (``.failure``).
+        (``.failure``). A per-curve job under another perturbation than the cell's that fails
+        does not stop the walk: it is in ``.curve_failures`` and fails only the metrics that
+        read it.
         """
         arts = CellArtifacts(task)
         try:
             for job in self.cell_jobs(stages.plan, task, final=final):
                 node = self.node(job.stage)
-                with stage_guard(node.label, job.id):
-                    if failures and job.id in failures:
-                        raise failures[job.id]
-                    if computed and job.id in computed:
-                        arts.put(node, job, computed[job.id])
+                try:
+                    with stage_guard(node.label, job.id):
+                        if failures and job.id in failures:
+                            raise failures[job.id]
+                        if computed and job.id in computed:
+                            arts.put(node, job, computed[job.id])
+                            continue
+                        arts.put(node, job, node.compute(stages, job, arts))
+                except CellFailure as failure:
+                    if node.per_order and job.perturbation != task.perturbation:
+                        arts.curve_failures[arts.slot(job)] = failure
                         continue
-                    arts.put(node, job, node.compute(stages, job, arts))
+                    raise
         except CellFailure as failure:
             arts.failure = failure
         return arts
@@ -281,8 +306,14 @@ class StageGraph:
         arts = CellArtifacts(job.task)
         for dep in self.closure(stages.plan, job)[:-1]:
             node = self.node(dep.stage)
-            with stage_guard(node.label, dep.id):
-                arts.put(node, dep, node.compute(stages, dep, arts))
+            try:
+                with stage_guard(node.label, dep.id):
+                    arts.put(node, dep, node.compute(stages, dep, arts))
+            except CellFailure as failure:  # curves under another perturbation: only its metrics fail
+                if node.per_order and dep.perturbation != job.task.perturbation:
+                    arts.curve_failures[arts.slot(dep)] = failure
+                    continue
+                raise
         return arts
 
     def compute(self, stages: Stages, job: Job) -> Any:
@@ -361,8 +392,9 @@ def _curves_merge(stages: Stages, job: Job, arts: CellArtifacts, shards: Sequenc
 
 
 def _metrics(stages: Stages, job: Job, arts: CellArtifacts) -> MetricsArtifact:
+    failed = {name: f"{f.stage}: {error_text(f.exc)}" for name, f in arts.curve_failures.items()}
     return stages.cell_metrics(arts.task, _need(arts.dataset, "dataset"), _need(arts.model, "model"),
-                               _need(arts.heatmaps, "heatmaps"), arts.curves)
+                               _need(arts.heatmaps, "heatmaps"), arts.curves, curve_failures=failed)
 
 
 #: The stage graph of a cell (see the module docs). Declared once; every executor walks it.
@@ -378,7 +410,8 @@ STAGE_GRAPH = StageGraph((
               scope=("dataset", "model", "explainer", "perturbation", "order"), compute=_curves,
               per_order=True, uses_model=True, shardable=True, images_from="heatmaps",
               shard=_curves_shard, merge=_curves_merge,
-              description="f(x^(k)) along one region order under one perturbation (the orders the metrics need)"),
+              description="f(x^(k)) along one region order under one perturbation (the (order, perturbation) "
+                          "pairs the metrics read)"),
     StageNode(name="metrics", label="metrics", needs=("dataset", "model", "heatmaps", "curves"),
               scope=("dataset", "model", "explainer", "perturbation"), compute=_metrics, final=True,
               uses_model=True,

@@ -29,10 +29,12 @@ from bench.pipeline.artifacts import (
 )
 from bench.pipeline.keys import component_identity, param_files, stage_key
 from bench.pipeline.metrics import (
+    MetricNeeds,
     MetricSkipped,
     compute_columns,
     masks_of,
     metric_data,
+    metric_needs,
     metric_params_key,
     summarise,
 )
@@ -48,6 +50,7 @@ from bench.pipeline.record import MetricResult
 from bench.pipeline.store import Cache, content_key
 from bench.pipeline.variants import registered_explainer
 from bench.plugin.registry import check_params, registry
+from bench.plugin.specs import CURVE_ORDERS, PerturbationSpec
 
 #: Bumped when a stage's stored format or semantics change (invalidates caches).
 #: Every stage key also holds bench's version and the code digest of its plugin.
@@ -127,6 +130,61 @@ def passes_per_map_of(explainer: Any) -> float | None:
             f"explainer {type(explainer).__name__}.passes_per_map() returned {value!r}, expected a finite number >= 0"
         )
     return passes
+
+
+def metric_forward_passes(metric: Any) -> float | None:
+    """The metric's ``forward_passes()`` after ``compute`` (the passes its own work cost on the
+    cell, heatmaps counted at the explainer's passes per map), None if it has none.
+
+    A value that is not a finite number >= 0 is a :class:`ComponentOutputError`.
+    """
+    method = getattr(metric, "forward_passes", None)
+    if not callable(method):
+        return None
+    value = method()
+    if value is None:
+        return None
+    try:
+        passes = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ComponentOutputError(
+            f"metric {type(metric).__name__}.forward_passes() returned {value!r}, expected a number"
+        ) from exc
+    if not np.isfinite(passes) or passes < 0:
+        raise ComponentOutputError(
+            f"metric {type(metric).__name__}.forward_passes() returned {value!r}, expected a finite number >= 0"
+        )
+    return passes
+
+
+def metric_needs_in(plan: Plan, name: str) -> MetricNeeds:
+    """What metric ``name`` reads under ``plan`` (its parameters resolved by constructing it,
+    only where its spec has parameters that choose a perturbation or masks)."""
+    spec = plan.metric_spec(name)
+    if not (spec.perturbation_param or spec.mask_params):
+        return metric_needs(spec)
+    params = dict(plan.config["metrics"]["params"].get(name, {}))
+    metric = create_component("metric", name, params)
+    return metric_needs(spec, component_params(metric) or params)
+
+
+def cell_curves(plan: Plan, task: CellTask) -> list[tuple[str, str]]:
+    """``(order, perturbation)`` of every curve the metrics of one cell read, each once.
+
+    Those under the cell's perturbation first (in :data:`bench.plugin.specs.CURVE_ORDERS`
+    order), then those under the other perturbations the metrics ask for (by name, then
+    order). A metric whose needs cannot be resolved (a bad parameter) asks for nothing here;
+    it fails itself at the metric stage, with the reason.
+    """
+    wanted: set[tuple[str, str]] = set()
+    for name in plan.metrics:
+        try:
+            needs = metric_needs_in(plan, name)
+        except Exception:  # noqa: BLE001 - reported by the metric stage
+            continue
+        wanted.update((c.order, c.perturbation_in(task.perturbation)) for c in needs.curves)
+    rank = {o: i for i, o in enumerate(CURVE_ORDERS)}
+    return sorted(wanted, key=lambda op: (op[1] != task.perturbation, op[1], rank[op[0]]))
 
 
 class NotCached(BenchError):
@@ -224,7 +282,8 @@ class Stages:
             seed=seed,
             selection=tcfg["selection"],
         )
-        log(f"[train] {name} on {splits.name} ...", quiet=self.quiet)
+        trained = self.cache.get_json("models", key) is not None and self.cache.exists("models", key, ".keras")
+        log(f"[train] {name} on {splits.name} " + ("(cached)" if trained else "..."), quiet=self.quiet)
         t0 = time.perf_counter()
         report = train(model, splits, training_config, cache=self.cache, key=key, progress=self.progress)
         train_seconds = time.perf_counter() - t0
@@ -366,10 +425,15 @@ class Stages:
         return artifact(heatmaps, seconds, passes)
 
     # ---- curves ---------------------------------------------------------------------------
-    def _curves_setup(self, name: str, order: str, heat: HeatmapsArtifact) -> tuple[Any, dict[str, Any], str]:
+    def perturbation(self, name: str) -> tuple[Any, dict[str, Any]]:
+        """Perturbation ``name`` constructed with its ``[perturbations.params.<name>]``, and its
+        resolved parameters (also for a perturbation that only a metric's curves use)."""
         params = dict(self.plan.config["perturbations"]["params"].get(name, {}))
         perturbation = create_component("perturbation", name, params)
-        resolved = component_params(perturbation) or params
+        return perturbation, component_params(perturbation) or params
+
+    def _curves_setup(self, name: str, order: str, heat: HeatmapsArtifact) -> tuple[Any, dict[str, Any], str]:
+        perturbation, resolved = self.perturbation(name)
         grid = config_mod.grid_shape(self.plan.config["aopc"]["grid"])
         seed = self.plan.config["run"]["seed"]
         key = component_key("curves", "perturbation", name, resolved, heat.key, list(grid), order, seed)
@@ -387,6 +451,9 @@ class Stages:
         stop: int | None = None,
     ) -> CurvesArtifact:
         """Perturbation curves of one (heatmaps, perturbation ``name``, ``order``), cached.
+
+        The perturbation's declared ``mask_local`` / ``step_local`` (its
+        :class:`bench.PerturbationSpec`) tell the engine whether its steps are local.
 
         With ``start``/``stop`` only the explained images ``start:stop`` are computed: a
         shard, neither read from nor written to the cache (it is not the stage's result);
@@ -417,12 +484,16 @@ class Stages:
             f"({len(index)} images x {grid[0] * grid[1] + 1} passes) ...",
             quiet=self.quiet,
         )
+        pspec = registry().get("perturbation", name).spec
+        flags = ({"mask_local": pspec.mask_local, "step_local": pspec.step_local}
+                 if isinstance(pspec, PerturbationSpec) else {})
         result = evaluate_aopc(
             model.model,
             test.images[index],
             model.predictions[index],
             heat.heatmaps[lo:hi],
             perturbation=perturbation,
+            **flags,
             grid=grid,
             order=order,
             seed=self.plan.config["run"]["seed"],
@@ -497,16 +568,25 @@ class Stages:
 
     # ---- metrics --------------------------------------------------------------------------
     def metric(self, name: str, inputs: Mapping[str, Any], *, heatmaps_key: str,
-               curve_keys: Mapping[str, str]) -> MetricOutput:
+               curves: Mapping[str, CurvesArtifact], cell_perturbation: str = "",
+               curve_failures: Mapping[str, str] | None = None) -> MetricOutput:
         """The per-image columns of metric ``name`` on one cell, cached under a content key.
 
-        ``inputs`` are the cell's candidate inputs (``ids``, ``grid``, ``curves`` by order,
+        ``inputs`` are the cell's candidate inputs (``ids``, ``grid``, ``curves`` (arrays),
         ``heatmaps``, ``masks`` by name, ``labels``, ``targets``, ``model``, ``explainer``,
-        ``images``, ``dataset``): :func:`bench.pipeline.metrics.metric_data` hands the metric only
-        what its spec declares. The key holds the metric (name, version, code, parameters),
-        the heatmaps' key (which holds the model, dataset, explainer and images) and the
-        keys of the curves it reads. A metric that raises, or returns a wrong shape, raises
-        here; a declared mask the dataset lacks raises :class:`bench.pipeline.metrics.MetricSkipped`.
+        ``explainer_masks``, ``images``, ``seed``, ``perturbation_params``, ``dataset``) and
+        ``curves`` the curves stage's artifacts by name
+        (``morf``, ``morf@<perturbation>``: :func:`bench.plugin.specs.curve_key` in a cell whose
+        perturbation is ``cell_perturbation``): :func:`bench.pipeline.metrics.metric_data` hands the
+        metric only what its spec declares, resolved by its parameters
+        (:func:`bench.pipeline.metrics.metric_needs`: the perturbation of its curves, the masks
+        its parameters name). The key holds the metric (name, version, code, parameters), the
+        heatmaps' key (which holds the model, dataset, explainer, images and the seed), the
+        keys of the curves it reads (their perturbation and its parameters) and, where it
+        declares it reads it, the cell's perturbation and its parameters. A metric that
+        raises, or returns a wrong shape, raises here; a declared mask the dataset lacks
+        raises :class:`bench.pipeline.metrics.MetricSkipped`; curves it needs that failed
+        (``curve_failures``: name -> why) raise a :class:`BenchError` saying so.
         ``cached_only`` stages raise :class:`NotCached` for a metric not in the cache unless
         ``compute_final``.
         """
@@ -514,58 +594,89 @@ class Stages:
         params = dict(self.plan.config["metrics"]["params"].get(name, {}))
         metric = create_component("metric", name, params)
         resolved = component_params(metric) or params
-        data = metric_data(spec, **inputs)
-        used = {o: curve_keys[o] for o in spec.inputs.curves}
-        key = component_key("metric", "metric", name, resolved, heatmaps_key, used, spec.inputs.to_dict())
+        needs = metric_needs(spec, resolved)
+        names = needs.curve_keys(cell_perturbation)
+        failed = [n for n in dict.fromkeys(names.values()) if n in (curve_failures or {})]
+        if failed:
+            raise BenchError("; ".join(f"its {n} curves failed: {(curve_failures or {})[n]}" for n in failed))
+        absent = [n for n in dict.fromkeys(names.values()) if n not in curves]
+        if absent:
+            raise BenchError(f"metric {name!r}: no {', '.join(absent)} curves were computed for it")
+        data = metric_data(spec, needs=needs, perturbation=cell_perturbation,
+                           **{**inputs, "curves": {n: c.curves for n, c in curves.items()}})
+        used = {entry: curves[n].key for entry, n in names.items()}
+        upstream: list[Any] = [heatmaps_key, used, needs.inputs.to_dict()]
+        if needs.inputs.perturbation:  # only where declared: other metrics' keys stay as they were
+            upstream.append({"perturbation": cell_perturbation, "params": dict(inputs.get("perturbation_params") or {})})
+        key = component_key("metric", "metric", name, resolved, *upstream)
+        read = {n: curves[n] for n in dict.fromkeys(names.values())}
+        curve_cost = {"curve_passes": sum(int(c.forward_passes) for c in read.values()),
+                      "curve_seconds": sum(float(c.seconds) for c in read.values()),
+                      "curves": {n: c.perturbation for n, c in read.items()}}
         meta = self.cache.get_json("metrics", key)
         if meta is not None:
             arrays = self.cache.get_npz("metrics", key, required=tuple(meta.get("columns", ())))
             if arrays is not None:
+                passes = meta.get("forward_passes")
                 return MetricOutput(name=name, columns=dict(arrays), params=resolved, key=key,
-                                    seconds=float(meta.get("seconds", 0.0)))
+                                    seconds=float(meta.get("seconds", 0.0)),
+                                    forward_passes=None if passes is None else float(passes), **curve_cost)
         if self.cached_only and not self.compute_final:
             raise self._not_cached("metric", key)
         t0 = time.perf_counter()
         columns = compute_columns(metric, spec, data)
         seconds = time.perf_counter() - t0
+        passes = metric_forward_passes(metric)
+        if passes is None and not (needs.inputs.model or needs.inputs.explainer):
+            passes = 0.0  # it is given neither the model nor the explainer: it cannot run a forward pass
         self.cache.put_npz("metrics", key, **columns)
         self.cache.put_json("metrics", key, {"metric": name, "columns": list(columns), "seconds": seconds,
-                                             "params": resolved})
-        return MetricOutput(name=name, columns=columns, params=resolved, key=key, seconds=seconds)
+                                             "params": resolved, "forward_passes": passes})
+        return MetricOutput(name=name, columns=columns, params=resolved, key=key, seconds=seconds,
+                            forward_passes=passes, **curve_cost)
 
     def cell_metrics(
         self, task: CellTask, data: DatasetArtifact, model: ModelArtifact, heat: HeatmapsArtifact,
-        curves: Mapping[str, CurvesArtifact],
+        curves: Mapping[str, CurvesArtifact], curve_failures: Mapping[str, str] | None = None,
     ) -> MetricsArtifact:
         """Every selected metric of one cell: each gets only what it declared.
 
-        A metric that raises or returns a wrong shape fails only itself (its result says
-        why); one whose declared mask the dataset lacks is skipped with the reason.
+        ``curves`` by name (``morf``: the cell's perturbation; ``morf@<perturbation>``: another
+        one a metric asked for); ``curve_failures``: the names of curves under another
+        perturbation that failed, and why (only the metrics reading them fail). A metric
+        that raises or returns a wrong shape fails only itself (its result says why); one
+        whose declared mask the dataset lacks is skipped with the reason.
         """
-        grid = config_mod.grid_shape(self.plan.config["aopc"]["grid"])
+        cfg = self.plan.config
+        grid = config_mod.grid_shape(cfg["aopc"]["grid"])
         test = data.splits.test
         index = heat.index
         inputs = {
-            "ids": heat.ids, "grid": grid, "curves": {o: c.curves for o, c in curves.items()},
+            "ids": heat.ids, "grid": grid, "curves": {n: c.curves for n, c in curves.items()},
             "heatmaps": heat.heatmaps,
             "masks": {name: m[index] for name, m in masks_of(test).items()},
             "labels": model.labels[index].astype(np.int64), "targets": model.predictions[index].astype(np.int64),
-            "model": model.model, "explainer": LazyExplainer(task.explainer, self.plan.config),
+            "model": model.model, "explainer": LazyExplainer(task.explainer, cfg),
+            "explainer_masks": _LazyMasks(self, task.explainer, data, index),
             "images": test.images[index], "dataset": f"dataset {task.dataset!r}",
+            "seed": int(cfg["run"]["seed"]),
+            "perturbation_params": _LazyParams(self, task.perturbation),
         }
-        curve_keys = {o: c.key for o, c in curves.items()}
         out = MetricsArtifact()
         metrics_file = f"metrics/{task.cell_id}.npz"
         for name in self.plan.metrics:
-            result, columns = self._metric_result(name, inputs, heat.key, curve_keys, metrics_file)
+            result, columns, cost = self._metric_result(name, inputs, heat.key, curves, metrics_file,
+                                                        task.perturbation, curve_failures)
             out.results[name] = result
             out.columns.update({f"{name}/{c}": v for c, v in columns.items()})
+            if cost is not None:
+                out.costs[name] = cost
         return out
 
     def _metric_result(
-        self, name: str, inputs: Mapping[str, Any], heatmaps_key: str, curve_keys: Mapping[str, str],
-        metrics_file: str,
-    ) -> tuple[MetricResult, dict[str, np.ndarray]]:
+        self, name: str, inputs: Mapping[str, Any], heatmaps_key: str, curves: Mapping[str, CurvesArtifact],
+        metrics_file: str, cell_perturbation: str, curve_failures: Mapping[str, str] | None,
+    ) -> tuple[MetricResult, dict[str, np.ndarray], dict[str, Any] | None]:
         cfg = self.plan.config
         acfg = cfg["aopc"]
         spec = self.plan.metric_spec(name)
@@ -577,30 +688,65 @@ class Stages:
             "heatmap_transform": spec.heatmap_transform, "confidence": acfg["confidence"],
             "version": entry.version,
         }
-        lazy = inputs.get("explainer")
         wanted = dict(inputs)
         try:
-            if isinstance(lazy, LazyExplainer):
-                wanted["explainer"] = lazy.get() if spec.inputs.explainer else None
-            output = self.metric(name, wanted, heatmaps_key=heatmaps_key, curve_keys=curve_keys)
+            for what, lazy in inputs.items():  # only what the spec declares is constructed
+                if isinstance(lazy, (LazyExplainer, _LazyMasks)):
+                    wanted[what] = lazy.get() if spec.inputs.explainer else None
+                elif isinstance(lazy, _LazyParams):
+                    wanted[what] = lazy.get() if spec.inputs.perturbation else None
+            output = self.metric(name, wanted, heatmaps_key=heatmaps_key, curves=curves,
+                                 cell_perturbation=cell_perturbation, curve_failures=curve_failures)
         except (KeyboardInterrupt, SystemExit, NotCached):
             raise
         except MetricSkipped as exc:
             return MetricResult(status="skipped", error=str(exc), params=given,
-                                params_key=metric_params_key(given), **about), {}
+                                params_key=metric_params_key(given), **about), {}, None
         except BaseException as exc:  # noqa: BLE001 - a failing metric fails only itself
             return MetricResult(status="failed", error=error_text(exc), params=given,
-                                params_key=metric_params_key(given), **about), {}
+                                params_key=metric_params_key(given), **about), {}, None
         columns = output.columns
         stats = summarise(columns[spec.headline_column], confidence=acfg["confidence"],
                           n_resamples=acfg["bootstrap"], seed=cfg["run"]["seed"])
+        # curves under another perturbation than the cell's: their parameters are not in the
+        # row's settings, so they are part of this column's identity
+        foreign = {n: {"perturbation": curves[n].perturbation, "params": dict(curves[n].params)}
+                   for n, pert in output.curves.items() if pert != cell_perturbation}
         result = MetricResult(
             status="ok", value=stats.value, ci=stats.ci, n=stats.n, n_excluded=stats.n_excluded,
             columns={c: list(v.shape) for c, v in columns.items()}, file=metrics_file,
             key=f"{name}/{spec.headline_column}", ids_key="ids", params=output.params,
-            params_key=metric_params_key(output.params), seconds=output.seconds, **about,
+            params_key=metric_params_key(output.params, foreign), seconds=output.seconds, **about,
         )
-        return result, columns
+        return result, columns, output.cost()
+
+
+class _LazyMasks:
+    """The dataset masks a cell's explainer declares, of the explained images, read when a metric asks."""
+
+    def __init__(self, stages: Stages, explainer: str, data: DatasetArtifact, index: np.ndarray):
+        self.args = (explainer, data, index)
+        self.stages = stages
+        self._masks: dict[str, np.ndarray] | None = None
+
+    def get(self) -> dict[str, np.ndarray]:
+        if self._masks is None:
+            self._masks = self.stages.explainer_masks(*self.args) or {}
+        return self._masks
+
+
+class _LazyParams:
+    """A perturbation's resolved parameters, resolved when a metric asks."""
+
+    def __init__(self, stages: Stages, perturbation: str):
+        self.stages = stages
+        self.name = perturbation
+        self._params: dict[str, Any] | None = None
+
+    def get(self) -> dict[str, Any]:
+        if self._params is None:
+            self._params = self.stages.perturbation(self.name)[1]
+        return self._params
 
 
 class LazyExplainer:
@@ -647,6 +793,7 @@ __all__ = [
     "LazyExplainer",
     "NotCached",
     "Stages",
+    "cell_curves",
     "clear_memo",
     "component_key",
     "component_params",
@@ -654,6 +801,8 @@ __all__ = [
     "error_text",
     "evaluation_key",
     "masks_digest",
+    "metric_forward_passes",
+    "metric_needs_in",
     "passes_per_map_of",
     "stratified_sample",
 ]

@@ -144,15 +144,79 @@ class ExplainerSpec(ComponentSpec):
 
 @dataclass(frozen=True, kw_only=True)
 class PerturbationSpec(ComponentSpec):
+    """A perturbation: ``perturb(images, masks, seeds) -> images``, and what it changes.
+
+    ``mask_local``: ``perturb`` changes only pixels inside ``masks``. ``step_local``: going
+    from step k-1 to step k (the mask grows by region r_k) changes only the pixels of r_k,
+    i.e. a pixel once perturbed keeps its value (additive noise from a fixed field, a fill
+    computed from the original image). A perturbation whose perturbed pixels depend on the
+    whole mask (an imputation from the unmasked neighbours, a blur of the perturbed image)
+    is mask-local but not step-local: each step changes every perturbed pixel. ``None``
+    (the default) means "as ``mask_local``"; ``step_local=True`` with ``mask_local=False``
+    is refused (a perturbation that writes outside the mask changes more than r_k).
+
+    The curve engine honours both flags: the changed box it hands the forward strategy is
+    region r_k only for a step-local perturbation (else the bounding box of everything
+    perturbed at step k-1 or k), and ``auto`` incremental inference is used only where a
+    step changes one region (``mask_local and step_local``); else full passes, with the
+    reason recorded.
+    """
+
     kind: ClassVar[str] = "perturbation"
     #: True when ``perturb`` changes only pixels inside ``masks`` (Gaussian noise,
     #: gray/zero fill). A perturbation that touches pixels outside the mask must
     #: say ``False``; incremental inference then falls back to full passes.
     mask_local: bool = True
+    #: True when step k changes only region r_k (see the class docs); None = as ``mask_local``.
+    step_local: bool | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.mask_local, bool):
+            raise TypeError(f"PerturbationSpec({self.name!r}).mask_local must be True or False")
+        if self.step_local is None:
+            object.__setattr__(self, "step_local", self.mask_local)
+        elif not isinstance(self.step_local, bool):
+            raise TypeError(f"PerturbationSpec({self.name!r}).step_local must be True, False or None")
+        elif self.step_local and not self.mask_local:
+            raise ValueError(
+                f"PerturbationSpec({self.name!r}): step_local=True with mask_local=False is contradictory "
+                "(a perturbation that changes pixels outside the mask changes more than the step's region); "
+                "leave step_local unset"
+            )
+
+    @property
+    def local_steps(self) -> bool:
+        """Step k changes only region r_k (``mask_local and step_local``): what incremental inference needs."""
+        return bool(self.mask_local and self.step_local)
 
 
-#: The perturbation orders a metric may ask curves for (the same as :data:`bench.engine.regions.ORDERS`).
-CURVE_ORDERS: tuple[str, ...] = ("morf", "lerf", "random")
+#: The curve orders a metric may ask for: the region orders of :data:`bench.engine.regions.ORDERS`
+#: (``morf``, ``lerf``, ``random``: deletion, the perturbed set grows), then ``insertion``
+#: (Petsiuk et al. 2018: the image starts fully perturbed and its regions are restored in
+#: MoRF order; the engine's complement mask, ``f(x^(0))`` = the fully perturbed image,
+#: ``f(x^(L))`` = the original).
+CURVE_ORDERS: tuple[str, ...] = ("morf", "lerf", "random", "insertion")
+
+#: Separates an order from a perturbation in a :attr:`MetricInputs.curves` entry (``"morf@<perturbation>"``).
+CURVE_SEPARATOR = "@"
+
+
+def split_curve(entry: str) -> tuple[str, str]:
+    """``(order, perturbation)`` of a :attr:`MetricInputs.curves` entry; perturbation ``""`` = the cell's.
+
+    ``"morf"`` -> ``("morf", "")``; ``"morf@name"`` -> ``("morf", "name")``.
+    """
+    order, _, perturbation = str(entry).partition(CURVE_SEPARATOR)
+    return order, perturbation
+
+
+def curve_key(order: str, perturbation: str, cell_perturbation: str) -> str:
+    """The name of one cell's curves of ``order`` under ``perturbation``: the bare order for the
+    cell's own perturbation (or ``""``), else ``order@perturbation`` (record keys, array names)."""
+    if not perturbation or perturbation == cell_perturbation:
+        return order
+    return f"{order}{CURVE_SEPARATOR}{perturbation}"
 
 #: The families a metric belongs to (:attr:`MetricSpec.family`).
 METRIC_FAMILIES: tuple[str, ...] = (
@@ -177,13 +241,19 @@ HEATMAP_TRANSFORMS: dict[str, str] = {
 class MetricInputs:
     """What a metric needs; its ``compute(data)`` gets these and nothing else.
 
-    ``curves``: the perturbation orders (of :data:`CURVE_ORDERS`) whose curves
-    ``f(x^(k))`` (N, L+1) it reads, under the cell's perturbation; the run computes
-    only the orders its metrics ask for. ``masks``: the names of the dataset masks it
-    reads (bool (N, H, W)); a dataset without one of them leaves the metric out of
-    that cell, with the reason. The flags ask for the heatmaps (float32 (N, h, w)),
-    the true labels, the explained (predicted) classes, the model, the explainer
-    (constructed with its parameters) and the images (uint8 (N, H, W)).
+    ``curves``: the curves ``f(x^(k))`` (N, L+1) it reads, one entry per curve: an order
+    of :data:`CURVE_ORDERS` (``"morf"``: under the cell's perturbation, or under the one
+    its spec's :attr:`MetricSpec.perturbation_param` names) or ``"<order>@<perturbation>"``
+    (``"morf@<name>"``: under that registered perturbation whatever the cell's, with its
+    ``[perturbations.params.<name>]``); the run computes only the curves its metrics ask
+    for, each (order, perturbation) once per cell, shared with the cell whose perturbation
+    it is. ``masks``: the names of the dataset masks it reads (bool (N, H, W)); a dataset
+    without one of them leaves the metric out of that cell, with the reason. The flags ask
+    for the heatmaps (float32 (N, h, w)), the true labels, the explained (predicted)
+    classes, the model, the explainer (constructed with its parameters; with it come the
+    dataset masks the explainer declares, ``data.explainer_masks``, to re-explain with), the
+    images (uint8 (N, H, W)) and the cell's perturbation (``data.perturbation``, its name,
+    and ``data.perturbation_params``; part of the metric's cache key only when declared).
     """
 
     curves: tuple[str, ...] = ()
@@ -194,6 +264,7 @@ class MetricInputs:
     model: bool = False
     explainer: bool = False
     images: bool = False
+    perturbation: bool = False
 
     def __post_init__(self) -> None:
         for attr in ("curves", "masks"):
@@ -201,29 +272,53 @@ class MetricInputs:
             if isinstance(value, str) or not isinstance(value, (tuple, list)):
                 raise TypeError(f"MetricInputs.{attr} must be a tuple of names, got {value!r}")
             object.__setattr__(self, attr, tuple(dict.fromkeys(value)))
-        for order in self.curves:
+        for entry in self.curves:
+            if not isinstance(entry, str):
+                raise TypeError(f"MetricInputs.curves must be a tuple of names, got {self.curves!r}")
+            order, perturbation = split_curve(entry)
             if order not in CURVE_ORDERS:
                 raise ValueError(
-                    f"MetricInputs.curves: {order!r} is not an order; orders: {', '.join(CURVE_ORDERS)}"
+                    f"MetricInputs.curves: {order!r} is not an order; orders: {', '.join(CURVE_ORDERS)} "
+                    f"(optionally '<order>{CURVE_SEPARATOR}<perturbation>')"
                 )
+            if CURVE_SEPARATOR in entry:
+                check_name(perturbation, what=f"MetricInputs.curves entry {entry!r}: the perturbation")
         for mask in self.masks:
             check_name(mask, what="MetricInputs.masks entry")
-        for attr in ("heatmaps", "labels", "targets", "model", "explainer", "images"):
+        for attr in ("heatmaps", "labels", "targets", "model", "explainer", "images", "perturbation"):
             if not isinstance(getattr(self, attr), bool):
                 raise TypeError(f"MetricInputs.{attr} must be True or False, got {getattr(self, attr)!r}")
+
+    def curve_requests(self) -> tuple[tuple[str, str, str], ...]:
+        """``(entry, order, perturbation)`` per curves entry (perturbation ``""``: not named in the entry)."""
+        return tuple((entry, *split_curve(entry)) for entry in self.curves)
 
     def names(self) -> list[str]:
         """The declared inputs, as ``curves:morf``, ``masks:<name>``, ``heatmaps``, ... (for messages)."""
         out = [f"curves:{o}" for o in self.curves] + [f"masks:{m}" for m in self.masks]
-        out += [a for a in ("heatmaps", "labels", "targets", "model", "explainer", "images") if getattr(self, a)]
+        out += [a for a in ("heatmaps", "labels", "targets", "model", "explainer", "images", "perturbation")
+                if getattr(self, a)]
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "curves": list(self.curves), "heatmaps": self.heatmaps, "masks": list(self.masks),
             "labels": self.labels, "targets": self.targets, "model": self.model,
             "explainer": self.explainer, "images": self.images,
         }
+        if self.perturbation:  # only when declared: the keys of metrics that do not read it stay as they were
+            out["perturbation"] = True
+        return out
+
+
+def _identifiers(value: object, what: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (tuple, list)):
+        raise TypeError(f"{what} must be a tuple of parameter names, got {value!r}")
+    names = tuple(dict.fromkeys(value))
+    for name in names:
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise TypeError(f"{what} must be a tuple of parameter names, got {value!r}")
+    return names
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,6 +346,17 @@ class MetricSpec(ComponentSpec):
     #: The metric's value on an all-zero heatmap (checked by bench.testing), or None
     #: where it has none (a curve metric orders tied regions by a seeded tie-break).
     zero_map_value: float | None = None
+    #: The metric's parameter whose value names the perturbation of the curves it reads
+    #: (the ``inputs.curves`` entries that name none); its value ``""`` = the cell's. ``""``:
+    #: no such parameter, the cell's perturbation. E.g. ``perturbation_param="perturbation"``
+    #: with a default ``"<name>"``: that perturbation's curves in every cell,
+    #: ``[metrics.params.<metric>] perturbation = "..."`` to choose another.
+    perturbation_param: str = ""
+    #: The metric's parameters whose value names the dataset mask(s) it reads (a name or a
+    #: list of names). With any, the run hands the metric the masks its (resolved)
+    #: parameters name, and ``inputs.masks`` lists those its defaults name (shown in listings);
+    #: a dataset without one of them leaves the metric out of that cell, with the reason.
+    mask_params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -273,6 +379,10 @@ class MetricSpec(ComponentSpec):
             check_name(self.headline, what=f"MetricSpec({self.name!r}).headline")
         if self.zero_map_value is not None and not isinstance(self.zero_map_value, (int, float)):
             raise TypeError(f"MetricSpec({self.name!r}).zero_map_value must be a number or None")
+        if not isinstance(self.perturbation_param, str) or (
+                self.perturbation_param and not self.perturbation_param.isidentifier()):
+            raise TypeError(f"MetricSpec({self.name!r}).perturbation_param must be a parameter name or ''")
+        object.__setattr__(self, "mask_params", _identifiers(self.mask_params, f"MetricSpec({self.name!r}).mask_params"))
 
     @property
     def headline_column(self) -> str:

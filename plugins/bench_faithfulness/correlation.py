@@ -40,8 +40,8 @@ class FaithfulnessCorrelation:
         The share of the grid's regions in a subset (default 0.25: 20 of a 9x9 grid's 81).
     perturbation:
         The registered perturbation that removes a subset (default ``"mean"``, the image's
-        mean: Bhatt et al. replace features by a baseline value). The metric contract gives a
-        metric no access to the cell's perturbation, hence this parameter.
+        mean: Bhatt et al. replace features by a baseline value), its own: the metric's values
+        do not change with the cell's perturbation, and one result serves every perturbation cell.
     perturbation_params:
         Its parameters (default none).
     seed:
@@ -142,7 +142,12 @@ class FaithfulnessCorrelation:
             probs[chunk] = p[np.arange(len(chunk)), targets[img]]
         probs = probs.reshape(n, s + 1)
         drops = probs[:, :1] - probs[:, 1:]
+        self._passes = float(n * (s + 1))
         return {
             "faithfulness-correlation": pearson_rows(relevance, drops) if n else np.zeros(0),
             "forward-passes": np.full(n, s + 1.0),
         }
+
+    def forward_passes(self) -> float | None:
+        """What the last ``compute`` cost: n_subsets + 1 forward passes per image."""
+        return self.__dict__.get("_passes")

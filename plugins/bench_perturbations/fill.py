@@ -61,6 +61,8 @@ class _Fill:
 
     name = "fill"
     mask_local = True
+    #: a pixel once perturbed keeps its value: step k changes only region r_k
+    step_local = True
     #: fill images kept (an LRU keyed by the image's content): the engine asks for the same
     #: image at every step of its curve
     cache_size = 16

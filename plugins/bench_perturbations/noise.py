@@ -30,6 +30,8 @@ class GaussianNoise:
     #: the registered name, used in results when the object is passed directly
     name = "gaussian-noise"
     mask_local = True
+    #: a pixel once perturbed keeps its value: step k changes only region r_k
+    step_local = True
     #: noise fields kept (an LRU): the engine asks for the same image for many steps
     cache_size = 32
 

@@ -21,8 +21,10 @@ image's per-channel mean is taken (the last point of a curve, k = L).
 
 Mask-local: only pixels inside the mask change. But unlike noise or a fill, the value of
 a pixel perturbed at step k is solved again at every later step (its neighbours change),
-so consecutive steps differ over the whole mask, not only the new region (incremental
-inference stays exact, it compares pixels, but it gains less).
+so consecutive steps differ over the whole mask, not only the new region: it is declared
+``step_local=False`` (:class:`bench.PerturbationSpec`), and the curve engine does not
+stream its steps as local ones (``auto`` runs full passes; incremental inference, when
+asked for, stays exact, it compares pixels, but gains little).
 
 Cost, measured on the 2-core AVX-512 CPU at 299x299 on a 9x9 grid
 (``tests/benchmarks/test_bench_road.py``): one solve takes ~2 ms with one region masked,
@@ -121,6 +123,8 @@ class NoisyLinearImputation:
 
     name = "road"
     mask_local = True
+    #: the imputed value of a pixel depends on the whole mask: step k changes more than r_k
+    step_local = False
     #: imputations kept across calls (an LRU keyed by (seed, image content, mask))
     cache_size = 16
     #: threads solving the systems of one call (0 = one per CPU, at most 4); the result

@@ -5,7 +5,8 @@
 
 ``E`` is the cell's explainer (with its parameters) for the explained class, which stays
 the explained class of ``x`` on every perturbed copy; a seeded explainer gets the image's
-own id on the copies too, so only the input changes. The perturbed images are not clipped
+own id on the copies too, and one that reads dataset masks (an oracle) the image's own
+masks, so only the input changes. The perturbed images are not clipped
 (``clip=True`` clips them to [0, 1]). The ratio does not change when ``E`` is scaled, so no
 normalisation is needed (transform: none). Lower is better (the explanation is stable
 under imperceptible noise). A map with ``E(x) = 0``: 0 when every ``E(x + delta)`` is zero
@@ -73,7 +74,7 @@ class MaxSensitivity:
         return rng.uniform(-r, r, size=shape).astype(np.float32)
 
     def compute(self, data: Any) -> dict[str, np.ndarray]:
-        from bench_sanity.randomisation import explain_images
+        from bench_sanity.randomisation import explain_images, heatmap_passes
 
         from bench.data import to_model_input
 
@@ -96,7 +97,7 @@ class MaxSensitivity:
             x = x + np.stack([self.noise(ids[i], jj, x.shape[1:]) for i, jj in zip(img, j, strict=True)])
             if self.clip:
                 np.clip(x, 0.0, 1.0, out=x)
-            maps = explain_images(data, model, x, targets[img], ids[img], len(chunk))
+            maps = explain_images(data, model, x, targets[img], ids[img], len(chunk), rows=img)
             diff = maps.astype(np.float64).reshape(len(chunk), -1) - base64[img]
             dist = np.sqrt((diff * diff).sum(axis=1))
             np.maximum.at(worst, img, dist)
@@ -104,8 +105,13 @@ class MaxSensitivity:
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio_max = np.where(base_norm > 0, worst / base_norm, np.where(worst == 0, 0.0, np.nan))
             ratio_mean = np.where(base_norm > 0, total / ns / base_norm, np.where(total == 0, 0.0, np.nan))
+        self._passes = heatmap_passes(data.explainer, n * (ns + 1))
         return {
             "max-sensitivity": ratio_max,
             "mean-sensitivity": ratio_mean,
             "heatmaps": np.full(n, ns + 1.0),
         }
+
+    def forward_passes(self) -> float | None:
+        """What the last ``compute`` cost: n_samples + 1 heatmaps per image at the explainer's passes per map."""
+        return self.__dict__.get("_passes")

@@ -188,39 +188,71 @@ def _check_int(value: Any, what: str, minimum: int) -> int:
 
 
 def explainer_masks(explainer: Any) -> tuple[str, ...]:
-    """The dataset masks the registered spec of ``explainer``'s class declares (``()``: none or unregistered)."""
+    """The dataset masks the registered spec of ``explainer``'s class declares (``()``: none or unregistered).
+
+    A factory that is a ``functools.partial`` of the class (one class registered under several
+    names) matches too; where several specs build the class, the masks of any of them count.
+    """
+    import functools
+
     import bench
 
     cls = type(explainer)
     reference = f"{cls.__module__}:{cls.__qualname__}"
+    found: list[str] = []
     for entry in bench.registry()["explainer"].values():
         factory = entry.spec.factory
+        while isinstance(factory, functools.partial):
+            factory = factory.func
         if factory is cls or (isinstance(factory, str) and factory == reference):
-            return tuple(getattr(entry.spec, "masks", ()) or ())
-    return ()
+            found.extend(getattr(entry.spec, "masks", ()) or ())
+    return tuple(dict.fromkeys(found))
 
 
-def explain_images(data: Any, model: Any, images: Any, targets: Any, ids: Any, batch_size: int) -> np.ndarray:
+def explain_images(data: Any, model: Any, images: Any, targets: Any, ids: Any, batch_size: int,
+                   rows: Any = None) -> np.ndarray:
     """The cell's explainer (``data.explainer``) on ``model``, in batches, through the harness's explain loop.
 
-    An explainer that reads dataset masks (an oracle control) cannot be re-run here: the
-    metric contract hands a metric neither the cell's masks for its explainer nor a bound
-    explain call, so that raises a ValueError saying so (the metric fails in that cell only).
+    ``rows``: the row of ``data`` each image belongs to (default: image i is row i). An
+    explainer that reads dataset masks (an oracle control) gets the masks the harness gave
+    the metric for it (``data.explainer_masks``, the same as for the cell's heatmaps), of
+    those rows; where they are missing (the metric was given no masks for an explainer whose
+    spec declares some) a ValueError says so (the metric fails in that cell only).
     """
     import bench
 
     explainer = data.explainer
-    masks = explainer_masks(explainer)
-    if masks:
+    given = dict(data.explainer_masks)
+    declared = explainer_masks(explainer)
+    missing = [m for m in declared if m not in given]
+    if missing:
         raise ValueError(
             f"{data.name} re-runs the cell's explainer, which reads the dataset mask(s) "
-            f"{', '.join(map(repr, masks))}; the metric contract does not give a metric those masks "
-            "for the explainer, so it cannot be scored here"
+            f"{', '.join(map(repr, missing))}; the metric was not given them (data.explainer_masks), "
+            "so it cannot be scored here"
         )
+    masks = None
+    if given:
+        picked = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(picked) != len(images):
+            raise ValueError(f"{data.name}: {len(picked)} rows for {len(images)} images")
+        names = declared or tuple(given)
+        masks = {m: np.asarray(given[m])[picked] for m in names}
     return bench.compute_heatmaps(
-        explainer, model, images, targets, ids=np.asarray(ids), batch_size=int(batch_size),
+        explainer, model, images, targets, ids=np.asarray(ids), batch_size=int(batch_size), masks=masks,
         name=f"{data.name}: explainer",
     )
+
+
+def heatmap_passes(explainer: Any, maps: int) -> float | None:
+    """Forward-pass equivalents of ``maps`` heatmaps of ``explainer`` (its ``passes_per_map()``,
+    asked after the maps were computed), None when it does not say."""
+    method = getattr(explainer, "passes_per_map", None)
+    per_map = method() if callable(method) else None
+    if per_map is None:
+        return None
+    value = float(per_map)
+    return value * int(maps) if np.isfinite(value) and value >= 0 else None
 
 
 def _explain(data: Any, model: Any, targets: np.ndarray, batch_size: int) -> np.ndarray:
@@ -290,6 +322,7 @@ class ModelRandomisation:
             ssim[:, k] = ssim_rows(ref_norm, max_normalised(maps))
             done += len(block.layers)
             layers[:, k] = done
+        self._passes = heatmap_passes(data.explainer, n * (len(blocks) + 1))
         return {
             "model-randomisation": spearman.mean(axis=1),
             "spearman": spearman,
@@ -298,6 +331,10 @@ class ModelRandomisation:
             "layers": layers,
             "heatmaps": np.full(n, len(blocks) + 1.0),
         }
+
+    def forward_passes(self) -> float | None:
+        """What the last ``compute`` cost: (K+1) heatmaps per image at the explainer's passes per map."""
+        return self.__dict__.get("_passes")
 
 
 class RandomLogit:
@@ -350,12 +387,17 @@ class RandomLogit:
         n = len(data)
         both = explain_images(  # one stream of batches over both classes of every image
             data, model, np.concatenate([data.images, data.images]), np.concatenate([targets, others]),
-            np.concatenate([np.asarray(data.ids)] * 2), self.batch_size,
+            np.concatenate([np.asarray(data.ids)] * 2), self.batch_size, rows=np.tile(np.arange(n), 2),
         )
         explained, other = both[:n], both[n:]
+        self._passes = heatmap_passes(data.explainer, 2 * n)
         return {
             "random-logit": ssim_rows(max_normalised(explained), max_normalised(other)),
             "spearman": spearman_rows(np.abs(explained), np.abs(other)),
             "other-class": others.astype(np.float64),
             "heatmaps": np.full(len(data), 2.0),
         }
+
+    def forward_passes(self) -> float | None:
+        """What the last ``compute`` cost: 2 heatmaps per image at the explainer's passes per map."""
+        return self.__dict__.get("_passes")

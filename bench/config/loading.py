@@ -65,6 +65,10 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "metrics": {
         "names": ((list,), [ALL]),
         "params": ((dict,), {}),
+        #: an image budget per metric (``{ name = n }``): the metric, and the curves only
+        #: budgeted metrics read, run on a class-stratified ``n`` of the cell's explained
+        #: images (the same ones for every explainer); 0 or absent = all of them
+        "max_images": ((dict,), {}),
     },
     #: the parameters of each executor (``run.executor`` picks the one a run uses)
     "executors": {
@@ -89,6 +93,22 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         #: only null control (an error when it has several)
         "control": ((str,), ""),
         "figures": ((bool,), True),
+        #: the smallest mean difference a paired comparison reports as better/worse, in the
+        #: metric's units (below it: "negligible", whatever its p): a number, or a table
+        #: ``{<metric> = number, default = number}``; 0.01 = bench.stats.DEFAULT_MIN_EFFECT
+        "min_effect": ((float, int, dict), 0.01),
+        #: sanity gates: an explainer whose mean Spearman after the whole network is randomised
+        #: reaches this is flagged "survives model randomisation"
+        "sanity_randomisation": ((float, int), 0.5),
+        #: ... whose mean similarity between the explanations of two classes reaches this is
+        #: flagged "fails the random-logit test"
+        "sanity_random_logit": ((float, int), 0.5),
+        #: the metrics the aggregate mean rank averages: metric names or families ([] = the
+        #: faithfulness family)
+        "aggregate": ((list,), ["faithfulness"]),
+        #: the paired comparisons kept: "primary" (every pair for the primary metric, each
+        #: explainer against the null control for the others) or "all" (every pair of every metric)
+        "comparisons": ((str,), "primary"),
     },
 }
 
@@ -250,6 +270,33 @@ def validate_values(cfg: Mapping[str, Any]) -> None:
                 f"leaderboard.formats[{i}] = {fmt!r} is unknown{did_you_mean(fmt, formats)}; "
                 f"formats: {', '.join(formats)}"
             )
+    _validate_leaderboard(cfg["leaderboard"])
+
+
+#: The values ``leaderboard.comparisons`` takes (bench.publish.comparisons.COMPARISON_SCOPES).
+COMPARISON_SCOPES = ("primary", "all")
+
+
+def _validate_leaderboard(board: Mapping[str, Any]) -> None:
+    """The statistics keys of ``[leaderboard]``: ranges, the aggregate's names, the scope."""
+    me = board["min_effect"]
+    entries = me.items() if isinstance(me, Mapping) else [("", me)]
+    for name, value in entries:
+        path = f"leaderboard.min_effect.{name}" if name else "leaderboard.min_effect"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{path} must be a finite number >= 0 (in the metric's units), got {value!r}")
+    for key in ("sanity_randomisation", "sanity_random_logit"):
+        value = board[key]
+        if not math.isfinite(value):
+            raise ConfigError(f"leaderboard.{key} must be a finite number (a mean similarity, e.g. 0.5), got {value!r}")
+    for i, name in enumerate(board["aggregate"]):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"leaderboard.aggregate[{i}] must be a metric name or a metric family, got {name!r}")
+    if board["comparisons"] not in COMPARISON_SCOPES:
+        raise ConfigError(
+            f"leaderboard.comparisons = {board['comparisons']!r} is unknown"
+            f"{did_you_mean(board['comparisons'], COMPARISON_SCOPES)}; choose one of {', '.join(COMPARISON_SCOPES)}"
+        )
 
 
 def _validate_training(tcfg: Mapping[str, Any]) -> None:

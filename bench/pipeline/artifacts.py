@@ -184,6 +184,10 @@ class MetricOutput:
     curve_seconds: float = 0.0
     #: the curves it read, by name (``morf``, ``morf@<perturbation>``) -> their perturbation
     curves: dict[str, str] = field(default_factory=dict)
+    #: with an image budget (``metrics.max_images``): the positions of the images it ran on
+    #: (its columns hold NaN elsewhere) and the budget; None / 0 = every explained image
+    positions: np.ndarray | None = None
+    budget: int = 0
 
     def cost(self) -> dict[str, Any]:
         """What the metric cost on the cell: its own passes and seconds, its curves', their sums."""

@@ -111,6 +111,10 @@ class Plan:
         """The curve orders every cell computes: the union of what the selected metrics need."""
         return required_orders(self.metric_spec(name) for name in self.metrics)
 
+    def metric_image_cap(self, name: str) -> int:
+        """The image budget of metric ``name`` (``metrics.max_images``; 0 = every explained image)."""
+        return int(self.config["metrics"].get("max_images", {}).get(name, 0) or 0)
+
     @property
     def primary(self) -> str:
         """The metric the leaderboard ranks by (``leaderboard.primary``, else the first selected)."""
@@ -200,6 +204,7 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
                 if registered != name else f"{section}.params.{name}",
             )
     _check_primary(plan)
+    _check_metric_budgets(plan)
     check_executor(plan)
     image_shape = declared_image_shape(component, dataset)
     if image_shape is not None:
@@ -286,6 +291,18 @@ def _check_primary(plan: Plan) -> None:
             f"{did_you_mean(primary, plan.metrics)}; selected metrics: {', '.join(plan.metrics)} "
             "(or \"\" for the first of them)"
         )
+
+
+def _check_metric_budgets(plan: Plan) -> None:
+    """``metrics.max_images``: selected metric names, non-negative integers."""
+    for name, cap in plan.config["metrics"].get("max_images", {}).items():
+        if name not in plan.metrics:
+            raise ConfigError(
+                f"metrics.max_images.{name}: {name!r} is not a selected metric"
+                f"{did_you_mean(name, plan.metrics)}"
+            )
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise ConfigError(f"metrics.max_images.{name} must be an integer >= 0 (0 = all), got {cap!r}")
 
 
 def _resolve_control(plan: Plan) -> None:

@@ -187,6 +187,68 @@ def cell_curves(plan: Plan, task: CellTask) -> list[tuple[str, str]]:
     return sorted(wanted, key=lambda op: (op[1] != task.perturbation, op[1], rank[op[0]]))
 
 
+def padded(values: np.ndarray, positions: np.ndarray, n: int) -> np.ndarray:
+    """``values`` (one row per budgeted image) as ``n`` rows, NaN outside ``positions``."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.full((n, *values.shape[1:]), np.nan)
+    out[positions] = values
+    return out
+
+
+def budget_inputs(inputs: Mapping[str, Any], curves: Mapping[str, CurvesArtifact], positions: np.ndarray | None,
+                  *, needed: set[str], metric: str) -> dict[str, Any]:
+    """A metric's candidate inputs on the images at ``positions`` of the cell (None: all of them).
+
+    Per-image arrays, masks and the explainer's masks are sliced; each curve it reads is
+    matched to those images by id (a budgeted curve covers a superset of them: nested budgets).
+    """
+    arrays = {n: c.curves for n, c in curves.items()}
+    if positions is None:
+        return {**inputs, "curves": arrays}
+    out = dict(inputs)
+    for what in ("ids", "heatmaps", "labels", "targets", "images"):
+        if inputs.get(what) is not None:
+            out[what] = np.asarray(inputs[what])[positions]
+    out["masks"] = {k: np.asarray(v)[positions] for k, v in (inputs.get("masks") or {}).items()}
+    if isinstance(inputs.get("explainer_masks"), Mapping):
+        out["explainer_masks"] = {k: np.asarray(v)[positions] for k, v in inputs["explainer_masks"].items()}
+    ids = np.asarray(out["ids"]).astype(str)
+    for n in needed:
+        at = {v: i for i, v in enumerate(np.asarray(curves[n].ids).astype(str))}
+        missing = [v for v in ids if v not in at]
+        if missing:
+            raise BenchError(f"metric {metric!r}: its {n} curves do not cover the budgeted images {missing[:3]}")
+        arrays[n] = np.asarray(curves[n].curves)[[at[v] for v in ids]]
+    out["curves"] = arrays
+    return out
+
+
+def curve_image_cap(plan: Plan, order: str, perturbation: str) -> int:
+    """The image budget of the ``(order, perturbation)`` curves: 0 (all images) when any metric
+    reading them in some cell of the plan has no budget, else the largest budget among them."""
+    caps: list[int] = []
+    for name in plan.metrics:
+        try:
+            needs = metric_needs_in(plan, name)
+        except Exception:  # noqa: BLE001 - reported by the metric stage
+            continue
+        if any(c.order == order and c.perturbation_in(p) == perturbation
+               for c in needs.curves for p in plan.perturbations):
+            caps.append(plan.metric_image_cap(name))
+    return 0 if not caps or 0 in caps else max(caps)
+
+
+def budget_positions(labels: np.ndarray, cap: int, *, seed: int) -> np.ndarray | None:
+    """Positions (sorted) of a class-stratified ``cap`` of ``len(labels)`` explained images, None
+    for all of them. Nested: the positions of a smaller budget are among those of a larger one
+    (classes take turns in one seeded sequence, :func:`stratified_sample`), so a budgeted metric
+    finds its images among those of the curves it reads."""
+    n = len(labels)
+    if not cap or cap >= n:
+        return None
+    return stratified_sample(np.arange(n), np.asarray(labels), cap, seed=seed)
+
+
 class NotCached(BenchError):
     """Raised by ``Stages(..., cached_only=True)`` where a stage would have to compute."""
 
@@ -436,8 +498,18 @@ class Stages:
         perturbation, resolved = self.perturbation(name)
         grid = config_mod.grid_shape(self.plan.config["aopc"]["grid"])
         seed = self.plan.config["run"]["seed"]
-        key = component_key("curves", "perturbation", name, resolved, heat.key, list(grid), order, seed)
+        budget = [{"max_images": cap}] if (cap := curve_image_cap(self.plan, order, name)) else []
+        key = component_key("curves", "perturbation", name, resolved, heat.key, list(grid), order, seed, *budget)
         return perturbation, resolved, key
+
+    def curve_positions(self, name: str, order: str, heat: HeatmapsArtifact, model: ModelArtifact | None
+                        ) -> np.ndarray | None:
+        """The positions (within ``heat``) of the images the ``(order, name)`` curves cover (None: all):
+        a budget only when every metric reading them has one (:func:`curve_image_cap`)."""
+        cap = curve_image_cap(self.plan, order, name)
+        if not cap or cap >= heat.n_images or model is None:
+            return None
+        return budget_positions(model.labels[heat.index], cap, seed=self.plan.config["run"]["seed"])
 
     def curves(
         self,
@@ -471,13 +543,24 @@ class Stages:
                 return CurvesArtifact.from_stored(name, order, key, summary, arrays)
             if self.cached_only:
                 raise self._not_cached("curves", key)
-        lo = 0 if start is None else int(start)
-        hi = heat.n_images if stop is None else int(stop)
-        index = heat.index[lo:hi]
+        positions = self.curve_positions(name, order, heat, model)
+        full = heat.index if positions is None else heat.index[positions]
+        maps = heat.heatmaps if positions is None else heat.heatmaps[positions]
+        lo = min(0 if start is None else int(start), len(full))
+        hi = min(len(full) if stop is None else int(stop), len(full))
+        index = full[lo:hi]
         acfg = self.plan.config["aopc"]
         grid = config_mod.grid_shape(acfg["grid"])
         test = data.splits.test
         ids = test.ids[index].astype(str)
+        if shard and hi <= lo:  # a shard past a budget's last image: nothing to compute
+            n_steps = grid[0] * grid[1] + 1
+            return CurvesArtifact(
+                perturbation=name, order=order, key=key, params=resolved,
+                curves=np.zeros((0, n_steps), np.float32), per_image=np.zeros(0),
+                region_order=np.zeros((0, n_steps - 1), np.int32), ids=ids, forward_passes=0, seconds=0.0,
+                strategy=str(acfg["strategy"]), strategy_info={}, images_with_ties=0, start=lo, stop=hi,
+            )
         what = f" images {lo}:{hi}" if shard else ""
         log(
             f"[curves] {model.record['model']} / {heat.explainer} / {order} / {name}{what} "
@@ -491,7 +574,7 @@ class Stages:
             model.model,
             test.images[index],
             model.predictions[index],
-            heat.heatmaps[lo:hi],
+            maps[lo:hi],
             perturbation=perturbation,
             **flags,
             grid=grid,
@@ -536,16 +619,22 @@ class Stages:
         _, resolved, key = self._curves_setup(name, order, heat)
         if not shards:
             raise BenchError(f"curves {order}/{name}: no shards to merge")
-        ordered = sorted(shards, key=lambda s: int(s.start or 0))
+        every = np.asarray(heat.ids).astype(str)
+        cap = curve_image_cap(self.plan, order, name)
+        n_expected = min(cap, len(every)) if cap else len(every)
+        ordered = sorted((s for s in shards if s.n_images or len(shards) == 1), key=lambda s: int(s.start or 0))
         bounds = [(int(s.start or 0), int(s.stop if s.stop is not None else s.n_images)) for s in ordered]
-        if bounds[0][0] != 0 or bounds[-1][1] != heat.n_images or any(
+        if bounds[0][0] != 0 or bounds[-1][1] != n_expected or any(
                 a[1] != b[0] for a, b in zip(bounds, bounds[1:], strict=False)):
             raise BenchError(
                 f"curves {order}/{name}: shards {', '.join(f'{a}:{b}' for a, b in bounds)} do not tile "
-                f"the {heat.n_images} explained images"
+                f"the {n_expected} explained images" + (f" (a budget of {cap})" if cap else "")
             )
         ids = np.concatenate([np.asarray(s.ids).astype(str) for s in ordered])
-        if not np.array_equal(ids, np.asarray(heat.ids).astype(str)):
+        # all of them in order, or (a budget) a subset of them in order
+        at = {v: i for i, v in enumerate(every)}
+        rows = [at.get(v, -1) for v in ids]
+        if len(ids) != n_expected or -1 in rows or rows != sorted(rows) or (not cap and rows != list(range(len(every)))):
             raise BenchError(
                 f"curves {order}/{name}: the merged shards cover images {ids[:5].tolist()}... but the "
                 f"cell explains {np.asarray(heat.ids)[:5].tolist()}... ({len(ids)} vs {heat.n_images} images)"
@@ -602,10 +691,14 @@ class Stages:
         absent = [n for n in dict.fromkeys(names.values()) if n not in curves]
         if absent:
             raise BenchError(f"metric {name!r}: no {', '.join(absent)} curves were computed for it")
-        data = metric_data(spec, needs=needs, perturbation=cell_perturbation,
-                           **{**inputs, "curves": {n: c.curves for n, c in curves.items()}})
+        cap = self.plan.metric_image_cap(name)
+        positions = budget_positions(np.asarray(inputs["labels"]), cap, seed=int(self.plan.config["run"]["seed"]))
+        given = budget_inputs(inputs, curves, positions, needed=set(names.values()), metric=name)
+        data = metric_data(spec, needs=needs, perturbation=cell_perturbation, **given)
         used = {entry: curves[n].key for entry, n in names.items()}
         upstream: list[Any] = [heatmaps_key, used, needs.inputs.to_dict()]
+        if positions is not None:
+            upstream.append({"max_images": cap})
         if needs.inputs.perturbation:  # only where declared: other metrics' keys stay as they were
             upstream.append({"perturbation": cell_perturbation, "params": dict(inputs.get("perturbation_params") or {})})
         key = component_key("metric", "metric", name, resolved, *upstream)
@@ -620,12 +713,15 @@ class Stages:
                 passes = meta.get("forward_passes")
                 return MetricOutput(name=name, columns=dict(arrays), params=resolved, key=key,
                                     seconds=float(meta.get("seconds", 0.0)),
-                                    forward_passes=None if passes is None else float(passes), **curve_cost)
+                                    forward_passes=None if passes is None else float(passes),
+                                    positions=positions, budget=cap if positions is not None else 0, **curve_cost)
         if self.cached_only and not self.compute_final:
             raise self._not_cached("metric", key)
         t0 = time.perf_counter()
         columns = compute_columns(metric, spec, data)
         seconds = time.perf_counter() - t0
+        if positions is not None:  # back to one row per explained image: NaN outside the budget
+            columns = {c: padded(v, positions, len(inputs["ids"])) for c, v in columns.items()}
         passes = metric_forward_passes(metric)
         if passes is None and not (needs.inputs.model or needs.inputs.explainer):
             passes = 0.0  # it is given neither the model nor the explainer: it cannot run a forward pass
@@ -633,7 +729,8 @@ class Stages:
         self.cache.put_json("metrics", key, {"metric": name, "columns": list(columns), "seconds": seconds,
                                              "params": resolved, "forward_passes": passes})
         return MetricOutput(name=name, columns=columns, params=resolved, key=key, seconds=seconds,
-                            forward_passes=passes, **curve_cost)
+                            forward_passes=passes, positions=positions,
+                            budget=cap if positions is not None else 0, **curve_cost)
 
     def cell_metrics(
         self, task: CellTask, data: DatasetArtifact, model: ModelArtifact, heat: HeatmapsArtifact,
@@ -706,12 +803,15 @@ class Stages:
             return MetricResult(status="failed", error=error_text(exc), params=given,
                                 params_key=metric_params_key(given), **about), {}, None
         columns = output.columns
-        stats = summarise(columns[spec.headline_column], confidence=acfg["confidence"],
-                          n_resamples=acfg["bootstrap"], seed=cfg["run"]["seed"])
+        headline = columns[spec.headline_column]
+        stats = summarise(headline if output.positions is None else headline[output.positions],
+                          confidence=acfg["confidence"], n_resamples=acfg["bootstrap"], seed=cfg["run"]["seed"])
         # curves under another perturbation than the cell's: their parameters are not in the
         # row's settings, so they are part of this column's identity
         foreign = {n: {"perturbation": curves[n].perturbation, "params": dict(curves[n].params)}
                    for n, pert in output.curves.items() if pert != cell_perturbation}
+        if output.budget:  # a metric run on a budget of images is another column than on all of them
+            foreign["max_images"] = output.budget
         result = MetricResult(
             status="ok", value=stats.value, ci=stats.ci, n=stats.n, n_excluded=stats.n_excluded,
             columns={c: list(v.shape) for c, v in columns.items()}, file=metrics_file,

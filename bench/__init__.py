@@ -57,6 +57,10 @@ _LAZY = {
     "MetricData": ("bench.pipeline.metrics", "MetricData"),
     "CellRecord": ("bench.pipeline.record", "CellRecord"),
     "RunContext": ("bench.pipeline.executors", "RunContext"),
+    "RunResult": ("bench.pipeline.driver", "RunResult"),
+    "Leaderboard": ("bench.publish.leaderboard", "Leaderboard"),
+    "Analysis": ("bench.publish.analysis", "Analysis"),
+    "StatisticsOptions": ("bench.publish.analysis", "StatisticsOptions"),
 }
 
 
@@ -107,6 +111,10 @@ __all__ = [
     "MetricData",
     "CellRecord",
     "RunContext",
+    "RunResult",
+    "Leaderboard",
+    "Analysis",
+    "StatisticsOptions",
     "BenchError",
     "ConfigError",
     "DataError",

@@ -197,7 +197,7 @@ def test_csv_parses_back(results):
 def test_json_schema_and_rows(results):
     paths = build_leaderboard(results, figures=False, report=False)
     doc = json.loads(paths["json"].read_text())
-    assert doc["schema"] == SCHEMA == "bench.publish.leaderboard/2"
+    assert doc["schema"] == SCHEMA == "bench.publish.leaderboard/3"
     assert doc["primary"] == "aopc" and [m["id"] for m in doc["metrics"]] == ["aopc", "lerf-aopc", "abpc"]
     assert {m["id"]: m["higher_is_better"] for m in doc["metrics"]} == {
         "aopc": True, "lerf-aopc": False, "abpc": True}
@@ -206,7 +206,12 @@ def test_json_schema_and_rows(results):
     assert doc["provenance"]["grids"] == ["3x3"] and doc["provenance"]["sigmas"] == [0.1]
     assert {f["cell_id"] for f in doc["failed"]} == {"covid__vgg16__occlusion__gaussian-noise",
                                                       "covid__densenet201__gradcam__gaussian-noise"}
-    assert doc["comparisons"], "paired comparisons are in the JSON"
+    # one block per family (dataset, model, weights, perturbation, settings), each with its statistics
+    assert [g["key"]["dataset"] for g in doc["groups"]] == ["alpha", "covid"]
+    covid = doc["groups"][1]
+    assert covid["tables"]["comparisons"]["data"], "paired comparisons are in the JSON"
+    assert {"ranks", "metric_power", "sanity", "per_class", "aggregate", "alpha"} <= set(covid["tables"])
+    assert doc["statistics"]["test"].startswith("paired bootstrap test of the mean difference")
     alpha_gradcam = next(r for r in doc["rows"] if r["dataset"] == "alpha" and r["explainer"] == "gradcam")
     assert alpha_gradcam["lerf-aopc"] is None  # NaN -> null, valid JSON
 
@@ -228,7 +233,7 @@ def test_html_self_contained_with_figures(built):
     assert base64.b64decode(imgs[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Paired comparisons" in page and "Holm" in page
     assert "RuntimeError: boom" in page
-    assert not re.search(r'(src|href)="(?!data:)', page), "no external resources"
+    assert not re.search(r'(src|href)="(?!data:|#)', page), "no external resources (links within the page only)"
     doc = json.loads(paths["json"].read_text())
     assert sum(len(v) for v in doc["figures"].values()) == len(imgs)
 

@@ -146,7 +146,7 @@ def test_an_outside_metric_runs_in_bench_run_and_is_a_leaderboard_column(outside
     assert [m["id"] for m in doc["metrics"]] == ["aopc", "lesion-mass"] and doc["primary"] == "aopc"
     # paired comparisons of every metric in the report, the primary one on the leaderboard
     report = (out / "report.md").read_text()
-    assert "### AOPC ↑ (the primary metric)" in report and "### Lesion mass ↑" in report
+    assert "Paired comparisons, AOPC ↑" in report and "Paired comparisons, Lesion mass ↑" in report
 
 
 def test_the_outside_metric_passes_the_conformance_checks(lesion_mass_plugin):

@@ -351,3 +351,94 @@ def test_chromium_screenshot(page, tmp_path):
         low, high = im.convert("L").getextrema()
         assert high - low > 100
     print(f"screenshot: {shot}")
+
+
+# ---------------------------------------------------------------------------------------
+# the page bench leaderboard writes: the statistics of issue 14 in it
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Any]:
+    """The page of a build from fake runs: controls whose AOPC is ordered, a metric whose controls
+    tie (no power), a constant explainer that survives a cascading randomisation metric."""
+    from bench.pipeline.store import read_json, read_npz, write_json, write_npz
+    from bench.publish.analysis import FULL_RANDOMISATION_COLUMN, StatisticsOptions
+    from bench.publish.leaderboard import build
+
+    folder = tmp_path_factory.mktemp("built-page")
+    base = np.linspace(0.2, 0.6, 8)
+    per = {"gradcam": base + 0.3, "saliency": base + 0.1, "constant": base + 0.05, "oracle": base + 0.4,
+           "random": base, "anti-oracle": base - 0.2}
+    roles = {"constant": "null-control", "oracle": "positive-control", "random": "null-control",
+             "anti-oracle": "negative-control"}
+    cells = [FakeCell("synthetic-cxr", "tiny-cnn", name, per_image=v.tolist(),
+                      metrics={"flat": ((base if name in roles else v).tolist(), True, "Flat"),
+                               "cascade": ([1.0 if name == "constant" else 0.1] * 8, False, "Cascade")},
+                      extra={"provenance": {"explainer": {"role": roles.get(name, "method")}}})
+             for name, v in per.items()]
+    run = write_run(folder, "run-1", cells)
+    for path in sorted((run / "cells").glob("*.json")):  # a cascading randomisation metric, by its record
+        cell = read_json(path)
+        m = cell["metrics"]["cascade"]
+        m.update(family="randomisation", higher_is_better=False)
+        arrays = dict(read_npz(run / m["file"]))
+        arrays[f"cascade/{FULL_RANDOMISATION_COLUMN}"] = np.full(8, 1.0 if cell["explainer"] == "constant" else 0.1,
+                                                                 np.float32)
+        write_npz(run / m["file"], **arrays)
+        m["columns"][FULL_RANDOMISATION_COLUMN] = [8]
+        write_json(path, cell)
+    board = build(folder, control="random", formats=("html",), report=False,
+                  options=StatisticsOptions(n_resamples=500))
+    path = board.paths["html"]
+    return {"board": board, "html": path.read_text(encoding="utf-8"), "path": path}
+
+
+def test_built_page_shows_ranks_power_flags_and_agreement(built):
+    text = built["html"]
+    section = text[text.index('<section id="group-1"'):text.index("</section>")]
+    # the main table: bootstrap ranks with their interval and P(best)
+    main = section[section.index('class="sortable leaderboard"'):]
+    main = main[:main.index("</table>")]
+    assert 'data-key="p_best"' in main and "95% interval" in main
+    assert '<span class="v">1</span><span class="ci">[1, 1]</span>' in main  # gradcam beats saliency everywhere
+    # ranks, power, sanity, agreement, aggregate in the group's section
+    for title in ("Ranks with 95% intervals", "Metric power from the controls", "Sanity gates",
+                  "Agreement between metrics", "Kendall&#x27;s tau", "Krippendorff", "Aggregate: mean rank",
+                  "never a single truth", "Normalised score"):
+        assert title in section, title
+    assert "ranks the controls correctly" in section and "cannot separate them" in section
+    assert "Flat ↑ (no power here)" in section
+    assert 'class="sortable matrix"' in section
+    # the flag text, in the main table's flags and wherever the constant explainer appears
+    assert section.count("survives model randomisation (Spearman 1.00 &gt;= 0.5)") >= 3
+    # the comparisons say what is tested, with verdicts
+    assert "p (mean)" in section and "Verdict" in section and "Wilcoxon" not in text
+    assert "paired bootstrap test of the mean difference" in text
+    urls = re.findall(r'(?:src|href)="([^"]*)"', text)
+    assert all(u.startswith(("data:", "#")) for u in urls)
+
+
+@needs_chromium
+def test_chromium_built_page_fits_and_its_images_load(built, tmp_path):
+    text = built["html"].replace("<head>", "<head>\n" + _ERRORS, 1)
+    probe = """<script>
+window.addEventListener("load", function () {
+  var de = document.documentElement, out = {};
+  out.scrollWidth = de.scrollWidth; out.clientWidth = de.clientWidth;
+  out.images = Array.prototype.map.call(document.images, function (im) { return im.complete && im.naturalWidth > 0; });
+  out.headings = Array.prototype.map.call(document.querySelectorAll("#group-1 h4"), function (h) { return h.textContent; });
+  out.errors = window.__errors || [];
+  var pre = document.createElement("pre"); pre.id = "probe-result"; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+    page = tmp_path / "built.html"
+    page.write_text(text.replace("</body>", probe + "\n</body>", 1), encoding="utf-8")
+    done = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", page.as_uri())
+    found = re.search(r'<pre id="probe-result">(.*?)</pre>', done.stdout, re.S)
+    assert found, done.stderr[-2000:]
+    out = json.loads(html.unescape(found.group(1)))
+    assert not out["errors"], out["errors"]
+    assert out["scrollWidth"] <= out["clientWidth"] <= WIDTH
+    assert all(out["images"])
+    assert any(h.startswith("Ranks with") for h in out["headings"])
+    assert "Metric power from the controls" in out["headings"] and "Sanity gates" in out["headings"]

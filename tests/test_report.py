@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -212,13 +214,21 @@ def test_slug_is_safe_and_distinct():
     assert all(ch.isalnum() or ch in "._-" for ch in s1 + s2)
 
 
-def test_non_finite_per_image_values_are_left_out_with_a_warning(tmp_path):
+def test_non_finite_per_image_values_are_left_out_without_a_warning(tmp_path):
+    """An image a metric does not define (an empty mask) is expected: a count in the tables, no warning."""
     write_run(tmp_path, "r", [
         FakeCell("d", "m", "x", per_image=[0.5, np.nan, 0.4, 0.6]),
         FakeCell("d", "m", "y", per_image=[0.1, 0.2, 0.3, 0.2]),
     ], n_test=4)
-    with pytest.warns(UserWarning, match="non-finite"):
-        comp = paired_comparisons(collect(tmp_path), n_resamples=200)
+    df = collect(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        comp = paired_comparisons(df, n_resamples=200)
+        paths = build_leaderboard(tmp_path, figures=False)
     assert comp.n.iloc[0] == 3
     sign = 1 if comp.explainer_a.iloc[0] == "x" else -1
     assert comp["diff"].iloc[0] == pytest.approx(sign * np.mean(np.float32([0.4, 0.1, 0.4])), abs=1e-6)
+    # the count of left-out values is in the rows and the tables
+    x = df[df.explainer == "x"].iloc[0]
+    assert x["aopc_n_excluded"] == 1 and x["aopc_n"] == 3
+    assert "1 non-finite value(s) left out" in paths["md"].read_text()

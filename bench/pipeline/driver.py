@@ -80,14 +80,17 @@ class RunResult:
     def rows(self) -> list[dict[str, Any]]:
         """One flat row per cell: the table of the run.
 
-        Per metric (in the config's order): ``<metric>``, ``<metric>_ci_low``,
-        ``<metric>_ci_high``, ``<metric>_n`` and ``<metric>_status``.
+        ``cell_id``, the components, status, classification scores, ``n_images``; per metric
+        (in the config's order): ``<metric>``, ``<metric>_ci_low``, ``<metric>_ci_high``,
+        ``<metric>_n`` and ``<metric>_status``. The statistics across the cells (ranks, flags)
+        are :meth:`to_frame`'s and :meth:`tables`'.
         """
         rows = []
         for cell in self.cells:
             c = cell if isinstance(cell, CellRecord) else CellRecord.from_dict(cell)
             classification = c.classification or {}
             base: dict[str, Any] = {
+                "cell_id": c.cell_id,
                 "dataset": c.dataset,
                 "model": c.model,
                 "weights": c.weights,
@@ -107,10 +110,81 @@ class RunResult:
             rows.append(base)
         return rows
 
+    def _board(self) -> Any:
+        """The run's own leaderboard (:func:`bench.publish.leaderboard.analyse_run`), computed once;
+        None when no cell finished (or the statistics cannot be read)."""
+        if "_board_cache" not in self.__dict__:
+            board = None
+            if any(c.ok for c in self.cells if isinstance(c, CellRecord)) and self.run_dir.is_dir():
+                from bench.publish.leaderboard import analyse_run
+
+                try:
+                    board = analyse_run(self.run_dir)
+                except BenchError as exc:
+                    import warnings
+
+                    warnings.warn(f"the statistics of run {self.run_id} are not available: {exc}", stacklevel=3)
+            self.__dict__["_board_cache"] = board
+        return self.__dict__["_board_cache"]
+
+    def tables(self) -> dict[str, Any]:
+        """The run's statistics tables, each a :class:`pandas.DataFrame`, by name.
+
+        ``"rows"``: the leaderboard rows of the run's cells (public columns, the primary
+        metric's ``rank``/``rank_low``/``rank_high``/``p_best``, ``power``, ``sanity_flags``);
+        ``"ranks"``: every metric's ranks with intervals and P(best) per family (controls as
+        reference rows); ``"comparisons"``: the paired tests of the mean with verdicts;
+        ``"power"``: metric power from the controls; ``"normalised"``; ``"sanity"``: the
+        sanity gates per explainer; ``"kendall"`` / ``"alpha"``: agreement between metrics;
+        ``"aggregate"``: the mean rank (an aggregate, never a single truth); ``"per_class"``;
+        ``"cross_model"``; ``"notes"``. Computed from the run's cell records as ``bench
+        leaderboard`` does (:func:`bench.publish.leaderboard.analyse_run`), once; empty when no
+        cell finished.
+        """
+        board = self._board()
+        return board.tables() if board is not None else {}
+
     def to_frame(self) -> Any:
+        """:meth:`rows` as a DataFrame, with the statistics as columns.
+
+        Per metric ``M`` of the run: ``M_rank``, ``M_rank_low``, ``M_rank_high`` (the rank among
+        the methods of the row's family, with its paired-bootstrap interval; NaN for a control),
+        ``M_p_best`` and ``M_power`` (the metric's verdict on the family's controls, "" when not
+        measured); ``sanity_flags`` (the sanity gates the explainer fails) and ``aggregate_rank``.
+        The other tables: :meth:`tables`.
+        """
         import pandas as pd
 
-        return pd.DataFrame(self.rows())
+        frame = pd.DataFrame(self.rows())
+        board = self._board()
+        if board is None or board.analysis is None or frame.empty:
+            return frame
+        a = board.analysis
+        rows = board.frame
+        by_cell = {str(cid): i for i, cid in enumerate(rows["cell_id"])} if "cell_id" in rows.columns else {}
+        group = a.group_columns
+        keys = [tuple(str(rows[c].iloc[i]) for c in group) + (str(rows["explainer"].iloc[i]),
+                str(rows["explainer_params"].iloc[i])) for i in range(len(rows))]
+        extra: dict[str, list[Any]] = {}
+        index = {}
+        for r in a.ranks.to_dict("records"):
+            index[(*(str(r[c]) for c in group), str(r["explainer"]), str(r["explainer_params"]), r["metric"])] = r
+        agg = {(*(str(r[c]) for c in group), str(r["explainer"]), str(r["explainer_params"])): r["mean_rank"]
+               for r in a.aggregate.to_dict("records")}
+        metrics = list(dict.fromkeys(a.ranks["metric"])) if len(a.ranks) else []
+        for cid in frame["cell_id"]:
+            i = by_cell.get(str(cid))
+            key = keys[i] if i is not None else None
+            for metric in metrics:
+                hit = index.get((*key, metric)) if key is not None else None
+                for suffix in ("rank", "rank_low", "rank_high", "p_best"):
+                    extra.setdefault(f"{metric}_{suffix}", []).append(hit[suffix] if hit is not None else float("nan"))
+                extra.setdefault(f"{metric}_power", []).append(
+                    a.power_of(key[:len(group)], metric) if key is not None else "")
+            extra.setdefault("sanity_flags", []).append(rows["sanity_flags"].iloc[i] if i is not None else "")
+            extra.setdefault("aggregate_rank", []).append(agg.get(key, float("nan")) if key is not None
+                                                          else float("nan"))
+        return pd.concat([frame, pd.DataFrame(extra, index=frame.index)], axis=1)
 
 
 def run(

@@ -70,6 +70,12 @@ LEAD_COLUMNS: tuple[str, ...] = (
 METRIC_SUFFIXES: tuple[str, ...] = ("", "_ci_low", "_ci_high", "_n", "_n_excluded")
 #: The gain of the primary metric over the reference control (``primary`` names the metric column).
 GAIN_COLUMNS: tuple[str, ...] = ("primary", "gain_over_baseline", "gain_ci_low", "gain_ci_high", "baseline")
+#: The primary metric's rank among the methods of the row's family (paired bootstrap interval,
+#: P(best); NaN for a control: a reference row, not ranked), that metric's power on the family's
+#: controls (:data:`bench.ranking.CONTROLS_CORRECT` ...; ``""``: not measured) and the sanity
+#: gates the row's explainer fails (their texts, ``"; "``-joined). Filled by
+#: :func:`bench.publish.leaderboard.build` (:mod:`bench.publish.analysis`); blank from :func:`collect`.
+RANK_COLUMNS: tuple[str, ...] = ("rank", "rank_low", "rank_high", "p_best", "power", "sanity_flags")
 #: The columns after the metrics.
 TAIL_COLUMNS: tuple[str, ...] = (
     "metric_notes",
@@ -91,7 +97,7 @@ TAIL_COLUMNS: tuple[str, ...] = (
 )
 #: The fixed machine-readable columns of :func:`collect` (CSV and JSON use these names); the
 #: metric columns sit between the lead and the gain columns: :func:`columns_of` gives them all.
-COLUMNS: tuple[str, ...] = (*LEAD_COLUMNS, *GAIN_COLUMNS, *TAIL_COLUMNS)
+COLUMNS: tuple[str, ...] = (*LEAD_COLUMNS, *GAIN_COLUMNS, *RANK_COLUMNS, *TAIL_COLUMNS)
 
 FAILED_COLUMNS: tuple[str, ...] = (
     *COMPONENT_COLUMNS, "run_id", "cell_id", "stage", "error", "finished", "shown_instead",
@@ -150,14 +156,17 @@ def _parse_time(value: Any) -> datetime:
     return datetime.fromtimestamp(0, UTC)
 
 
-def _iter_cells(results_dir: str | Path) -> Iterable[tuple[Path, CellRecord]]:
+def _iter_cells(results_dir: str | Path, runs: Sequence[str] | None = None) -> Iterable[tuple[Path, CellRecord]]:
     root = runs_dir(results_dir)
     if not root.is_dir():
         raise DataError(
             f"no runs under {root}: nothing to put on a leaderboard (run `bench run` first, "
             f"or pass the results folder that holds runs/)"
         )
+    wanted = None if runs is None else {str(r) for r in runs}
     for path in sorted(root.glob("*/cells/*.json")):
+        if wanted is not None and path.parent.parent.name not in wanted:
+            continue
         try:
             cell = read_json(path)
         except (OSError, ValueError) as exc:
@@ -260,6 +269,12 @@ def _cell_row(path: Path, cell: CellRecord, manifests: Mapping[str, Any]) -> dic
         "gain_ci_low": math.nan,
         "gain_ci_high": math.nan,
         "baseline": "",
+        "rank": math.nan,
+        "rank_low": math.nan,
+        "rank_high": math.nan,
+        "p_best": math.nan,
+        "power": "",
+        "sanity_flags": "",
         "metric_notes": "; ".join(_metric_notes(cell)),
         "n_images": cell.n_images,
         "constant_heatmaps": cell.constant_heatmaps,
@@ -393,9 +408,9 @@ def _choose_primary(columns: Sequence[MetricColumn], primary: str | None) -> str
 
 
 def columns_of(df: pd.DataFrame) -> list[str]:
-    """Every public column of a :func:`collect` frame: lead, metric columns, gain, tail."""
+    """Every public column of a :func:`collect` frame: lead, metric columns, gain, rank and flags, tail."""
     metric = [f"{c.id}{suffix}" for c in metric_columns_of(df) for suffix in METRIC_SUFFIXES]
-    return [*LEAD_COLUMNS, *metric, *GAIN_COLUMNS, *TAIL_COLUMNS]
+    return [*LEAD_COLUMNS, *metric, *GAIN_COLUMNS, *RANK_COLUMNS, *TAIL_COLUMNS]
 
 
 def short_keys(keys: Iterable[str], length: int = SHORT_KEY) -> dict[str, str]:
@@ -418,8 +433,12 @@ def collect(
     baseline: str | None = None,
     primary: str | None = None,
     metrics: Sequence[str] | None = None,
+    runs: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """One row per :data:`KEY_COLUMNS` value; the latest ok cell wins.
+
+    ``runs``: read only the cells of these run ids (folders under ``runs/``; default: every run),
+    e.g. one run's own table (:meth:`bench.pipeline.driver.RunResult.tables`).
 
     The key is (dataset, model, weights, explainer, perturbation, settings,
     explainer_params): ``settings`` is the fingerprint of every shared input that can
@@ -444,7 +463,7 @@ def collect(
     """
     control = control_argument(control, baseline)
     manifests = load_manifests(results_dir)
-    rows = [_cell_row(path, cell, manifests) for path, cell in _iter_cells(results_dir)]
+    rows = [_cell_row(path, cell, manifests) for path, cell in _iter_cells(results_dir, runs)]
     all_rows = pd.DataFrame(rows) if rows else empty_frame([*COLUMNS, "_time", "_status"])
     key = list(KEY_COLUMNS)
     if rows:

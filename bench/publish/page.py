@@ -42,6 +42,7 @@ import pandas as pd
 
 from bench.pipeline.controls import is_control
 from bench.publish.text import DIGITS, format_ci, format_cost, format_number, format_p
+from bench.stats import MEAN_TEST
 
 __all__ = ["GROUP_COLUMNS", "render_page"]
 
@@ -357,6 +358,9 @@ def _ambiguous(frame: pd.DataFrame) -> set[str]:
 
 def _flags(row: Mapping[str, Any]) -> list[str]:
     out = []
+    sanity = row.get("sanity_flags")
+    if isinstance(sanity, str) and sanity.strip():
+        out += [s.strip() for s in sanity.split(";") if s.strip()]
     constant, n = _num(row.get("constant_heatmaps")), _num(row.get("n_images"))
     if math.isfinite(constant) and constant > 0:
         total = f"/{int(n)}" if math.isfinite(n) else ""
@@ -424,15 +428,35 @@ def _main_table(group: _Group, metrics: Sequence[_Metric], primary: _Metric | No
 
     ranks = _ranks([_num(v) for v in methods[primary.id]] if primary is not None and primary.id in methods.columns
                    else [math.nan] * len(methods), primary.higher_is_better if primary else None)
+    boot = "rank" in methods.columns and any(math.isfinite(_num(v)) for v in methods["rank"])
+    has_best = boot and "p_best" in methods.columns
+    if boot:
+        cols[0] = _Col("rank", "Rank", numeric=True, sub=f"{ci} interval",
+                       title=f"Rank among the methods by {primary.header if primary else '-'} (ties averaged), "
+                       "with its paired-bootstrap interval (controls are reference rows, not ranked)")
+    if has_best:
+        cols.insert(1, _Col("p_best", "P(best)", numeric=True, first="descending",
+                            title="share of bootstrap resamples of the images where the method is the best"))
 
     def cells(r: Mapping[str, Any], rank: int | None, control: bool) -> list[_Cell]:
         name = _esc(r.get("explainer", ""))
         explainer = f'<span class="name">{name}</span>'
         if control:
             explainer += f' <span class="role">{_esc(_role(r))}</span>'
-        row = [_num_cell(rank, text=str(rank) if rank is not None else "–") if not control
-               else _Cell('<span class="ref">ref</span>', "", "num"),
-               _Cell(explainer, str(r.get("explainer", "")).lower())]
+        if control:
+            first = _Cell('<span class="ref">ref</span>', "", "num")
+        elif boot:
+            rk = _num(r.get("rank"))
+            lo, hi = _num(r.get("rank_low")), _num(r.get("rank_high"))
+            first = _num_cell(rk, text=_rank_text(rk) or "–",
+                              interval=f"[{_rank_text(lo)}, {_rank_text(hi)}]" if math.isfinite(lo) and
+                              math.isfinite(hi) else "")
+        else:
+            first = _num_cell(rank, text=str(rank) if rank is not None else "–")
+        row = [first]
+        if has_best:
+            row.append(_Cell("", "", "num") if control else _num_cell(r.get("p_best"), text=_fmt(r.get("p_best"), 2)))
+        row.append(_Cell(explainer, str(r.get("explainer", "")).lower()))
         if ambiguous:
             row.append(_text_cell(r.get("explainer_params", "") if str(r.get("explainer")) in ambiguous else ""))
         for m in shown:
@@ -461,10 +485,19 @@ def _main_table(group: _Group, metrics: Sequence[_Metric], primary: _Metric | No
         bodies.append(_Body([cells(r, None, True) for r in controls.to_dict("records")], cls="controls",
                             label="Controls: reference rows, not ranked (sorting leaves them here)", pinned=True))
     what = f"ranked by {_esc(primary.header)}" if primary is not None else "no metric"
+    powers = {str(v) for v in group.rows.get("power", pd.Series(dtype=object)) if isinstance(v, str) and v}
+    if powers and powers != {"ranks the controls correctly"}:
+        what += f" (no power here: the controls' verdict on this metric is {_esc(', '.join(sorted(powers)))})"
     caption = (f"{_esc(group.key.get('dataset', ''))} / {_esc(group.title())}: {len(methods)} method"
                f"{'s' if len(methods) != 1 else ''} {what}"
                + (f", {len(controls)} control{'s' if len(controls) != 1 else ''}" if len(controls) else ""))
     return _table(cols, bodies, caption=caption, cls="leaderboard")
+
+
+def _rank_text(v: float) -> str:
+    if not math.isfinite(v):
+        return ""
+    return f"{v:.0f}" if v == round(v) else f"{v:.2f}".rstrip("0").rstrip(".")
 
 
 def _interval_pairs(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
@@ -556,22 +589,40 @@ def _matrix_table(matrix: pd.DataFrame, caption: str) -> str:
     return _table(cols, [_Body(rows)], caption=caption, cls="matrix")
 
 
+def _square(frame: pd.DataFrame) -> pd.DataFrame:
+    """A long frame of pairs (``metric_a``, ``metric_b``, ``tau``) as its symmetric square matrix."""
+    metrics = list(dict.fromkeys([*map(str, frame["metric_a"]), *map(str, frame["metric_b"])]))
+    out = pd.DataFrame(math.nan, index=metrics, columns=metrics)
+    for m in metrics:
+        out.loc[m, m] = 1.0
+    for a, b, tau in zip(frame["metric_a"], frame["metric_b"], frame["tau"], strict=True):
+        out.loc[str(a), str(b)] = out.loc[str(b), str(a)] = _num(tau)
+    return out
+
+
 def _is_square(frame: pd.DataFrame) -> bool:
     return len(frame) > 0 and [str(i) for i in frame.index] == [str(c) for c in frame.columns]
 
 
-def _per_class_block(frame: pd.DataFrame, primary: _Metric | None) -> str:
-    """Explainers x classes, ``mean [CI]`` and n; a class nobody scored is named, not drawn as n=0."""
+def _per_class_block(frame: pd.DataFrame, primary: _Metric | None, labels: Mapping[str, str] | None = None) -> str:
+    """Explainers x classes, ``mean [CI]`` and n; a class nobody scored is named, not drawn as n=0.
+
+    With a ``metric`` column, one table per metric: the primary metric's open, the others folded."""
     if frame.empty:
         return ""
+    labels = labels or {}
     blocks = []
     by_metric = list(frame.groupby("metric", sort=False)) if "metric" in frame.columns else [("", frame)]
+    if primary is not None:
+        by_metric.sort(key=lambda item: 0 if str(item[0]) in (primary.id, primary.header) else 1)
     for metric, part in by_metric:
         ns = part["n"].map(_num) if "n" in part.columns else pd.Series(1.0, index=part.index)
         classes = list(dict.fromkeys(str(c) for c in part["class"]))
         scored = [c for c in classes if (ns[part["class"].astype(str) == c] > 0).any()]
         empty = [c for c in classes if c not in scored]
-        title = f"{metric} per class" if metric else (f"{primary.header} per class" if primary else "Per class")
+        shown = labels.get(str(metric), str(metric))
+        title = f"{shown} per class" if metric else (f"{primary.header} per class" if primary else "Per class")
+        fold = bool(metric) and primary is not None and str(metric) not in (primary.id, primary.header)
         if not scored:
             blocks.append(f'<p class="note">{_esc(title)}: no correctly classified image of any class, '
                           "so nothing was scored per class.</p>")
@@ -580,7 +631,9 @@ def _per_class_block(frame: pd.DataFrame, primary: _Metric | None) -> str:
         cols += [_Col(f"class:{c}", c, numeric=True, sub="mean [CI] (n)") for c in scored]
         rows = []
         for name, sub in part.groupby("explainer", sort=False):
-            row = [_Cell(f'<span class="name">{_esc(name)}</span>', str(name).lower())]
+            flag = next((str(f) for f in sub.get("flags", pd.Series(dtype=object)) if isinstance(f, str) and f), "")
+            row = [_Cell(f'<span class="name">{_esc(name)}</span>'
+                         + (f'<span class="flag">{_esc(flag)}</span>' if flag else ""), str(name).lower())]
             for c in scored:
                 hit = sub[sub["class"].astype(str) == c]
                 n = _num(hit["n"].iloc[0]) if len(hit) and "n" in hit.columns else math.nan
@@ -593,10 +646,11 @@ def _per_class_block(frame: pd.DataFrame, primary: _Metric | None) -> str:
                     interval = f"{interval} (n={int(n)})".strip()
                 row.append(_num_cell(h.get("mean"), interval=interval))
             rows.append(row)
-        blocks.append(_table(cols, [_Body(rows)], caption=_esc(title)))
+        block = _table(cols, [_Body(rows)], caption=_esc(title))
         if empty:
-            blocks.append('<p class="note">Not shown: no correctly classified test image of class '
-                          + ", ".join(_esc(c) for c in empty) + ", so nothing to score there.</p>")
+            block += ('<p class="note">Not shown: no correctly classified test image of class '
+                      + ", ".join(_esc(c) for c in empty) + ", so nothing to score there.</p>")
+        blocks.append(f"<details><summary>{_esc(title)}</summary>{block}</details>" if fold else block)
     return "\n".join(blocks)
 
 
@@ -624,7 +678,7 @@ def _comparisons_block(comparisons: pd.DataFrame, metrics: Sequence[str], label:
         return ""
     known = {"dataset", "model", "weights", "perturbation", "settings", "metric", "explainer_a", "explainer_b",
              "params_a", "params_b", "n", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value", "p_holm",
-             "significant", "family_size", "run_a", "run_b"}
+             "significant", "verdict", "family_size", "run_a", "run_b", "p_wilcoxon"}
     extra = [c for c in comparisons.columns if c not in known and not str(c).startswith("_")]
     parts = []
     for metric in metrics:
@@ -646,8 +700,8 @@ def _comparisons_block(comparisons: pd.DataFrame, metrics: Sequence[str], label:
         cols = [_Col("a", "A", row_header=True, cls="sticky"), _Col("b", "B"), _Col("n", "n", numeric=True),
                 _Col("mean_a", "mean A", numeric=True), _Col("mean_b", "mean B", numeric=True),
                 _Col("diff", "A - B", numeric=True, sub=f"{ci} CI", first="descending"),
-                _Col("p_value", "Wilcoxon p", numeric=True), _Col("p_holm", "Holm p", numeric=True),
-                _Col("significant", "Significant (Holm)")]
+                _Col("p_value", "p (mean)", numeric=True, title=MEAN_TEST), _Col("p_holm", "Holm p", numeric=True),
+                _Col("significant", "Significant (Holm)"), _Col("verdict", "Verdict")]
         cols += [_Col(str(c), str(c).replace("_", " "), numeric=_is_numeric(part[c])) for c in extra]
         rows = []
         n_sig = 0
@@ -663,7 +717,9 @@ def _comparisons_block(comparisons: pd.DataFrame, metrics: Sequence[str], label:
                              interval=format_ci(r.get("ci_low"), r.get("ci_high"))),
                    _num_cell(r.get("p_value"), text=format_p(r.get("p_value"))),
                    _num_cell(r.get("p_holm"), text=format_p(r.get("p_holm"))),
-                   _text_cell(verdict, "sig" if sig else "")]
+                   _text_cell(verdict, "sig" if sig else ""),
+                   _text_cell(_text(r.get("verdict")) if n else "", "sig" if r.get("verdict") in ("better", "worse")
+                              else "")]
             for c in extra:
                 v = r.get(c)
                 row.append(_num_cell(v) if _is_numeric(part[c]) else _text_cell(_text(v)))
@@ -673,7 +729,9 @@ def _comparisons_block(comparisons: pd.DataFrame, metrics: Sequence[str], label:
             f"<details><summary>Paired comparisons, {_esc(title)}: {len(part)} pair{'s' if len(part) != 1 else ''} "
             f"on the same images, {n_sig} significant after Holm</summary>"
             '<p class="note">A - B: mean over the shared images of the per-image difference, with its '
-            f"{_esc(ci)} bootstrap CI; two-sided Wilcoxon signed-rank p, Holm-corrected within this group.</p>"
+            f"{_esc(ci)} bootstrap CI; p: {_esc(MEAN_TEST)}; Holm-corrected within this group and metric. "
+            "Verdict: better / worse (Holm p below 0.05, in the metric's direction), negligible (|A - B| below "
+            "the minimum effect, in the metric's units, whatever its p), or not significant.</p>"
             + _table(cols, [_Body(rows)]) + "</details>")
     return "\n".join(parts)
 
@@ -837,6 +895,8 @@ padding:0 .45em;margin-left:.3em;white-space:nowrap}
 .ref{color:#6e7781;font-size:.78rem;letter-spacing:.04em}
 .none{color:#6e7781;font-style:italic;white-space:nowrap;font-size:.8rem}
 td.sig{font-weight:600}
+.flag{display:block;font-weight:400;font-style:normal;color:#9a6700;font-size:.74rem;white-space:normal;
+max-width:22rem}
 td.flags,td.wrap{white-space:normal;min-width:14rem;max-width:36rem;overflow-wrap:anywhere}
 td.params{min-width:10rem;max-width:18rem;font-size:.78rem}td.def{min-width:30rem;max-width:none}
 table.leaderboard th[scope=row]{white-space:nowrap}
@@ -917,6 +977,11 @@ def render_page(
     metric_power: pd.DataFrame | None = None,
     agreement: pd.DataFrame | Mapping[str, pd.DataFrame] | None = None,
     per_class: pd.DataFrame | None = None,
+    sanity: pd.DataFrame | None = None,
+    normalised: pd.DataFrame | None = None,
+    aggregate: pd.DataFrame | None = None,
+    alpha: pd.DataFrame | None = None,
+    cross_model: pd.DataFrame | None = None,
     classification: Sequence[Mapping[str, Any]] | None = None,
     comparison_metrics: Sequence[str] | None = None,
     notes: Sequence[str] = (),
@@ -939,8 +1004,12 @@ def render_page(
     ``ranks``, ``metric_power``: optional frames; rows with the group columns go into their
     group's section, the rest into a section of their own; ``X`` beside ``X_ci_low``/``X_ci_high``
     (or ``_low``/``_high``) shows as a value over its interval.
+    ``sanity``, ``normalised``, ``aggregate`` (the mean rank, labelled an aggregate), ``alpha``
+    (Krippendorff's alpha per metric): more such frames, in their groups. ``cross_model``: a
+    frame shown in a section of its own (the models side by side on their common images).
     ``agreement``: a square frame (metric x metric), a ``{title: square frame}`` mapping, or a
-    long frame with group columns. ``per_class``: long frame (group columns, ``explainer``,
+    long frame with group columns (``metric_a``, ``metric_b``, ``tau``: drawn as each group's
+    square matrix; anything else: a table). ``per_class``: long frame (group columns, ``explainer``,
     ``class``, ``mean``, ``ci_low``, ``ci_high``, ``n``, optional ``metric``); a class without
     a scored image is said in words, never drawn. ``classification``: the items of
     :func:`bench.publish.classification.classification_tables`. ``notes``: extra lines at the top
@@ -949,6 +1018,10 @@ def render_page(
     prov: Mapping[str, Any] = provenance or {}
     if failed is None:
         failed = rows.attrs.get("failed")
+    # pandas deep-copies a frame's attrs into every slice and row it makes: keep only the small ones
+    light = rows.copy(deep=False)
+    light.attrs = {k: rows.attrs[k] for k in ("metrics", "primary") if k in rows.attrs}
+    rows = light
     metrics = _metrics_of(rows, prov)
     primary = _primary_of(rows, metrics, prov)
     ordered = _ordered_metrics(metrics, primary)
@@ -972,10 +1045,18 @@ def render_page(
     else:
         body.append(_overview(groups, primary))
 
-    extras = {"ranks": ranks, "metric_power": metric_power,
-              "agreement": agreement if isinstance(agreement, pd.DataFrame) and not _is_square(agreement) else None}
+    long_agreement = isinstance(agreement, pd.DataFrame) and not _is_square(agreement)
+    pairs = long_agreement and {"metric_a", "metric_b", "tau"} <= set(agreement.columns)  # type: ignore[union-attr]
+    extras = {"ranks": ranks, "metric_power": metric_power, "normalised": normalised, "sanity": sanity,
+              "agreement": agreement if long_agreement else None, "alpha": alpha, "aggregate": aggregate,
+              "cross_model": cross_model}
     extra_titles = {"ranks": f"Ranks with {ci} intervals", "metric_power": "Metric power from the controls",
-                    "agreement": "Agreement between metrics"}
+                    "normalised": "Normalised score (0 = the null control, 1 = the positive control)",
+                    "sanity": "Sanity gates", "agreement": "Agreement between metrics",
+                    "alpha": "Krippendorff's alpha of each metric's per-image rankings",
+                    "aggregate": "Aggregate: mean rank across the selected metrics (an aggregate, never a "
+                                 "single truth)",
+                    "cross_model": "Across models, on the common image set"}
     used: dict[str, pd.Series] = {k: pd.Series(False, index=v.index) for k, v in extras.items()
                                   if isinstance(v, pd.DataFrame)}
     dataset = None
@@ -997,11 +1078,15 @@ def render_page(
             used[name] |= mask
             if mask.any():
                 body.append(f"<h4>{_esc(extra_titles[name])}</h4>")
-                body.append(_generic_table(frame[mask], drop=_group_columns(frame)))
+                if name == "agreement" and pairs:
+                    body.append(_matrix_table(_square(frame[mask]), _esc("Kendall's tau between the metrics' "
+                                                                         "method rankings (methods only)")))
+                else:
+                    body.append(_generic_table(frame[mask], drop=_group_columns(frame)))
         if isinstance(per_class, pd.DataFrame) and not per_class.empty:
             part = per_class[g.matches(per_class)]
             if not part.empty:
-                body.append(f"<h4>Per class</h4>{_per_class_block(part, primary)}")
+                body.append(f"<h4>Per class</h4>{_per_class_block(part, primary, labels)}")
         if classification:
             items = [t for t in classification if all(str(t.get(c, "")) == g.key.get(c, str(t.get(c, "")))
                                                       for c in _MODEL_COLUMNS)

@@ -1,11 +1,13 @@
 """The report: ``report.md`` and its figures, from a leaderboard's frame.
 
 - :func:`make_figures`: curves, heatmap overlays and per-class PNGs into ``figures/``
-  (drawn by :mod:`bench.publish.figures`); figures an earlier build left and this one did
-  not write are removed (:func:`remove_stale_figures`).
+  (drawn by :mod:`bench.publish.figures`), and with the statistics a rank plot (points and
+  intervals, one panel per metric) and a Kendall-tau agreement matrix per family; figures
+  an earlier build left and this one did not write are removed (:func:`remove_stale_figures`).
 - :func:`render_report` / :func:`build_report`: ``report.md``: the leaderboard, per-model
-  classification tables, the primary metric per class, the paired comparisons of every
-  metric, the figures, failed cells and provenance.
+  classification tables, the statistics of every family (ranks, power, sanity, agreement,
+  aggregate, every metric per class, every paired comparison kept, across models), the
+  figures, failed cells and provenance.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from bench.pipeline.store import atomic_write_text
+from bench.publish.analysis import Analysis, options_from_manifests, safe_analyse
 from bench.publish.classification import classification_tables
 from bench.publish.collect import (
     collect,
@@ -31,9 +34,9 @@ from bench.publish.collect import (
     run_dir_of,
 )
 from bench.publish.comparisons import (
-    all_comparisons,
     attach_gain_ci,
     class_names_of,
+    leaderboard_comparisons,
     load_cell_arrays,
     paired_comparisons,
     per_class_values,
@@ -41,6 +44,7 @@ from bench.publish.comparisons import (
     row_labels,
 )
 from bench.publish.provenance import provenance, provenance_lines
+from bench.publish.stat_tables import family_keys, family_title, statistics_markdown
 from bench.publish.tables import (
     comparisons_markdown,
     display_table,
@@ -110,18 +114,27 @@ def choose_images(common_ids: Sequence[str], id_labels: Mapping[str, int], n: in
     return sorted(chosen, key=lambda x: (id_labels.get(x, -1), x))
 
 
+#: The sections :func:`make_figures` adds from the statistics.
+RANKS_SECTION = "Ranks with intervals"
+AGREEMENT_SECTION = "Agreement between metrics (Kendall's tau)"
+
+
 def make_figures(
     df: pd.DataFrame,
     out_dir: str | Path,
     *,
     n_images: int = 3,
     alphas: Sequence[float] = (0.3, 0.5, 0.7),
+    analysis: Analysis | None = None,
 ) -> dict[str, list[Path]]:
     """Write the report's PNGs into ``out_dir`` and return ``{section title: [paths]}``.
 
     One curves figure and one per-class figure per (dataset, perturbation), one
-    overlay figure per dataset. A figure that cannot be drawn (no curves, no dataset
-    file) is skipped with a warning; the rest are still written.
+    overlay figure per dataset; with ``analysis``, per family a rank plot (every metric's
+    ranks with their intervals: :func:`bench.publish.figures.plot_ranks`) and the agreement
+    matrix (:func:`bench.publish.figures.plot_agreement`), where the figures module has them.
+    A figure that cannot be drawn (no curves, no dataset file) is skipped with a warning;
+    the rest are still written.
     """
     from bench.publish import figures as fg
     out = Path(out_dir)
@@ -172,12 +185,48 @@ def make_figures(
             path = None
         if path is not None:
             sections["Heatmap overlays"].append(path)
+    if analysis is not None:
+        sections.update(statistics_figures(df, analysis, out))
     remove_stale_figures(out, [p for paths in sections.values() for p in paths])
     return sections
 
 
+def statistics_figures(df: pd.DataFrame, analysis: Analysis, out: Path) -> dict[str, list[Path]]:
+    """Per family: the rank plot and the agreement matrix (skipped, silently, where the figures
+    module does not draw them; with a warning where drawing fails)."""
+    from bench.publish import figures as fg
+
+    plot_ranks = getattr(fg, "plot_ranks", None)
+    plot_agreement = getattr(fg, "plot_agreement", None)
+    sections: dict[str, list[Path]] = {RANKS_SECTION: [], AGREEMENT_SECTION: []}
+    labels = {c.id: c.header for c in metric_columns_of(df)}
+    for key in family_keys(df):
+        title = family_title(df, key)
+        name = slug(*key)
+        ranks = analysis.part("ranks", key)
+        ranks = ranks[ranks["rank"].notna()] if len(ranks) else ranks
+        if callable(plot_ranks) and not ranks.empty:
+            frame = pd.DataFrame({"method": ranks["label"], "rank": ranks["rank"], "rank_low": ranks["rank_low"],
+                                  "rank_high": ranks["rank_high"], "p_best": ranks["p_best"],
+                                  "metric": [labels.get(m, m) for m in ranks["metric"]]})
+            try:
+                sections[RANKS_SECTION].append(Path(plot_ranks(frame, out / f"ranks__{name}.png", title=title)))
+            except Exception as exc:  # a figure must never lose the leaderboard
+                warnings.warn(f"rank figure for {title!r} failed: {type(exc).__name__}: {exc}", stacklevel=3)
+        matrix = analysis.kendall_matrix(key)
+        if callable(plot_agreement) and not matrix.empty:
+            for m in matrix.index:
+                matrix.loc[m, m] = 1.0
+            try:
+                sections[AGREEMENT_SECTION].append(Path(plot_agreement(matrix, out / f"agreement__{name}.png",
+                                                                       title=title)))
+            except Exception as exc:
+                warnings.warn(f"agreement figure for {title!r} failed: {type(exc).__name__}: {exc}", stacklevel=3)
+    return sections
+
+
 #: The names of the figures :func:`make_figures` writes (``<prefix>__<slug>.png``).
-FIGURE_PREFIXES: tuple[str, ...] = ("curves__", "per_class__", "overlays__")
+FIGURE_PREFIXES: tuple[str, ...] = ("curves__", "per_class__", "overlays__", "ranks__", "agreement__")
 
 
 def remove_stale_figures(out_dir: str | Path, written: Sequence[str | Path]) -> list[Path]:
@@ -256,10 +305,14 @@ def render_report(
     figures: Mapping[str, Sequence[Path]] | None = None,
     provenance_info: Mapping[str, Any] | None = None,
     relative_to: str | Path | None = None,
+    analysis: Analysis | None = None,
 ) -> str:
-    """``report.md``: leaderboard, per-model classification tables, paired comparisons,
+    """``report.md``: leaderboard, per-model classification tables, the statistics of every
+    family (with ``analysis``; else the primary metric per class and the paired comparisons),
     figures (linked relative to ``relative_to``), failed cells and provenance."""
     prov = provenance_info if provenance_info is not None else provenance(df)
+    if comparisons is None and analysis is not None:
+        comparisons = analysis.comparisons
     if comparisons is None:
         comparisons = paired_comparisons(df, confidence=confidence_of(df))
     failed = df.attrs.get("failed")
@@ -289,13 +342,16 @@ def render_report(
                                        [[names[i], *[str(v) for v in r]] for i, r in enumerate(cm)],
                                        ["l"] + ["r"] * len(names)), ""]
     head = primary_column(df)
-    per_class = per_class_markdown(df)
+    per_class = per_class_markdown(df) if analysis is None else ""
+    if analysis is not None and rows:
+        out += statistics_markdown(df, analysis, full=True)
     if per_class and head is not None:
         out += [f"## {md_cell(head.header)} per class (mean [CI] (n) over the correctly classified test images)",
                 "", per_class, ""]
-    out += ["## Paired comparisons between explainers (same images)", ""]
-    shown = False
-    if comparisons is not None and not comparisons.empty:
+    shown = bool(analysis is not None and rows)
+    if not shown:
+        out += ["## Paired comparisons between explainers (same images)", ""]
+    if not shown and comparisons is not None and not comparisons.empty:
         columns = metric_columns_of(df)
         labelled = "metric" in comparisons.columns
         for column in columns if labelled else [head]:
@@ -335,13 +391,18 @@ def build_report(
     """Write ``report.md`` (default ``<results_dir>/report.md``) and its figures; return its path.
 
     ``control``: the gain reference (default: each family's null control); ``primary``: the
-    metric rows are ranked by (default: the first). Paired comparisons cover every metric.
+    metric rows are ranked by (default: the first). The statistics and the comparisons are
+    those of :func:`bench.publish.leaderboard.build` (the runs' ``[leaderboard]`` options).
     """
     df = collect(results_dir, control=control, primary=primary)
-    comparisons = all_comparisons(df)
-    df = attach_gain_ci(df, primary_comparisons(comparisons, df), control)
+    opts = options_from_manifests(df.attrs.get("manifests", {}))
+    comparisons = leaderboard_comparisons(df, scope=opts.comparisons, seed=opts.seed, min_effect=opts.min_effect,
+                                          n_resamples=opts.n_resamples, confidence=opts.confidence)
+    analysis = safe_analyse(df, opts, comparisons=comparisons)
+    df = analysis.attach(attach_gain_ci(df, primary_comparisons(comparisons, df), control))
     path = Path(out) if out is not None else Path(results_dir) / "report.md"
-    figs = make_figures(df, path.parent / "figures") if figures else {}
+    figs = make_figures(df, path.parent / "figures", analysis=analysis) if figures else {}
     atomic_write_text(path, render_report(df, comparisons=comparisons, figures=figs,
-                                          provenance_info=provenance(df), relative_to=path.parent))
+                                          provenance_info=provenance(df), relative_to=path.parent,
+                                          analysis=analysis))
     return path

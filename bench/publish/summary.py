@@ -85,10 +85,71 @@ def _explainer_labels(df: pd.DataFrame) -> list[str]:
     return labels
 
 
-def _table(df: pd.DataFrame, metrics: Sequence[MetricColumn], gain_header: str) -> tuple[list[str], list[list[str]], list[str]]:
+#: The mark after an explainer that fails a sanity gate (the lines under the table say which).
+FLAG_MARK = " !"
+
+
+def _flagged(r: Any) -> str:
+    text = r.get("sanity_flags") if hasattr(r, "get") else None
+    return text if isinstance(text, str) and text else ""
+
+
+def _rank_text(r: Any) -> str:
+    def num(v: Any) -> float:
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return float("nan")
+
+    rank, lo, hi = num(r.get("rank")), num(r.get("rank_low")), num(r.get("rank_high"))
+    if rank != rank:
+        return ""
+
+    def c(v: float) -> str:
+        return f"{v:.0f}" if v == round(v) else f"{v:.1f}"
+
+    return c(rank) + (f" [{c(lo)}, {c(hi)}]" if lo == lo and hi == hi else "")
+
+
+def flag_lines(group: pd.DataFrame, *, width: int = WIDTH) -> list[str]:
+    """Under a table: per failed sanity gate, the explainers that fail it with their values
+    (``! survives model randomisation (>= 0.5): vgg16 gradcam 0.55, ...``); from the rows'
+    ``_sanity`` (else their ``sanity_flags`` texts, one line each)."""
+    by_gate: dict[tuple[str, float], list[str]] = {}
+    plain: list[str] = []
+    several = group["model"].nunique() > 1 if "model" in group.columns else False
+    for model, label, r in zip(_model_labels(group), _explainer_labels(group), group.to_dict("records"), strict=True):
+        who = f"{model} {label.strip()}" if several else label.strip()
+        gates = r.get("_sanity")
+        if isinstance(gates, list) and gates:
+            for g in gates:
+                text = str(g.get("text") or "")
+                head = text.split(" (", 1)[0] if text else str(g.get("check"))
+                by_gate.setdefault((head, float(g.get("threshold", 0.0))), []).append(
+                    f"{who} {format_number(g.get('value'), 2)}")
+        elif _flagged(r):
+            plain.append(f"! {who}: {_flagged(r)}")
+    lines = []
+    for (head, threshold), who in by_gate.items():
+        lines += _wrap(f"! {head} (mean >= {threshold:g}): " + ", ".join(who), width)
+    for text in plain:
+        lines += _wrap(text, width)
+    return lines
+
+
+def _has_ranks(df: pd.DataFrame) -> bool:
+    return "rank" in df.columns and bool(pd.to_numeric(df["rank"], errors="coerce").notna().any())
+
+
+def _table(df: pd.DataFrame, metrics: Sequence[MetricColumn], gain_header: str,
+           ranked: bool = False) -> tuple[list[str], list[list[str]], list[str]]:
     head = primary_column(df)
     headers = ["Model", "Explainer"]
     align = ["l", "l"]
+    ranked = ranked and _has_ranks(df)
+    if ranked:
+        headers.append("Rank")
+        align.append("r")
     for c in metrics:
         headers.append(c.header)
         align.append("r")
@@ -99,7 +160,9 @@ def _table(df: pd.DataFrame, metrics: Sequence[MetricColumn], gain_header: str) 
     align.append("r")
     rows = []
     for model, explainer, (_, r) in zip(_model_labels(df), _explainer_labels(df), df.iterrows(), strict=True):
-        row = [model, explainer]
+        row = [model, explainer + (FLAG_MARK if _flagged(r) else "")]
+        if ranked:
+            row.append(_rank_text(r))
         for c in metrics:
             row.append(format_value_ci(r[c.id], r[f"{c.id}_ci_low"], r[f"{c.id}_ci_high"]))
             if head is not None and c.id == head.id:
@@ -150,6 +213,12 @@ def fitted_metrics(df: pd.DataFrame, *, width: int = WIDTH, max_metrics: int = M
     return metrics
 
 
+def show_ranks(df: pd.DataFrame, metrics: Sequence[MetricColumn], *, width: int = WIDTH) -> bool:
+    """Whether the compact table has room for the ``Rank [interval]`` column beside ``metrics``
+    (the headline metrics come first; the files always hold the ranks)."""
+    return _has_ranks(df) and _width(plain_table(*_table(df, metrics, _gain_header(df), True))) <= width
+
+
 def summary_table(df: pd.DataFrame, *, width: int = WIDTH, max_metrics: int = MAX_METRICS) -> str:
     """The compact plain-text tables of a :func:`bench.publish.collect.collect` frame (with the
     gain CIs attached), one per (dataset, perturbation, settings), with a title line and each
@@ -158,6 +227,7 @@ def summary_table(df: pd.DataFrame, *, width: int = WIDTH, max_metrics: int = MA
         return "No finished cells yet."
     gain_header = _gain_header(df)
     metrics = fitted_metrics(df, width=width, max_metrics=max_metrics)
+    ranked = show_ranks(df, metrics, width=width)
     blocks = []
     for title, group in _groups(df):
         models = list(dict.fromkeys(group["model"]))
@@ -169,7 +239,17 @@ def summary_table(df: pd.DataFrame, *, width: int = WIDTH, max_metrics: int = MA
                 recall.append(text)
         lines = [title] if title else []
         lines += _wrap("Test recall (macro): " + ", ".join(recall), width) if recall else []
-        blocks.append("\n".join([*lines, "", plain_table(*_table(group, metrics, gain_header))]))
+        below = flag_lines(group, width=width)
+        powers = {}
+        for model, (_, r) in zip(_model_labels(group), group.iterrows(), strict=True):
+            power = r.get("power")
+            if isinstance(power, str) and power and power != "ranks the controls correctly":
+                powers.setdefault(model, power)
+        head = primary_column(group)
+        for model, power in powers.items():
+            below += _wrap(f"No power here: {head.header if head else 'the primary metric'} on {model} "
+                           f"(its verdict on the controls: {power})", width)
+        blocks.append("\n".join([*lines, "", plain_table(*_table(group, metrics, gain_header, ranked)), *below]))
     return "\n\n".join(blocks)
 
 
@@ -191,6 +271,13 @@ def legend_lines(df: pd.DataFrame, *, width: int = WIDTH, max_metrics: int = MAX
                     + (f"null control {baseline}" if baseline else "family's null control")
                     + " on the same images (paired).")
     text.append("passes/map: the explainer's cost per heatmap in forward-pass equivalents.")
+    if _has_ranks(df):
+        ranks = ("Rank: among the methods by " + (head.header if head else "the primary metric")
+                 + f", with its {ci_label(df)} paired-bootstrap interval. "
+                 if show_ranks(df, fitted_metrics(df, width=width, max_metrics=max_metrics), width=width)
+                 else "Ranks with their intervals, metric power and agreement: in the full tables. ")
+        text.append(ranks + "!: fails a sanity gate (the lines under the table say which); the full tables "
+                    "carry every flag.")
     shown = {c.id for c in fitted_metrics(df, width=width, max_metrics=max_metrics)}
     rest = [c.id for c in shown_metric_columns(df) if c.id not in shown]
     if rest:
@@ -217,6 +304,9 @@ def where_lines(paths: Mapping[str, Path], *, publish_hint: str = "", width: int
 def summary_text(df: pd.DataFrame, paths: Mapping[str, Path] | None = None, *, publish_hint: str = "",
                  width: int = WIDTH) -> str:
     """The compact table, its legend and (with ``paths``) where the full tables are."""
+    light = df.copy(deep=False)  # pandas deep-copies attrs into every slice: keep the small ones
+    light.attrs = {k: v for k, v in df.attrs.items() if k != "manifests"}
+    df = light
     parts = [summary_table(df, width=width)]
     legend = legend_lines(df, width=width)
     if legend:

@@ -75,8 +75,8 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> Table:
     stands for) is always there. One column per metric the rows hold (``AOPC ↑ [95% CI]``:
     value and CI; the arrow says which way is better), in the frame's metric order;
     ``Explainer params`` only when an explainer ran with more than one parameter set;
-    ``Flags`` only when some row has constant heatmaps or a metric that failed, was left
-    out or left non-finite values out. A control's explainer cell carries its role
+    ``Flags`` only when some row fails a sanity gate (``sanity_flags``, the check and its value),
+    has constant heatmaps or a metric that failed, was left out or left non-finite values out. A control's explainer cell carries its role
     (``<name> (null-control)``). The gain column is the primary metric's. ``s/map`` and
     ``passes/map`` are the explainer's cost per heatmap: seconds (when the maps were
     computed) and forward-pass equivalents (its ``passes_per_map()``; empty when it does
@@ -92,7 +92,9 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> Table:
     ambiguous = ambiguous_explainers(df)
     has_eparams = bool(ambiguous)
     notes = (list(df["metric_notes"]) if "metric_notes" in df.columns else [""] * len(df))
-    has_flags = any(constant_counts(df)) or any(isinstance(n, str) and n for n in notes)
+    sanity = (list(df["sanity_flags"]) if "sanity_flags" in df.columns else [""] * len(df))
+    has_flags = (any(constant_counts(df)) or any(isinstance(n, str) and n for n in notes)
+                 or any(isinstance(n, str) and n for n in sanity))
     headers = ["Dataset", "Model", "Weights", "Explainer"]
     align = ["l"] * 4
     if has_eparams:
@@ -121,7 +123,8 @@ def display_table(df: pd.DataFrame, *, baseline: str | None = None) -> Table:
                 format_cost(r.get("seconds_per_map")), format_cost(r.get("passes_per_map")),
                 "" if n is None or pd.isna(n) else str(int(n)), format_cost(r["evaluate_seconds"])]
         if has_flags:
-            flags = [constant_flag(r.get("constant_heatmaps"), n), str(r.get("metric_notes") or "")]
+            flags = [str(r.get("sanity_flags") or ""), constant_flag(r.get("constant_heatmaps"), n),
+                     str(r.get("metric_notes") or "")]
             row += ["; ".join(f for f in flags if f)]
         rows.append(row)
     return headers, rows, align
@@ -150,8 +153,10 @@ def failed_markdown(failed: pd.DataFrame) -> str:
 COMPARISONS_NOTE = (
     "A - B: mean over the shared images (aligned by image id) of the per-image difference of the "
     f"metric, with its 95% bootstrap CI; p: {st.MEAN_TEST}; Holm correction within "
-    "each dataset/model/weights/perturbation/settings family (rows of different settings are never "
-    "paired)."
+    "each dataset/model/weights/perturbation/settings family and metric (rows of different settings are "
+    "never paired); verdict: better / worse (Holm p < 0.05, in the metric's direction), negligible "
+    f"(|A - B| below the minimum effect, leaderboard.min_effect, default {st.DEFAULT_MIN_EFFECT:g} in the "
+    "metric's units, whatever its p) or not significant."
 )
 
 
@@ -159,8 +164,8 @@ def comparison_rows(comparisons: pd.DataFrame) -> Table:
     """(headers, rows, align) of the comparisons table; an explainer that ran with more than
     one parameter set is shown as ``name [params fingerprint]``."""
     headers = ["Dataset", "Model", "Weights", "Perturbation", "Settings", "A", "B", "n", "mean A",
-               "mean B", "A - B", "CI of A - B", "p", "Holm p", "Significant (Holm, 0.05)"]
-    align = ["l"] * 7 + ["r"] * 4 + ["l", "r", "r", "l"]
+               "mean B", "A - B", "CI of A - B", "p", "Holm p", "Significant (Holm, 0.05)", "Verdict"]
+    align = ["l"] * 7 + ["r"] * 4 + ["l", "r", "r", "l", "l"]
     has_params = {"params_a", "params_b"} <= set(comparisons.columns)
     seen: dict[str, set[str]] = {}
     if has_params:
@@ -181,6 +186,7 @@ def comparison_rows(comparisons: pd.DataFrame) -> Table:
             format_number(c["diff"], signed=True), format_ci(c["ci_low"], c["ci_high"]),
             format_p(c["p_value"]), format_p(c["p_holm"]),
             ("yes" if bool(c["significant"]) else "no") if c["n"] else "no shared images",
+            str(c.get("verdict") or "") if c["n"] else "",
         ])
     return headers, rows, align
 

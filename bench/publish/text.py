@@ -162,8 +162,20 @@ def _colalign(align: Sequence[str] | None) -> list[str] | None:
     return None if align is None else ["right" if a == "r" else "left" for a in align]
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
-    """A GitHub-style Markdown table; every cell through :func:`md_cell`."""
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None,
+                   *, pad: bool = True) -> str:
+    """A GitHub-style Markdown table; every cell through :func:`md_cell`.
+
+    ``pad``: columns padded to their widest cell (readable as plain text); ``False``: one space
+    around each cell (the same table once rendered, a fraction of the bytes where a column
+    holds a few long cells).
+    """
+    if not pad:
+        aligns = list(align) if align is not None else ["l"] * len(headers)
+        rule = ["---:" if a == "r" else "---" for a in aligns]
+        lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |", "| " + " | ".join(rule) + " |"]
+        lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
+        return "\n".join(lines)
     from tabulate import tabulate
 
     return tabulate(

@@ -242,7 +242,7 @@ def control_power(
     col = dict(zip(names, kept.T, strict=True))
 
     def diff(a: np.ndarray, b: np.ndarray) -> Difference:
-        res = paired_comparison(a, b, confidence=confidence, seed=seed, n_resamples=n_resamples)
+        res = paired_comparison(a, b, confidence=confidence, seed=seed, n_resamples=n_resamples, wilcoxon=False)
         return Difference(diff=res["diff"], ci_low=res["ci"][0], ci_high=res["ci"][1], p_value=res["p_value"])
 
     above = diff(col["positive"], col["null"]) if "positive" in col else None

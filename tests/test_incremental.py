@@ -12,7 +12,7 @@ from bench.engine.curves import evaluate_aopc  # noqa: E402
 from bench.engine.forward import ForwardBatch  # noqa: E402
 from bench.engine.incremental import (  # noqa: E402
     IncrementalForward,
-    _Op,
+    PrefixOp,
     analyse_model,
     estimate_gain,
     out_box,
@@ -74,7 +74,7 @@ def _assert_exact_and_moving(full: object, inc: object) -> None:
     np.testing.assert_allclose(full.per_image, inc.per_image, atol=TOL)  # type: ignore[attr-defined]
 
 
-def _hand_built(size: int = 37) -> object:
+def hand_built_net(size: int = 37) -> object:
     L = keras.layers
     x_in = keras.Input((size, size, 3))
     x = L.Rescaling(2.0, offset=-1.0)(x_in)
@@ -146,7 +146,7 @@ def test_vgg16_incremental_equals_full_at_every_step() -> None:
 
 
 def test_hand_built_net_every_supported_layer_odd_size() -> None:
-    km = _hand_built(37)
+    km = hand_built_net(37)
     reinit(km, seed=3)
     images, heatmaps = _data(3, 37, hm=5)
     calibrate(km, images)
@@ -159,6 +159,45 @@ def test_hand_built_net_every_supported_layer_odd_size() -> None:
     _assert_exact_and_moving(full, inc)
 
 
+def dense_twin_net(size: int = 40) -> object:
+    """DenseNet201's layer kinds and wiring in miniature: stem (ZeroPadding, strided conv, BN, ReLU,
+    max pool), dense layers (BN-ReLU-1x1 conv-BN-ReLU-3x3 conv, concatenated), a transition
+    (BN-ReLU-1x1 conv, 2x2 average pool), then the study's head."""
+    L = keras.layers
+    x_in = keras.Input((size, size, 3))
+    x = L.ZeroPadding2D(3)(L.Rescaling(1 / 0.25, offset=-2.0)(x_in))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 7, strides=2, use_bias=False)(x)))
+    x = L.MaxPooling2D(3, strides=2)(L.ZeroPadding2D(1)(x))
+    for block in range(2):
+        for _ in range(3):
+            y = L.Activation("relu")(L.BatchNormalization()(x))
+            y = L.Conv2D(8, 1, use_bias=False)(y)
+            y = L.Activation("relu")(L.BatchNormalization()(y))
+            y = L.Conv2D(4, 3, padding="same", use_bias=False)(y)
+            x = L.Concatenate()([x, y])
+        if block == 0:
+            x = L.Conv2D(8, 1, use_bias=False)(L.Activation("relu")(L.BatchNormalization()(x)))
+            x = L.AveragePooling2D(2, strides=2)(x)
+    x = L.Activation("relu")(L.BatchNormalization()(x))
+    x = L.Flatten()(L.MaxPooling2D(2)(x))
+    out = L.Softmax()(L.Dense(4)(L.Dense(16, activation="relu")(x)))
+    return keras.Model(x_in, out)
+
+
+def test_densenet_twin_is_exact() -> None:
+    """The default-suite twin of the slow DenseNet201 test: the same layer kinds, in seconds."""
+    km = dense_twin_net(40)
+    reinit(km, seed=2)
+    images, heatmaps = _data(2, 40, hm=5)
+    calibrate(km, images)
+    kinds = {type(op.layer).__name__ for op in analyse_model(km).ops}
+    assert {"ZeroPadding2D", "Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D", "Activation",
+            "Concatenate", "AveragePooling2D"} <= kinds
+    full, inc = _compare(km, images, heatmaps, grid=5, batch_size=16)
+    _assert_exact_and_moving(full, inc)
+
+
+@pytest.mark.slow
 def test_densenet201_small_is_exact() -> None:
     model = bench.create("model", "densenet201", weights="none", input_shape=(32, 32, 3), num_classes=4,
                          pool_size=1)
@@ -185,7 +224,7 @@ class ShiftEverywhere:
 
 
 def test_non_local_perturbation_incremental_exact_and_auto_falls_back() -> None:
-    km = _hand_built(33)
+    km = hand_built_net(33)
     reinit(km, seed=5)
     images, heatmaps = _data(2, 33, hm=3)
     calibrate(km, images)
@@ -213,7 +252,7 @@ def test_simple_cnn_auto_chooses_full_with_reason_and_forced_incremental_is_exac
 
 
 def test_out_of_order_rows_get_full_passes() -> None:
-    km = _hand_built(33)
+    km = hand_built_net(33)
     reinit(km, seed=6)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (4, 33, 33, 3)).astype("float32")
@@ -239,26 +278,26 @@ def test_out_of_order_rows_get_full_passes() -> None:
 
 # ---- boxes and the auto decision ----------------------------------------------------------------
 def test_out_box_growth_stride_padding_and_clipping() -> None:
-    conv = _Op(layer=None, kind="window", inputs=[], output=0, out_hw=(32, 32), in_hw=(32, 32),
+    conv = PrefixOp(layer=None, kind="window", inputs=[], output=0, out_hw=(32, 32), in_hw=(32, 32),
                k=(3, 3), s=(1, 1), pad=(1, 1))
     assert out_box(conv, (10, 14, 0, 4)) == (9, 15, 0, 5)  # halo 1, clipped at 0
     assert out_box(conv, (30, 32, 30, 32)) == (29, 32, 29, 32)
-    pool = _Op(layer=None, kind="window", inputs=[], output=0, out_hw=(16, 16), in_hw=(32, 32),
+    pool = PrefixOp(layer=None, kind="window", inputs=[], output=0, out_hw=(16, 16), in_hw=(32, 32),
                k=(2, 2), s=(2, 2), pad=(0, 0))
     assert out_box(pool, (10, 14, 3, 4)) == (5, 7, 1, 2)
-    s2 = _Op(layer=None, kind="window", inputs=[], output=0, out_hw=(16, 16), in_hw=(31, 31),
+    s2 = PrefixOp(layer=None, kind="window", inputs=[], output=0, out_hw=(16, 16), in_hw=(31, 31),
              k=(3, 3), s=(2, 2), pad=(1, 1))
     # input row r feeds outputs i with 2i-1 <= r <= 2i+1
     assert out_box(s2, (4, 5, 4, 5)) == (2, 3, 2, 3)
     assert out_box(s2, (5, 6, 5, 6)) == (2, 4, 2, 4)
-    zp = _Op(layer=None, kind="window", inputs=[], output=0, out_hw=(35, 36), in_hw=(32, 32),
+    zp = PrefixOp(layer=None, kind="window", inputs=[], output=0, out_hw=(35, 36), in_hw=(32, 32),
              k=(1, 1), s=(1, 1), pad=(2, 1))
     assert out_box(zp, (0, 3, 5, 6)) == (2, 5, 6, 7)
 
 
 def test_propagate_matches_actual_changes() -> None:
     """Every activation that really changes lies inside the propagated box."""
-    km = _hand_built(37)
+    km = hand_built_net(37)
     reinit(km, seed=7)
     plan = analyse_model(km)
     rng = np.random.default_rng(3)
@@ -298,13 +337,13 @@ def test_auto_decision_from_box_counting() -> None:
 def test_constructor_discipline_and_errors() -> None:
     strat = IncrementalForward(mode="auto", min_gain=3.0, memory_budget_mb=512.0, estimate_grid=7)
     assert strat.get_params() == {"mode": "auto", "min_gain": 3.0, "memory_budget_mb": 512.0,
-                                  "estimate_grid": 7}
+                                  "estimate_grid": 7, "lockstep_rows": None, "split": None}
     assert get_strategy("incremental").get_params()["mode"] == "incremental"
     with pytest.raises(bench.errors.ConfigError, match="mode"):
-        IncrementalForward(mode="sometimes").prepare(_hand_built(33), batch_size=1,
+        IncrementalForward(mode="sometimes").prepare(hand_built_net(33), batch_size=1,
                                                      image_shape=(33, 33, 3), mask_local=True)
     with pytest.raises(bench.errors.ConfigError, match="33"):
-        IncrementalForward().prepare(_hand_built(33), batch_size=1, image_shape=(40, 40, 3),
+        IncrementalForward().prepare(hand_built_net(33), batch_size=1, image_shape=(40, 40, 3),
                                      mask_local=True)
     with pytest.raises(bench.errors.ConfigError, match="incremantal|strategies"):
         get_strategy("incremantal")

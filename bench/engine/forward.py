@@ -105,6 +105,12 @@ class FullForward:
     def forward(self, batch: ForwardBatch) -> np.ndarray:
         return self.predict(batch.images)
 
+    def warm(self) -> None:
+        """Trace the model call now (a no-op once traced), so that a timed call excludes tracing."""
+        if self._fn is None:
+            raise RuntimeError("FullForward.prepare() must be called before warm()")
+        self._fn.get_concrete_function()
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         """float32 (B, C) for float32 (B, H, W, 3) images (B <= batch_size when padding)."""
         import tensorflow as tf

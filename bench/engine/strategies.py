@@ -28,9 +28,13 @@ STRATEGIES: dict[str, Any] = {
 def get_strategy(strategy: str | ForwardStrategy) -> ForwardStrategy:
     """A strategy instance from a name (``"full"``, ``"incremental"``, ``"auto"``) or an object.
 
-    ``"incremental"`` reuses the previous step's activations (:mod:`bench.engine.incremental`);
-    ``"auto"`` uses it where the model and perturbation allow a real predicted gain and
-    full passes otherwise (the choice and reason are in the strategy's ``info``).
+    ``"incremental"`` reuses the previous step's activations, all rows of a batch updated in
+    lockstep (:mod:`bench.engine.incremental`); ``"auto"`` starts with it where the model and
+    perturbation allow a real predicted gain and with full passes otherwise, then checks the
+    choice against measured throughput after the first batches and switches if it was wrong;
+    a Keras graph it cannot walk, an unsupported layer or a failure at run time mean full
+    passes. The choice, the reason and the measured numbers are in the strategy's ``info``
+    (``AOPCResult.strategy_info``).
     """
     if isinstance(strategy, str):
         key = strategy.lower()

@@ -1,0 +1,272 @@
+"""Lockstep incremental updates, the runtime check of ``auto``, and occlusion on the same engine.
+
+All exact against full passes (max |dp| <= 1e-5) at small sizes; no timing is asserted
+(timings live in tests/benchmarks/).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import bench  # noqa: E402
+from bench.engine import incremental  # noqa: E402
+from bench.engine.curves import evaluate_aopc  # noqa: E402
+from bench.engine.forward import ForwardBatch  # noqa: E402
+from bench.engine.incremental import (  # noqa: E402
+    CallTiming,
+    IncrementalForward,
+    RuntimeCheck,
+    occlusion_outputs,
+)
+from bench.errors import ConfigError  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_incremental import calibrate, hand_built_net, reinit  # noqa: E402
+
+TOL = 1e-5
+
+
+def _sequences(n_img: int, steps: int, size: int, seed: int = 0) -> np.ndarray:
+    """x[i, k]: image i after k random box perturbations (each step changes one box)."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((n_img, steps, size, size, 3), np.float32)
+    for i in range(n_img):
+        cur = rng.uniform(0, 1, (size, size, 3)).astype(np.float32)
+        for k in range(steps):
+            if k:
+                y0, x0 = rng.integers(0, size - 4, 2)
+                hh, ww = rng.integers(2, 9, 2)
+                cur = cur.copy()
+                cur[y0 : y0 + hh, x0 : x0 + ww] = rng.uniform(0, 1, cur[y0 : y0 + hh, x0 : x0 + ww].shape)
+            x[i, k] = cur
+    return x
+
+
+def _batch(x: np.ndarray, img: list[int], steps: list[int]) -> ForwardBatch:
+    n = len(img)
+    return ForwardBatch(images=x[img, steps], image_index=np.asarray(img), step=np.asarray(steps),
+                        changed_box=np.zeros((n, 4), np.int64), targets=np.zeros(n, np.int64))
+
+
+@pytest.fixture(scope="module")
+def net() -> object:
+    km = hand_built_net(33)
+    reinit(km, seed=11)
+    return km
+
+
+@pytest.mark.parametrize("order", ["step-major", "image-major", "shuffled-groups"])
+def test_lockstep_rows_in_any_order_are_exact(net: object, order: str) -> None:
+    """Rows step-major across a group of images (one call updates every image's step k), image-major,
+    or groups interleaved: each row sees exactly its own x^(k)."""
+    n_img, steps = 3, 7
+    x = _sequences(n_img, steps, 33)
+    expected = np.asarray(net(x.reshape(-1, 33, 33, 3))).reshape(n_img, steps, -1)  # type: ignore[operator]
+    if order == "step-major":
+        pairs = [(i, k) for k in range(steps) for i in range(n_img)]
+    elif order == "image-major":
+        pairs = [(i, k) for i in range(n_img) for k in range(steps)]
+    else:
+        pairs = [(i, k) for g in ((0, 1), (2,)) for k in range(steps) for i in g]
+    strat = IncrementalForward()
+    strat.prepare(net, batch_size=8, image_shape=(33, 33, 3), mask_local=True)
+    got = np.zeros_like(expected)
+    for s in range(0, len(pairs), 5):  # batches of 5: a step's rows and an image's rows span calls
+        chunk = pairs[s : s + 5]
+        out = strat.forward(_batch(x, [p[0] for p in chunk], [p[1] for p in chunk]))
+        for (i, k), row in zip(chunk, out, strict=True):
+            got[i, k] = row
+    assert np.abs(got - expected).max() <= TOL
+    stats = strat.layer_report()
+    assert all(r["rows"] > 0 for r in stats if r["kind"] == "window")
+    assert all(r["padded"] <= r["ideal"] + 1e-9 for r in stats)
+
+
+def test_lockstep_equals_one_row_at_a_time_and_full(net: object) -> None:
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0, 1, (3, 33, 33, 3)).astype("float32")
+    heatmaps = rng.uniform(0, 1, (3, 4, 4)).astype("float32")
+    calibrate(net, images)
+    full = evaluate_aopc(net, images, None, heatmaps, grid=4, batch_size=12, strategy="full")
+    lock = evaluate_aopc(net, images, full.targets, heatmaps, grid=4, batch_size=12, strategy=IncrementalForward())
+    one = evaluate_aopc(net, images, full.targets, heatmaps, grid=4, batch_size=12,
+                        strategy=IncrementalForward(lockstep_rows=1))
+    assert lock.strategy == one.strategy == "incremental"
+    assert np.abs(lock.curves - full.curves).max() <= TOL
+    assert np.abs(one.curves - full.curves).max() <= TOL
+    assert float(np.ptp(full.curves, axis=1).min()) > 1e-3
+
+
+def test_unchanged_rows_big_boxes_repeats_and_memory_cap(net: object) -> None:
+    """Identical consecutive images, a step that changes most of the image (a full pass in the
+    middle of a sequence), a repeated step, and more images in one call than the cache holds."""
+    rng = np.random.default_rng(3)
+    x = _sequences(6, 4, 33, seed=4)
+    x[0, 2] = x[0, 1]  # no change
+    x[1, 2] = rng.uniform(0, 1, (33, 33, 3))  # the whole image changes
+    strat = IncrementalForward(memory_budget_mb=0.01)  # one image cached, two held during a call
+    strat.prepare(net, batch_size=32, image_shape=(33, 33, 3), mask_local=True)
+    assert strat.info["cached_images"] == 1
+    pairs = [(i, k) for k in range(4) for i in range(6)] + [(0, 3), (0, 3)]
+    out = strat.forward(_batch(x, [p[0] for p in pairs], [p[1] for p in pairs]))
+    expected = np.asarray(net(np.stack([x[i, k] for i, k in pairs])))  # type: ignore[operator]
+    assert np.abs(out - expected).max() <= TOL
+    assert len(strat._states) <= 1
+
+
+def test_vgg16_small_lockstep_exact_and_layer_report() -> None:
+    model = bench.create("model", "vgg16", weights="none", input_shape=(64, 64, 3), num_classes=4, pool_size=2)
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 1, (2, 64, 64, 3)).astype("float32")
+    heatmaps = rng.uniform(0, 1, (2, 9, 9)).astype("float32")
+    reinit(model.keras)
+    calibrate(model.keras, images)
+    full = evaluate_aopc(model, images, None, heatmaps, grid=9, batch_size=40, strategy="full")
+    strat = IncrementalForward()
+    inc = evaluate_aopc(model, images, full.targets, heatmaps, grid=9, batch_size=40, strategy=strat)
+    assert np.abs(inc.curves - full.curves).max() <= TOL
+    report = strat.layer_report(images[:1])
+    names = [r["layer"] for r in report]
+    assert "block1_conv1" in names and "block5_conv3" in names
+    for r in report:
+        assert {"ideal", "padded", "achieved", "full_ms_per_row", "compute_ms_per_row"} <= set(r)
+        assert 1.0 <= r["padded"] <= r["ideal"] + 1e-9
+
+
+# ---- auto's runtime check ------------------------------------------------------------------------
+def _timing(full_rows: int, inc_rows: int, total: float, full_s: float = 0.0, probe_rows: int = 0,
+            probe_s: float = 0.0) -> CallTiming:
+    return CallTiming(full_rows=full_rows, full_s=full_s, inc_rows=inc_rows, probe_rows=probe_rows,
+                      probe_s=probe_s, total_s=total)
+
+
+def test_runtime_check_keeps_a_clear_win_without_a_probe() -> None:
+    chk = RuntimeCheck(predicted_gain=3.0, start="incremental")
+    chk.observe_incremental(_timing(1, 63, 2.0, full_s=0.5))
+    assert chk.next_path() == ("incremental", 0) and not chk.decision
+    chk.observe_incremental(_timing(1, 63, 2.0, full_s=0.5))
+    assert chk.current == "incremental" and chk.decision.startswith("kept incremental")
+    s = chk.summary()
+    assert s["measured_gain"] == pytest.approx(0.5 / (4.0 / 128), rel=1e-3)
+    assert s["full_rows_per_s"] and s["incremental_rows_per_s"] and s["predicted_gain"] == 3.0
+
+
+def test_runtime_check_probes_when_unsure_and_switches_to_full() -> None:
+    chk = RuntimeCheck(predicted_gain=3.0, start="incremental")
+    for _ in range(2):  # 1 s per row incremental, the free estimate 1.5 s: unsure
+        chk.observe_incremental(_timing(1, 63, 64.0, full_s=1.5))
+    assert chk.next_path() == ("incremental", 8)
+    # the probe: 8 rows at 0.5 s each in a batched full pass, the other 56 rows incremental at 1 s
+    chk.observe_incremental(_timing(0, 56, 60.0, probe_rows=8, probe_s=4.0))
+    assert chk.current == "full"
+    assert "switched to full passes" in chk.decision and "predicted 3.00x" in chk.decision
+    assert chk.summary()["measured_gain"] == pytest.approx(0.5, rel=1e-3)
+    assert chk.next_path() == ("full", 0)
+
+
+def test_runtime_check_starting_full_tries_incremental_once() -> None:
+    chk = RuntimeCheck(predicted_gain=0.9, start="full")
+    assert chk.next_path() == ("full", 0)
+    chk.observe_full(64, 64.0)
+    assert chk.next_path() == ("incremental", 0)
+    chk.observe_incremental(_timing(1, 63, 32.0, full_s=1.0))
+    assert chk.current == "incremental" and "switched to incremental" in chk.decision
+    slow = RuntimeCheck(predicted_gain=0.9, start="full")
+    slow.observe_full(64, 64.0)
+    slow.observe_incremental(_timing(1, 63, 128.0, full_s=1.0))
+    assert slow.current == "full" and "kept full passes" in slow.decision
+
+
+@pytest.mark.parametrize("min_gain", [0.0, 1e6])
+def test_auto_with_its_runtime_check_is_exact_whatever_it_decides(net: object, min_gain: float,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting incremental or full, switching or not mid-run: the curves are those of full passes."""
+    monkeypatch.setattr(incremental, "PROBE_MIN_GAIN", 0.0)  # starting full, always try incremental
+    rng = np.random.default_rng(5)
+    images = rng.uniform(0, 1, (4, 33, 33, 3)).astype("float32")
+    heatmaps = rng.uniform(0, 1, (4, 3, 3)).astype("float32")
+    full = evaluate_aopc(net, images, None, heatmaps, grid=3, batch_size=4, strategy="full")
+    strat = IncrementalForward(mode="auto", min_gain=min_gain)
+    auto = evaluate_aopc(net, images, full.targets, heatmaps, grid=3, batch_size=4, strategy=strat)
+    assert np.abs(auto.curves - full.curves).max() <= TOL
+    check = auto.strategy_info["runtime_check"]
+    assert check["started"] == ("incremental" if min_gain == 0.0 else "full")
+    assert check["decision"] and "pending" not in check["decision"]
+    assert check["incremental_rows_per_s"] > 0 and check["full_rows_per_s"] > 0
+    assert auto.strategy == auto.strategy_info["used"] in ("incremental", "full")
+
+
+# ---- occlusion -----------------------------------------------------------------------------------
+def _grid_boxes(size: int, g: int) -> np.ndarray:
+    e = np.linspace(0, size, g + 1).round().astype(int)
+    return np.array([(e[r], e[r + 1], e[c], e[c + 1]) for r in range(g) for c in range(g)], np.int64)
+
+
+@pytest.mark.parametrize("fill", ["zero", "per-image", "baseline"])
+def test_occlusion_outputs_incremental_equals_full(net: object, fill: str) -> None:
+    rng = np.random.default_rng(7)
+    images = rng.uniform(0, 1, (3, 33, 33, 3)).astype("float32")
+    boxes = np.concatenate([_grid_boxes(33, 4), [[0, 33, 0, 20], [5, 9, 30, 33]]])  # one box > half the image
+    fills = {"zero": 0.0, "per-image": images.mean(axis=(1, 2, 3)),
+             "baseline": rng.uniform(0, 1, (33, 33, 3)).astype("float32")}
+    f = fills[fill]
+    full = occlusion_outputs(net, images, boxes, fill=f, batch_size=7, strategy="full")
+    inc = occlusion_outputs(net, images, boxes, fill=f, batch_size=7, strategy="incremental",
+                            memory_budget_mb=0.01)
+    assert full.strategy == "full" and inc.strategy == "incremental"
+    assert inc.occluded.shape == (3, len(boxes), 4) and inc.base.shape == (3, 4)
+    np.testing.assert_allclose(inc.base, np.asarray(net(images)), atol=TOL)  # type: ignore[operator]
+    assert np.abs(inc.occluded - full.occluded).max() <= TOL
+    assert np.abs(full.occluded - full.base[:, None]).max() > 1e-3  # occluding changes the outputs
+    # the reference: each occluded image built by hand
+    x = images[1].copy()
+    y0, y1, x0, x1 = boxes[2]
+    x[y0:y1, x0:x1] = np.broadcast_to(np.asarray(f, np.float32)[1] if fill == "per-image" else f,
+                                      x.shape)[y0:y1, x0:x1]
+    np.testing.assert_allclose(inc.occluded[1, 2], np.asarray(net(x[None]))[0], atol=TOL)  # type: ignore[operator]
+
+
+def test_occlusion_outputs_auto_falls_back_with_reason_and_checks_inputs() -> None:
+    model = bench.create("model", "simple-cnn", weights="none", input_shape=(32, 32, 3), num_classes=4)
+    images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    out = occlusion_outputs(model, images, _grid_boxes(32, 2), strategy="auto")
+    assert out.strategy == "full" and "PerImageStandardization" in out.info["reason"]
+    assert out.occluded.shape == (2, 4, 4) and out.forward_passes == 10
+    with pytest.raises(ConfigError, match="box"):
+        occlusion_outputs(model, images, np.array([[0, 40, 0, 4]]))
+    with pytest.raises(ConfigError, match="fill"):
+        occlusion_outputs(model, images, _grid_boxes(32, 2), fill=np.zeros(5))
+    with pytest.raises(ConfigError, match="fill"):
+        occlusion_outputs(model, images, _grid_boxes(32, 2), fill=np.zeros((2, 5)))
+
+
+# ---- prefix/suffix split ------------------------------------------------------------------------
+def test_prefix_split_is_chosen_by_the_cost_model_and_exact() -> None:
+    """VGG16 at 64 px: the boxes of a 7-pixel region cover the 8x8 maps of block 4 and 5, so the
+    cost model ends the incremental prefix earlier; the split run equals full passes."""
+    model = bench.create("model", "vgg16", weights="none", input_shape=(64, 64, 3), num_classes=4, pool_size=2)
+    plan = incremental.analyse_model(model.keras)
+    n_ops, gain = incremental.best_prefix_split(plan)
+    assert 0 < n_ops < len(plan.ops) and gain > incremental.estimate_gain(plan)
+    split_plan = incremental.analyse_model(model.keras, max_ops=n_ops)
+    assert len(split_plan.ops) == n_ops and split_plan.stop_reason == "split"
+    rng = np.random.default_rng(4)
+    images = rng.uniform(0, 1, (2, 64, 64, 3)).astype("float32")
+    heatmaps = rng.uniform(0, 1, (2, 9, 9)).astype("float32")
+    reinit(model.keras)
+    calibrate(model.keras, images)
+    full = evaluate_aopc(model, images, None, heatmaps, grid=9, batch_size=40, strategy="full")
+    strat = IncrementalForward(split=True)
+    inc = evaluate_aopc(model, images, full.targets, heatmaps, grid=9, batch_size=40, strategy=strat)
+    assert inc.strategy_info["prefix_split"]["layers"] == n_ops
+    assert inc.strategy_info["prefix_layers"] == n_ops and "split" in inc.strategy_info["prefix_ends_at"]
+    assert np.abs(inc.curves - full.curves).max() <= TOL
+    whole = IncrementalForward()  # "incremental" keeps the whole local prefix unless asked
+    whole.prepare(model, batch_size=40, image_shape=(64, 64, 3), mask_local=True)
+    assert "prefix_split" not in whole.info and whole.info["prefix_layers"] == len(plan.ops)

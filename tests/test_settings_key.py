@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -261,12 +262,16 @@ def test_settings_column_in_every_format_and_legend_in_the_notes(tmp_path):
     keys = sorted(df["settings"])
     assert all(len(k) == 6 and int(k, 16) >= 0 for k in keys) and len(set(keys)) == 2
     md, html, tex = (paths[f].read_text() for f in ("md", "html", "tex"))
-    for text, header in ((md, "| Settings "), (html, "<th>Settings</th>"), (tex, "& Settings &")):
-        assert header in text
+    for text, header in ((md, r"\| Settings "), (html, r"<th[^>]*>(<button[^>]*>)?Settings<"), (tex, "& Settings &")):
+        assert re.search(header, text), header
         assert all(k in text for k in keys)
-    for text in (md, html, tex):  # the legend: what each fingerprint stands for
+    for text in (md, tex):  # the legend: what each fingerprint stands for
         assert "grid=5x5" in text and "grid=3x3" in text
         assert "perturbation.sigma=0.3" in text and "perturbation.sigma=0.1" in text
+    # the page's legend is a table: one row per setting, one column per fingerprint
+    legend_html = html[html.index("Settings fingerprints"):]
+    for field, values in (("grid", ("5x5", "3x3")), ("perturbation.sigma", ("0.3", "0.1"))):
+        assert f">{field}<" in legend_html and all(v in legend_html for v in values)
     csv = pd.read_csv(io.StringIO(paths["csv"].read_text()), dtype={"settings": str})
     assert sorted(csv["settings"]) == keys
     doc = json.loads(paths["json"].read_text())

@@ -364,7 +364,7 @@ def _flags(row: Mapping[str, Any]) -> list[str]:
     constant, n = _num(row.get("constant_heatmaps")), _num(row.get("n_images"))
     if math.isfinite(constant) and constant > 0:
         total = f"/{int(n)}" if math.isfinite(n) else ""
-        out.append(f"{int(constant)}{total} constant heatmaps: their region order is arbitrary")
+        out.append(f"{int(constant)}{total} constant heatmaps: order is arbitrary")
     notes = row.get("metric_notes")
     if isinstance(notes, str) and notes.strip():
         out += [s.strip() for s in notes.split(";") if s.strip()]
@@ -783,8 +783,9 @@ def _provenance_block(prov: Mapping[str, Any], metrics: Sequence[_Metric], prima
         notes.append("Controls (" + ", ".join(str(c) for c in prov["controls"]) + ") are reference rows: shown "
                      "below the methods of each group, never ranked among them.")
     if prov.get("constant_heatmap_rows"):
-        notes.append(f"{prov['constant_heatmap_rows']} row(s) got constant heatmaps for some images: their region "
-                     "order is the seeded tie-break, so their curve metrics measure that order, not the explainer.")
+        notes.append(f"{prov['constant_heatmap_rows']} row(s) got an all-equal heatmap (a constant map) for some images: "
+                     "their region order is the seeded tie-break, so their curve metrics measure that order, not "
+                     "the explainer (the Flags column says how many).")
     grids = ", ".join(str(g) for g in prov.get("grids") or []) or "n/a"
     seeds = ", ".join(str(s) for s in prov.get("seeds") or []) or "n/a"
     sigmas = ", ".join(_text(s) for s in prov.get("sigmas") or []) or "n/a"

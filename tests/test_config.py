@@ -13,7 +13,7 @@ def test_demo_preset_is_the_default():
     cfg = load_config()
     assert cfg["preset"] == "demo"
     assert cfg["dataset"]["name"] == "synthetic-cxr"
-    assert cfg["models"]["weights"] == "none"  # offline
+    assert cfg["models"]["weights"] == "scratch"  # offline: trained here, never mistakable for imagenet
     # every default resolved: every schema key present
     for section, keys in defaults().items():
         assert set(keys) <= set(cfg[section]), section

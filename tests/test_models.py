@@ -71,7 +71,8 @@ def test_constructor_does_no_work_and_records_params():
     assert m._keras is None  # nothing built yet
     assert m.get_params() == {
         "weights": "none", "input_shape": [64, 64, 3], "num_classes": 3,
-        "dense_units": 64, "pool_size": 4,
+        "dense_units": 64, "pool_size": 4, "feature_layer": None, "train_from": None,
+        "head_norm": False, "standardize": False,
     }
     assert m._keras is None
 

@@ -8,6 +8,9 @@ radiographs, and global *max* pooling lets a channel fire on a small lesion anyw
 in the lungs: on synthetic-cxr at 64 px this learns in a few epochs where the plain
 average-pooled CNN stays at chance (``standardize=False, pooling="avg"`` gives that one).
 Grad-CAM uses ``features`` (input size / 2^(n-1)).
+
+``weights``: ``"none"`` (the default) or ``"scratch"`` (the same seeded initialisation,
+trained end to end here; the name says so in the results) or a path to a saved model.
 """
 
 from __future__ import annotations
@@ -22,22 +25,8 @@ import keras
 from bench.errors import ConfigError, WeightsError
 from bench.models import KerasModel
 
-from .transfer import weights_folder_message
+from .transfer import SCRATCH, PerImageStandardization, weights_folder_message
 from .weights import md5_of
-
-
-@keras.saving.register_keras_serializable(package="bench_keras_models")
-class PerImageStandardization(keras.layers.Layer):
-    """(x - mean(x)) / max(std(x), 1e-3) per image, over height, width and channels."""
-
-    def call(self, inputs: Any) -> Any:
-        x = keras.ops.cast(inputs, "float32")
-        mean = keras.ops.mean(x, axis=(1, 2, 3), keepdims=True)
-        std = keras.ops.std(x, axis=(1, 2, 3), keepdims=True)
-        return (x - mean) / keras.ops.maximum(std, 1e-3)
-
-    def compute_output_shape(self, input_shape: Any) -> Any:
-        return input_shape
 
 
 def _check_weights_file(path: Path) -> None:
@@ -90,14 +79,14 @@ class SimpleCNN(KerasModel):
 
     def _weights_path(self) -> Path | None:
         w = self.weights
-        if w is None or (isinstance(w, str) and w.strip().lower() in ("none", "random", "")):
+        if w is None or (isinstance(w, str) and w.strip().lower() in ("none", "random", "", SCRATCH)):
             return None
         if isinstance(w, str) and w.strip().lower() == "imagenet":
             raise ConfigError(
-                "model 'simple-cnn' has no ImageNet weights; use weights='none' or a path"
+                "model 'simple-cnn' has no ImageNet weights; use weights='none', 'scratch' or a path"
             )
         if not isinstance(w, str | Path):
-            raise ConfigError(f"simple-cnn: weights must be 'none' or a path, got {w!r}")
+            raise ConfigError(f"simple-cnn: weights must be 'none', 'scratch' or a path, got {w!r}")
         return Path(os.path.expanduser(str(w)))
 
     def validate(self) -> None:
@@ -150,6 +139,8 @@ class SimpleCNN(KerasModel):
         probs = keras.layers.Softmax(name="probabilities")(x)
         model = keras.Model(inputs, probs, name="simple_cnn")
         info: dict[str, Any] = {"source": "none", "kind": None, "path": None, "md5": None}
+        if isinstance(self.weights, str) and self.weights.strip().lower() == SCRATCH:
+            info = {"source": SCRATCH, "kind": "seeded-random-init", "path": None, "md5": None}
         if path is not None:
             _check_weights_file(path)
             try:

@@ -12,15 +12,35 @@ Grad-CAM's gradients work (no "graph disconnected").
 
 * ``"imagenet"``: the Keras applications notop file, found in the Keras cache and
   checked by MD5 (see :mod:`bench_keras_models.weights`);
-* ``"none"`` (or ``None``): random initialisation;
+* ``"none"`` (or ``None``): a seeded random backbone, frozen, and the study's head exactly;
+* ``"scratch"``: nothing pretrained, said plainly (the offline demo): the backbone keeps a
+  seeded random initialisation, frozen below ``train_from`` (the whole backbone when
+  ``train_from`` is None), and everything above it, head included, is trained from a seeded
+  initialisation on the dataset. Random features are not normalised the way ImageNet
+  features are, so the head normalises the flattened features first (``head_norm``: per
+  image, a parameter-free ``LayerNormalization``, then per feature a
+  ``BatchNormalization``), and the ImageNet input normalisation, meaningless without
+  ImageNet weights, is preceded by a per-image standardisation (``standardize``: the
+  exposure jitter of radiographs then does not swamp the random features; it is a
+  per-image statistic, so the incremental MoRF engine cannot skip unchanged pixels
+  behind it); both are on by default for scratch, off for the study;
 * a path: ``*.weights.h5`` or ``*.keras`` = weights of the *whole* model (backbone
   and head, e.g. a trained model saved by bench); any other ``*.h5``/``*.hdf5`` =
   a notop *backbone* weights file in the Keras applications layout (loaded into
   the backbone; the head stays freshly initialised).
+
+``feature_layer`` (None: the backbone's output, as the study) names the layer the
+Grad-CAM family explains, e.g. ``block5_conv3`` for VGG16 (the last convolution, the
+layer of the Grad-CAM paper: 4x4 at 64 px where the backbone's output is 2x2).
+
+``train_from`` (None: the backbone is frozen whole, as the study) names the first backbone
+layer that is trained: the trainer caches the features below it (``feature_extractor``)
+and trains the layers from it upwards with the head (``head``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +48,7 @@ from typing import Any, ClassVar
 import keras
 import numpy as np
 
-from bench.errors import ConfigError, WeightsError
+from bench.errors import ConfigError, WeightsError, did_you_mean
 from bench.models import KerasModel, ModelError
 
 from .weights import IMAGENET_NOTOP, md5_of, resolve_imagenet
@@ -65,12 +85,28 @@ class TorchPreprocess(keras.layers.Layer):
         return input_shape
 
 
-#: Seed of the backbone's initialisation when weights="none" (runs are reproducible).
+@keras.saving.register_keras_serializable(package="bench_keras_models")
+class PerImageStandardization(keras.layers.Layer):
+    """(x - mean(x)) / max(std(x), 1e-3) per image, over height, width and channels."""
+
+    def call(self, inputs: Any) -> Any:
+        x = keras.ops.cast(inputs, "float32")
+        mean = keras.ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        std = keras.ops.std(x, axis=(1, 2, 3), keepdims=True)
+        return (x - mean) / keras.ops.maximum(std, 1e-3)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+
+#: Seed of the backbone's initialisation when weights="none" or "scratch" (runs are reproducible).
 RANDOM_BACKBONE_SEED = 0
+#: The weights value of a model trained here from a seeded initialisation (nothing pretrained).
+SCRATCH = "scratch"
 
 
 def _parse_weights(weights: Any) -> str | Path | None:
-    """"imagenet" | None (no weights) | a Path; raises ConfigError otherwise."""
+    """"imagenet" | "scratch" | None (no weights) | a Path; raises ConfigError otherwise."""
     if weights is None:
         return None
     if isinstance(weights, Path):
@@ -81,8 +117,10 @@ def _parse_weights(weights: Any) -> str | Path | None:
             return None
         if low == "imagenet":
             return "imagenet"
+        if low == SCRATCH:
+            return SCRATCH
         return Path(os.path.expanduser(weights))
-    raise ConfigError(f"weights must be 'imagenet', 'none' or a path, got {weights!r}")
+    raise ConfigError(f"weights must be 'imagenet', 'none', 'scratch' or a path, got {weights!r}")
 
 
 def is_full_model_weights(path: Path) -> bool:
@@ -127,8 +165,20 @@ def _positive_int(value: Any, key: str, model_name: str) -> int:
     return int(value)
 
 
+@functools.cache
+def _layer_names(cls: type) -> tuple[str, ...]:
+    """The layer names of ``cls``'s backbone (built once, 32x32, random weights, then dropped)."""
+    inputs = keras.Input(shape=(32, 32, 3))
+    backbone = cls._backbone(cls.__new__(cls), inputs)
+    return tuple(layer.name for layer in backbone.layers)
+
+
 class TransferModel(KerasModel):
-    """Frozen Keras-applications backbone + the study's head. Subclasses set the backbone."""
+    """Frozen Keras-applications backbone + the study's head. Subclasses set the backbone.
+
+    ``feature_layer``, ``train_from`` and ``head_norm``: see the module doc (their defaults
+    are the study's model exactly).
+    """
 
     backbone_name: ClassVar[str] = ""
     frozen_backbone: bool = True
@@ -141,12 +191,20 @@ class TransferModel(KerasModel):
         num_classes: int = 4,
         dense_units: int = 64,
         pool_size: int = 4,
+        feature_layer: str | None = None,
+        train_from: str | None = None,
+        head_norm: bool | None = None,
+        standardize: bool | None = None,
     ):
         self.weights = weights
         self._input_shape = tuple(int(d) for d in input_shape)
         self._num_classes = int(num_classes)
         self.dense_units = dense_units
         self.pool_size = pool_size
+        self.explained_layer = feature_layer
+        self.train_from = train_from
+        self.head_norm = head_norm
+        self.standardize = standardize
         super().__init__(None, feature_layer=None, name=self.backbone_name)
         self._feature_extractor: Any = None
         self._head: Any = None
@@ -161,7 +219,25 @@ class TransferModel(KerasModel):
             "num_classes": self._num_classes,
             "dense_units": self.dense_units,
             "pool_size": self.pool_size,
+            "feature_layer": self.explained_layer,
+            "train_from": self.train_from,
+            "head_norm": self.resolved_head_norm(),
+            "standardize": self.resolved_standardize(),
         }
+
+    def _is_scratch(self) -> bool:
+        try:
+            return _parse_weights(self.weights) == SCRATCH
+        except ConfigError:
+            return False
+
+    def resolved_head_norm(self) -> bool:
+        """``head_norm`` resolved: None -> on for scratch weights, off otherwise."""
+        return self._is_scratch() if self.head_norm is None else bool(self.head_norm)
+
+    def resolved_standardize(self) -> bool:
+        """``standardize`` resolved: None -> on for scratch weights, off otherwise."""
+        return self._is_scratch() if self.standardize is None else bool(self.standardize)
 
     @property
     def feature_layer(self) -> str:
@@ -181,11 +257,18 @@ class TransferModel(KerasModel):
         """The backbone's output side for an input side ``size`` (no graph is built)."""
         return size // 32
 
+    @classmethod
+    def backbone_layer_names(cls) -> tuple[str, ...]:
+        """The backbone's layer names in graph order (a small backbone built once per process)."""
+        return _layer_names(cls)
+
     def validate(self) -> None:
-        """Check every parameter without building the Keras graph (the plan calls this).
+        """Check every parameter without building the model's Keras graph (the plan calls this).
 
         Raises ConfigError for a bad value, WeightsError for a weights path that is
         not a file; ImageNet weights are looked up only when the model is built.
+        ``feature_layer`` and ``train_from`` are checked against the backbone's layer
+        names (:meth:`backbone_layer_names`).
         """
         self._validate()
         weights = _parse_weights(self.weights)
@@ -193,6 +276,22 @@ class TransferModel(KerasModel):
             _check_file(weights, self.backbone_name)
         pool = _positive_int(self.pool_size, "pool_size", self.backbone_name)
         _positive_int(self.dense_units, "dense_units", self.backbone_name)
+        for key, flag in (("head_norm", self.head_norm), ("standardize", self.standardize)):
+            if flag is not None and not isinstance(flag, bool):
+                raise ConfigError(
+                    f"model {self.backbone_name!r}: {key} must be true, false or unset, "
+                    f"got {flag!r}"
+                )
+        for key, value in (("feature_layer", self.explained_layer), ("train_from", self.train_from)):
+            if value is None:
+                continue
+            names = self.backbone_layer_names()
+            if not isinstance(value, str) or value not in names:
+                raise ConfigError(
+                    f"model {self.backbone_name!r}: {key} {value!r} is not a layer of the "
+                    f"{self.backbone_name} backbone{did_you_mean(str(value), names)} "
+                    f"(its last layers: {', '.join(names[-4:])})"
+                )
         fh, fw = (self.feature_size(int(d)) for d in self._input_shape[:2])
         if min(fh, fw) < pool:
             raise ConfigError(
@@ -223,16 +322,30 @@ class TransferModel(KerasModel):
         if isinstance(weights, Path):
             _check_file(weights, self.backbone_name)
         inputs = keras.Input(shape=self._input_shape, name="image", dtype="float32")
-        x = self._preprocess_layer()(inputs)
-        if weights is None:
+        x = PerImageStandardization(name="standardize")(inputs) if self.resolved_standardize() else inputs
+        x = self._preprocess_layer()(x)
+        if weights is None or weights == SCRATCH:
             # a random backbone must be the same random backbone in every run: without a
             # seed, Keras draws it from whatever state the global generator is in
             keras.utils.set_random_seed(RANDOM_BACKBONE_SEED)
         backbone = self._backbone(x)
         backbone.trainable = False
         features = backbone.outputs[0]
-        self._feature_layer = backbone.layers[-1].name
+        self._feature_layer = self.explained_layer or backbone.layers[-1].name
+        explained = backbone.get_layer(self._feature_layer).output
+        if len(explained.shape) != 4:
+            raise ConfigError(
+                f"model {self.backbone_name!r}: feature_layer {self._feature_layer!r} outputs "
+                f"{tuple(explained.shape)}, not a 4-D feature map"
+            )
         pool = keras.layers.MaxPooling2D(pool_size=self.pool_size, name="head_pool")
+        norms = [
+            # each image's feature vector to zero mean, unit variance (no parameters), then each
+            # feature over the training set; momentum 0.9: the moving statistics settle within
+            # an epoch of a small head's training
+            keras.layers.LayerNormalization(center=False, scale=False, name="head_image_norm"),
+            keras.layers.BatchNormalization(momentum=0.9, name="head_norm"),
+        ] if self.resolved_head_norm() else []
         flatten = keras.layers.Flatten(name="head_flatten")
         dense = keras.layers.Dense(self.dense_units, activation="relu", name="head_dense")
         logits = keras.layers.Dense(self._num_classes, name="logits")
@@ -245,24 +358,64 @@ class TransferModel(KerasModel):
                 f"DenseNet201 divide the size by 32: use at least {32 * self.pool_size}x"
                 f"{32 * self.pool_size})"
             )
+
+        def head_on(t: Any) -> Any:
+            t = flatten(t)
+            for norm in norms:
+                t = norm(t)
+            return softmax(logits(dense(t)))
+
         pooled = pool(features)
-        probs = softmax(logits(dense(flatten(pooled))))
+        probs = head_on(pooled)
         model = keras.Model(inputs, probs, name=self.backbone_name)
         # trainer views, sharing layers (and so weights) with the model
-        self._feature_extractor = keras.Model(inputs, pooled, name=f"{self.backbone_name}_features")
-        head_in = keras.Input(shape=tuple(pooled.shape[1:]), name="pooled_features")
-        self._head = keras.Model(
-            head_in, softmax(logits(dense(flatten(head_in)))), name=f"{self.backbone_name}_head"
-        )
+        if self.train_from is None:
+            self._feature_extractor = keras.Model(
+                inputs, pooled, name=f"{self.backbone_name}_features"
+            )
+            head_in = keras.Input(shape=tuple(pooled.shape[1:]), name="pooled_features")
+            self._head = keras.Model(head_in, head_on(head_in), name=f"{self.backbone_name}_head")
+        else:
+            self._split_at(backbone, inputs, probs)
         self._load_weights(weights, backbone, model, imagenet)
         return model
+
+    def _split_at(self, backbone: Any, inputs: Any, probs: Any) -> None:
+        """feature_extractor = images -> the input of ``train_from``; head = the rest, trainable."""
+        cut = backbone.get_layer(self.train_from).input
+        if isinstance(cut, list | tuple):
+            raise ConfigError(
+                f"model {self.backbone_name!r}: train_from {self.train_from!r} takes "
+                f"{len(cut)} inputs; choose a layer with one input (the start of a block)"
+            )
+        try:
+            head = keras.Model(cut, probs, name=f"{self.backbone_name}_head")
+        except Exception as exc:  # noqa: BLE001 - re-raised with the layer named
+            raise ConfigError(
+                f"model {self.backbone_name!r}: train_from {self.train_from!r} does not cut the "
+                f"graph in two (a connection bypasses it: {exc}); choose the first layer of a "
+                "block, e.g. block5_conv1 (VGG16) or pool4_bn (DenseNet201)"
+            ) from exc
+        for layer in head.layers:
+            layer.trainable = True
+        self._feature_extractor = keras.Model(inputs, cut, name=f"{self.backbone_name}_features")
+        self._head = head
 
     def _load_weights(
         self, weights: str | Path | None, backbone: Any, model: Any,
         imagenet: tuple[Path, str] | None,
     ) -> None:
         info: dict[str, Any] = {"source": "none", "kind": None, "path": None, "md5": None}
-        if weights == "imagenet" and imagenet is not None:
+        if weights == SCRATCH:
+            info = {
+                "source": SCRATCH,
+                "kind": "seeded-random-init",
+                "path": None,
+                "md5": None,
+                "seed": RANDOM_BACKBONE_SEED,
+                "frozen": f"below {self.train_from}" if self.train_from else "whole backbone",
+            }
+        elif weights == "imagenet" and imagenet is not None:
             path, md5 = imagenet
             try:
                 backbone.load_weights(str(path))
@@ -355,9 +508,11 @@ class DenseNet201Transfer(TransferModel):
 
 
 __all__ = [
+    "SCRATCH",
     "CaffePreprocess",
     "DenseNet201Transfer",
     "ModelError",
+    "PerImageStandardization",
     "TorchPreprocess",
     "TransferModel",
     "VGG16Transfer",

@@ -103,7 +103,9 @@ def missing_message(backbone: str, wf: WeightsFile, extra: str = "") -> str:
         f"  put it at: {target}  (the Keras cache: $KERAS_HOME/models, KERAS_HOME="
         f"{keras_home()})\n"
         f"Alternatives: --weights PATH (a local notop .h5 backbone file or a full-model "
-        f".weights.h5/.keras file) or --weights none (random initialisation)."
+        f".weights.h5/.keras file), --weights none (a seeded random backbone, the study's "
+        f"head) or --weights scratch (nothing pretrained: a seeded random backbone, a head "
+        f"that normalises its features, trained here)."
     )
 
 

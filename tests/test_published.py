@@ -23,8 +23,8 @@ README = ROOT / "README.md"
 CSV = ROOT / "results" / "leaderboard.csv"
 BEGIN, END = "<!-- demo-table: generated from results/leaderboard.csv -->", "<!-- /demo-table -->"
 
-#: The README shows the model that learns on the demo data; every row is in results/leaderboard.md.
-MODEL = "simple-cnn"
+#: The README shows the study's VGG16 (trained here from scratch); every row is in results/leaderboard.md.
+MODEL = "vgg16"
 #: (header, metric column) of the README's metric columns, beside AOPC and its gain.
 METRICS = (
     ("ABPC ↑", "abpc"),
@@ -33,7 +33,7 @@ METRICS = (
     ("model randomisation ρ ↓", "model-randomisation"),
 )
 HEADER = (
-    "| explainer | role | AOPC ↑ [95% CI] | gain over random [95% CI] | "
+    "| explainer | role | rank [95% CI] | AOPC ↑ [95% CI] | gain over random [95% CI] | "
     + " | ".join(h for h, _ in METRICS)
     + " | passes/map | n | flags |"
 )
@@ -63,8 +63,10 @@ def demo_table(frame: pd.DataFrame, model: str = MODEL) -> str:
         constant = r.get("constant_heatmaps")
         flags = f"{int(constant)}/{int(r['n_images'])} constant maps" if _finite(constant) and constant > 0 else ""
         passes = r.get("passes_per_map")
+        rank = r.get("rank")
+        ranked = (f"{rank:g} [{r['rank_low']:g}, {r['rank_high']:g}]" if _finite(rank) else "")
         cells = [
-            r["explainer"], r["role"],
+            r["explainer"], r["role"], ranked,
             _num(r["aopc"]) + _ci(r["aopc_ci_low"], r["aopc_ci_high"]),
             gain,
             *(_num(r.get(col, math.nan)) for _, col in METRICS),
@@ -96,16 +98,16 @@ def test_readme_demo_table_is_the_committed_leaderboard():
 
 def test_demo_table_renders_known_values():
     frame = pd.DataFrame([{
-        "model": "simple-cnn", "explainer": "gradcam", "role": "method",
+        "model": "vgg16", "explainer": "gradcam", "role": "method", "rank": 2.5, "rank_low": 1.0, "rank_high": 6.0,
         "aopc": 0.46371, "aopc_ci_low": 0.32993, "aopc_ci_high": 0.59210,
         "gain_over_baseline": -0.00001, "gain_ci_low": -0.0206, "gain_ci_high": 0.0613, "baseline": "random",
         "abpc": 0.048, "relevance-mass": 0.02822, "pixel-auc": 0.5634, "model-randomisation": -0.0549,
         "passes_per_map": 1.0, "n_images": 20, "constant_heatmaps": 3,
-    }, {"model": "vgg16", "explainer": "gradcam"}])
+    }, {"model": "simple-cnn", "explainer": "gradcam"}])
     lines = demo_table(frame).splitlines()
-    assert len(lines) == 3  # header, rule, the one simple-cnn row
+    assert len(lines) == 3  # header, rule, the one vgg16 row
     assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
-    assert lines[2] == ("| gradcam | method | 0.464 [0.330, 0.592] | +0.000 [-0.021, 0.061] | 0.048 | 0.028 "
+    assert lines[2] == ("| gradcam | method | 2.5 [1, 6] | 0.464 [0.330, 0.592] | +0.000 [-0.021, 0.061] | 0.048 | 0.028 "
                         "| 0.563 | -0.055 | 1 | 20 | 3/20 constant maps |")
 
 

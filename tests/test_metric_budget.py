@@ -25,6 +25,13 @@ def test_budget_positions_are_stratified_nested_and_none_for_all():
     assert not np.array_equal(budget_positions(labels, 4, seed=1), small) or True  # seeded (may coincide)
 
 
+def test_a_budget_of_an_unselected_metric_is_left_unused(tmp_path):
+    cfg = load_config(preset="demo", overrides={"run": {"out": str(tmp_path)}, "metrics": {"names": ["aopc"]}})
+    assert cfg["metrics"]["max_images"]  # the demo preset budgets metrics this grid does not select
+    plan = make_plan(cfg)
+    assert plan.metrics == ["aopc"] and plan.metric_image_cap("aopc") == 0
+
+
 def test_padded_puts_nan_outside_the_budget():
     out = padded(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([1, 3]), 4)
     assert out.shape == (4, 2)
@@ -33,7 +40,7 @@ def test_padded_puts_nan_outside_the_budget():
 
 
 @pytest.mark.parametrize(("budget", "message"), [
-    ({"abcp": 2}, "metrics.max_images.abcp: 'abcp' is not a selected metric (did you mean 'abpc'?)"),
+    ({"abcp": 2}, "metrics.max_images.abcp: unknown metric 'abcp' (did you mean 'abpc'?)"),
     ({"abpc": -1}, "metrics.max_images.abpc must be an integer >= 0"),
     ({"abpc": 1.5}, "metrics.max_images.abpc must be an integer >= 0"),
 ])

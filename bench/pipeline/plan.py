@@ -294,12 +294,13 @@ def _check_primary(plan: Plan) -> None:
 
 
 def _check_metric_budgets(plan: Plan) -> None:
-    """``metrics.max_images``: selected metric names, non-negative integers."""
+    """``metrics.max_images``: registered metric names (a budget of a metric the grid does not
+    select is left unused, as a preset's are when a run selects fewer metrics), integers >= 0."""
+    known = registry().names("metric")
     for name, cap in plan.config["metrics"].get("max_images", {}).items():
-        if name not in plan.metrics:
+        if name not in known:
             raise ConfigError(
-                f"metrics.max_images.{name}: {name!r} is not a selected metric"
-                f"{did_you_mean(name, plan.metrics)}"
+                f"metrics.max_images.{name}: unknown metric {name!r}{did_you_mean(name, known)}"
             )
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
             raise ConfigError(f"metrics.max_images.{name} must be an integer >= 0 (0 = all), got {cap!r}")

@@ -55,9 +55,10 @@ def test_bad_budgets_are_config_errors(tmp_path, budget, message):
 @pytest.mark.slow
 def test_a_budgeted_metric_runs_on_its_images_only_and_equals_the_unbudgeted_values(tmp_path):
     pytest.importorskip("keras")
+    from _tiny_config import tiny
+
     import bench
     from bench.pipeline.store import read_npz
-    from tests._tiny_config import tiny
 
     common = {"aopc": {"grid": 2, "max_images": 6, "bootstrap": 20, "baseline": ""}}
     full = bench.run(tiny(tmp_path / "full", metrics={"names": ["aopc", "abpc"]}, **common),

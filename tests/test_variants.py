@@ -101,8 +101,9 @@ def test_the_plan_runs_each_variant_as_its_own_cell_and_checks_its_params(tmp_pa
 @pytest.mark.slow
 def test_variants_are_rows_of_their_own_with_their_own_heatmaps(tmp_path):
     pytest.importorskip("keras")
+    from _tiny_config import tiny
+
     import bench
-    from tests._tiny_config import tiny
 
     cfg = tiny(tmp_path, explainers={"names": ["centre"], "sweep": {"centre": {"sigma": [0.05, 1.0]}}})
     result = bench.run(cfg, quiet=True, leaderboard=False)

@@ -106,55 +106,38 @@ def masks_digest(masks: Mapping[str, np.ndarray]) -> dict[str, str]:
     return out
 
 
+def declared_cost(component: Any, method_name: str, kind: str) -> float | None:
+    """``component.<method_name>()`` as a finite number >= 0, None when it has no such method or
+    it returns None; anything else is a :class:`ComponentOutputError` naming the component."""
+    method = getattr(component, method_name, None)
+    if not callable(method):
+        return None
+    value = method()
+    if value is None:
+        return None
+    where = f"{kind} {type(component).__name__}.{method_name}() returned {value!r}, expected"
+    try:
+        passes = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ComponentOutputError(f"{where} a number") from exc
+    if not np.isfinite(passes) or passes < 0:
+        raise ComponentOutputError(f"{where} a finite number >= 0")
+    return passes
+
+
 def passes_per_map_of(explainer: Any) -> float | None:
     """The explainer's ``passes_per_map()`` (forward-pass equivalents per map), None if it has none.
 
     Called after the maps are computed, so an explainer whose cost depends on the model (the
-    channels Score-CAM scores) may report what its last call cost. A value that is not a
-    finite number >= 0 is a :class:`ComponentOutputError`.
+    channels Score-CAM scores) may report what its last call cost (see :func:`declared_cost`).
     """
-    method = getattr(explainer, "passes_per_map", None)
-    if not callable(method):
-        return None
-    value = method()
-    if value is None:
-        return None
-    try:
-        passes = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ComponentOutputError(
-            f"explainer {type(explainer).__name__}.passes_per_map() returned {value!r}, expected a number"
-        ) from exc
-    if not np.isfinite(passes) or passes < 0:
-        raise ComponentOutputError(
-            f"explainer {type(explainer).__name__}.passes_per_map() returned {value!r}, expected a finite number >= 0"
-        )
-    return passes
+    return declared_cost(explainer, "passes_per_map", "explainer")
 
 
 def metric_forward_passes(metric: Any) -> float | None:
     """The metric's ``forward_passes()`` after ``compute`` (the passes its own work cost on the
-    cell, heatmaps counted at the explainer's passes per map), None if it has none.
-
-    A value that is not a finite number >= 0 is a :class:`ComponentOutputError`.
-    """
-    method = getattr(metric, "forward_passes", None)
-    if not callable(method):
-        return None
-    value = method()
-    if value is None:
-        return None
-    try:
-        passes = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ComponentOutputError(
-            f"metric {type(metric).__name__}.forward_passes() returned {value!r}, expected a number"
-        ) from exc
-    if not np.isfinite(passes) or passes < 0:
-        raise ComponentOutputError(
-            f"metric {type(metric).__name__}.forward_passes() returned {value!r}, expected a finite number >= 0"
-        )
-    return passes
+    cell, heatmaps counted at the explainer's passes per map), None if it has none."""
+    return declared_cost(metric, "forward_passes", "metric")
 
 
 def metric_needs_in(plan: Plan, name: str) -> MetricNeeds:

@@ -194,6 +194,23 @@ def test_first_point_is_the_model_probability(cnn, data):
     assert res.perturbation == "gaussian-noise" and res.perturbation_params == {"sigma": 0.1, "clip": False}
 
 
+def test_the_python_api_defaults_to_auto_as_a_run_does(cnn, data):
+    """``evaluate_aopc`` without ``strategy=`` decides like a run's ``aopc.strategy = "auto"``
+    (and records the request and its reason); forcing ``full`` gives the same curves."""
+    import inspect
+
+    from bench.config.loading import load_config
+
+    images, targets, heatmaps, ids = data
+    default = inspect.signature(evaluate_aopc).parameters["strategy"].default
+    assert default == "auto" == load_config(None)["aopc"]["strategy"]
+    res = evaluate_aopc(cnn, images, targets, heatmaps, grid=3, ids=ids)
+    assert res.strategy_info["requested"] == "auto" and res.strategy_info["reason"]
+    forced = evaluate_aopc(cnn, images, targets, heatmaps, grid=3, ids=ids, strategy="full")
+    assert "requested" not in forced.strategy_info or forced.strategy_info["requested"] == "full"
+    np.testing.assert_allclose(res.curves, forced.curves, atol=1e-5)
+
+
 def test_streaming_memory_is_bounded_by_batch_size(cnn, data, monkeypatch):
     images, targets, heatmaps, ids = data
     seen_convert: list[int] = []

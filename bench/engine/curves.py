@@ -445,7 +445,7 @@ def evaluate_aopc(
     ids: Any = None,
     batch_size: int | None = None,
     progress: bool = False,
-    strategy: Any = "full",
+    strategy: Any = "auto",
     confidence: float = 0.95,
     n_resamples: int = 10_000,
     prefetch: bool = True,
@@ -463,8 +463,11 @@ def evaluate_aopc(
         ``"insertion"`` (the complement mask of MoRF: see the module docs).
     ids: per-image ids keying the noise and the tie-breaks (default ``0..N-1``).
     batch_size: (image, step) pairs per model call (default 64).
-    strategy: ``"full"``, ``"incremental"``, ``"auto"`` or a :class:`bench.engine.forward.ForwardStrategy`
-        (the strategy used, and why, is in ``result.strategy`` and ``result.strategy_info``).
+    strategy: ``"auto"`` (the default, as in a run's ``aopc.strategy``: exact incremental
+        inference where the model's graph can be walked and the cost model predicts a gain,
+        full batched passes otherwise), ``"full"``, ``"incremental"`` or a
+        :class:`bench.engine.forward.ForwardStrategy` (the strategy used, and why, is in
+        ``result.strategy`` and ``result.strategy_info``).
     mask_local, step_local: what the perturbation declares (its :class:`bench.PerturbationSpec`'s
         flags; ``None``: :func:`perturbation_locality`). The steps are streamed as local (one
         region changes per step) only where both are true.

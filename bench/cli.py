@@ -4,7 +4,7 @@
     bench list {datasets,models,explainers,perturbations,metrics,executors}
     bench run [--all] [--dataset D] [--model M ...] [--explainer E ...] [--perturbation P ...]
               [--config FILE] [--preset NAME] [--data PATH] [--weights imagenet|none|PATH]
-              [--executor NAME] [--out|--results DIR] [--set section.key=value ...] [--dry-run] [--quiet]
+              [--executor NAME] [--out|--results DIR] [--set section.key=value ...] [--dry-run [--calibrate] [--json]] [--quiet]
     bench leaderboard [--publish] [--format md|csv|json|html|latex] [--out FILE] [--results DIR]
     bench new-plugin NAME --kind explainer|perturbation|model|dataset|metric|executor [--dir DIR]
     bench data describe [--dataset NAME] [--data PATH] [--json]
@@ -233,10 +233,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     warn_plugin_problems(reg)
     cfg = load_config(args.config, preset=args.preset, overrides=run_overrides(args))
     refuse_conflicting_names(cfg, reg)
-    if args.dry_run:
+    if args.dry_run or args.calibrate:
         plan = make_plan(cfg)  # every config error surfaces here (exit 2), see make_plan
-        print(json.dumps({"config": plan.config, "plan": plan_summary(plan)}, indent=2, default=str))
-        return EXIT_OK
+        return dry_run(plan, plan_summary(plan), calibrate=args.calibrate, as_json=args.json)
     result = run(cfg, quiet=args.quiet)
     print(f"\nrun {result.run_id}: {len(result.cells)} cells, {len(result.failed)} failed -> {result.run_dir}")
     if result.summary:  # the compact table; the last lines say where the full tables are
@@ -248,6 +247,118 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if result.ok else EXIT_FAILED_CELLS
+
+
+def _count(value: float | None) -> str:
+    """A pass count, short: 950, 12.3k, 4.56M; ``?`` unknown."""
+    if value is None:
+        return "?"
+    if value < 10_000:
+        return f"{value:.0f}"
+    if value < 1_000_000:
+        return f"{value / 1e3:.1f}k"
+    return f"{value / 1e6:.2f}M"
+
+
+def _duration(seconds: float | None) -> str:
+    """A duration, short: 0.4s, 12s, 3m05s, 2h10m; ``-`` unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def dry_run(plan: Any, summary: Mapping[str, Any], *, calibrate: bool = False, as_json: bool = False) -> int:
+    """``bench run --dry-run``: the plan and, per cell and model, the forward passes it will cost;
+    with a calibration (``--calibrate`` measures one per model), the time."""
+    from bench.pipeline.estimate import calibrate_model, estimate_plan, image_shape_of
+
+    if calibrate:
+        shape = image_shape_of(plan)
+        if shape is None:
+            raise BenchError(f"--calibrate: dataset {plan.dataset!r} does not say its image size before it "
+                             "loads; a run records its cells' cost without one")
+        for name in plan.models:
+            cal = calibrate_model(plan, name, shape)
+            print(f"calibrated {name}: {cal.passes_per_second:.1f} forward passes/s at {shape[0]}x{shape[1]} "
+                  f"(batch {cal.measured_batch}, {cal.seconds:.1f} s) -> {cal.path}", file=sys.stderr)
+    est = estimate_plan(plan)
+    for problem in est.problems:
+        print(f"bench: warning: {problem}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"config": plan.config, "plan": dict(summary), "estimate": est.to_dict()},
+                         indent=2, default=str))
+        return EXIT_OK
+    import textwrap
+
+    from tabulate import tabulate
+
+    def say(text: str) -> None:  # free text wrapped for a 120-column terminal
+        lead = text[: len(text) - len(text.lstrip("\n"))]
+        print(lead + textwrap.fill(text.lstrip("\n"), width=120, subsequent_indent="  ", break_on_hyphens=False))
+
+    size = "" if est.image_shape is None else f" ({est.image_shape[0]}x{est.image_shape[1]})"
+    say(f"plan: dataset {plan.dataset}{size}, {len(plan.models)} model(s) x {len(plan.explainers)} explainer(s) "
+          f"x {len(plan.perturbations)} perturbation(s) = {len(plan.cells)} cells; {len(plan.metrics)} metric(s) "
+          f"(primary {plan.primary or '-'}); executor {plan.executor}; results {plan.results_dir}")
+    for name, why in plan.dropped.items():
+        say(f"  left out: {name}: {why}")
+    if est.cells:
+        first = est.cells[0]
+        curves = ", ".join(
+            f"{c.order}/{c.perturbation}" + (f" (<= {cap} img)" if (cap := _curve_cap(plan, c)) else "")
+            for c in first.curves) or "none"
+        say(f"curves per cell: {curves}; {est.steps} steps each (regions + 1)")
+    rows = []
+    for m in est.models.values():
+        cal = m.calibration
+        images = "?" if m.images is None else f"{m.images}" if m.images_exact else f"<= {m.images}"
+        rows.append([m.name, "cached" if m.train_cached else _count(m.train_passes), images,
+                     f"{cal.passes_per_second:.1f}/s" if cal else "none", _duration(m.seconds)])
+    print()
+    print(tabulate(rows, headers=["model", "training passes", "explained images", "calibration", "training time"]))
+    rows = []
+    for c in est.cells:
+        unknown_metrics = any(p is None and not c.metrics_cached.get(n) for n, p in c.metrics.items())
+        all_metrics_cached = bool(c.metrics) and all(c.metrics_cached.get(n) for n in c.metrics)
+        metrics = "cached" if all_metrics_cached else _count(c.metric_passes) + ("+?" if unknown_metrics else "")
+        curves = "cached" if c.curves and all(x.cached for x in c.curves) else _count(c.curve_passes)
+        rows.append([c.task.model, c.task.explainer, c.task.perturbation,
+                     "?" if c.images is None else c.images,
+                     "cached" if c.explain_cached else _count(c.explain_passes), curves, metrics,
+                     "cached" if c.cached else _count(c.passes) + ("+?" if c.unknown else ""),
+                     _duration(c.seconds) if c.passes > 0 or c.seconds is None else "0s"])
+    print()
+    print(tabulate(rows, headers=["model", "explainer", "perturbation", "images", "explain", "curves", "metrics",
+                                  "passes", "time"]))
+    train = sum(m.train_passes or 0.0 for m in est.models.values() if not m.train_cached)
+    total = f"\ntotal: {_count(est.passes)} forward passes to compute (training {_count(train)}, cells " \
+            f"{_count(est.passes - train)})"
+    seconds = est.seconds
+    say(total + (f", about {_duration(seconds)} on this machine" if seconds is not None else ""))
+    if est.unknown:
+        say("not counted (their cost is known only once they ran): " + ", ".join(est.unknown))
+    if any(m.images is not None and not m.images_exact for m in est.models.values()):
+        say("images: '<=' is an upper bound (the correctly classified test images, capped by aopc.max_images, "
+              "are known once the model is trained)")
+    if not est.cache_probed:
+        say("cache: not probed (the dataset is not cached, or its key means reading its files): "
+              "stages already computed are counted too")
+    if est.uncalibrated:
+        say(f"no time estimate for {', '.join(est.uncalibrated)}: no calibration on this machine; "
+              "`bench run --dry-run --calibrate` measures each model's throughput (a few seconds per model)")
+    return EXIT_OK
+
+
+def _curve_cap(plan: Any, curve: Any) -> int:
+    from bench.pipeline.stages import curve_image_cap
+
+    return curve_image_cap(plan, curve.order, curve.perturbation)
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,7 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "only with `bench leaderboard --publish`. Another DIR gets its leaderboard files at its top")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override any config key")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the cells, run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config and print the cells and the forward passes each will cost (with a "
+                        "calibration, the time), run nothing")
+    p.add_argument("--calibrate", action="store_true",
+                   help="with --dry-run: first measure each model's forward throughput on this machine (a few "
+                        "seconds per model; cached under <results>/cache/calibration/) for the time estimate")
+    p.add_argument("--json", action="store_true",
+                   help="with --dry-run: print the resolved config, the plan and the estimate as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     p.set_defaults(func=cmd_run)
 

@@ -336,11 +336,11 @@ def test_metric_names_params_and_primary_are_checked_at_plan_time(metrics_plugin
 
 
 def test_dry_run_shows_the_metrics_and_the_curve_orders(capsys):
-    assert main(["run", "--dry-run", "--set", 'metrics.names=["deletion-auc"]']) == 0
+    assert main(["run", "--dry-run", "--json", "--set", 'metrics.names=["deletion-auc"]']) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert plan["metrics"] == ["deletion-auc"] and plan["orders"] == ["morf"] and plan["primary"] == "deletion-auc"
     # --metric (repeatable) selects the metrics; the first one ranks the rows
-    assert main(["run", "--dry-run", "--metric", "lerf-aopc", "--metric", "aopc"]) == 0
+    assert main(["run", "--dry-run", "--json", "--metric", "lerf-aopc", "--metric", "aopc"]) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert plan["metrics"] == ["lerf-aopc", "aopc"] and plan["primary"] == "lerf-aopc"
     assert plan["orders"] == ["morf", "lerf"]

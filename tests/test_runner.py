@@ -207,11 +207,11 @@ def test_ctrl_c_keeps_finished_cells(first_run, counting_plugin):
 def test_dry_run_lists_cells(capsys):
     """--all: every model x explainer under the config's perturbations; --perturbation all adds every one."""
     reg = bench.registry()
-    assert main(["run", "--all", "--dry-run"]) == 0
+    assert main(["run", "--all", "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert plan["perturbations"] == ["gaussian-noise"]  # the demo preset's: the study's perturbation
     assert len(plan["cells"]) == len(reg.names("model")) * len(reg.names("explainer"))
-    assert main(["run", "--all", "--perturbation", "all", "--dry-run"]) == 0
+    assert main(["run", "--all", "--perturbation", "all", "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert len(plan["cells"]) == (
         len(reg.names("model")) * len(reg.names("explainer")) * len(reg.names("perturbation"))

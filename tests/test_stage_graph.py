@@ -229,7 +229,7 @@ def test_executors_are_listed_and_named_in_the_cli(executor_plugin, capsys, tmp_
     plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)["plugins"]}
     assert plugins["executors"]["components"]["executor"] == ["local", "ray"]
     args = ["run", "--preset", "demo", "--explainer", "gradcam", "--explainer", "random", "--metric", "aopc",
-            "--dry-run"]
+            "--dry-run", "--json"]
     assert main([*args, "--executor", "t-breadth-frist"]) == 2
     assert "did you mean 't-breadth-first'" in capsys.readouterr().err
     assert main([*args, "--executor", "t-breadth-first"]) == 0

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from bench.config import loading as config_mod
+from bench.pipeline.estimate import record_estimate
 from bench.pipeline.graph import STAGE_GRAPH, CellArtifacts, StageGraph
 from bench.pipeline.plan import CellTask
-from bench.pipeline.record import CellRecord, Timings
+from bench.pipeline.record import CellRecord, CostEstimate, Timings
 from bench.pipeline.settings import (
     cell_settings,
     count_constant_heatmaps,
@@ -125,9 +126,22 @@ def execute_cell(
     )
     record.settings_key = settings_key(record.settings)
     record.explainer_params_key = explainer_params_key(record.params.get("explainer"))
+    record.estimate = predicted_cost(stages, task, record, arts)
     record.finished = now()
     write_record(run_dir, record)
     return record
+
+
+def predicted_cost(stages: Stages, task: CellTask, record: CellRecord, arts: CellArtifacts) -> CostEstimate | None:
+    """The cell's predicted cost beside its measured one, when its model has a calibration on this
+    machine (:func:`bench.pipeline.estimate.record_estimate`); never fails the cell."""
+    if not record.ok or arts.dataset is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in arts.dataset.splits.image_shape)[:2]
+        return record_estimate(stages.plan, task, record, (shape[0], shape[1]))
+    except Exception:  # noqa: BLE001 - an estimate is a note beside the result, never its failure
+        return None
 
 
 def fill_record(record: CellRecord, stages: Stages, arts: CellArtifacts) -> dict[str, Any]:

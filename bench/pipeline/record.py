@@ -212,6 +212,66 @@ class Timings:
 
 
 @dataclass(kw_only=True)
+class CostEstimate:
+    """A finished cell's predicted cost beside what it measured (version :data:`ESTIMATE_VERSION`).
+
+    Written only when the model had a calibration on the machine that ran the cell
+    (:mod:`bench.pipeline.estimate`): ``predicted_passes`` (the cell's forward passes counted
+    from the plan with its real number of explained images, cached stages included) and
+    ``predicted_seconds`` (those at the calibration's ``passes_per_second``); ``measured_seconds``
+    (its stages' seconds: explain + curves + metrics, as recorded) and ``measured_passes``
+    (the passes they report); ``calibration`` names the calibration file, ``unknown`` what the
+    prediction could not count (a metric that declares its cost only after it ran).
+    """
+
+    version: int = 1
+    predicted_passes: float = 0.0
+    predicted_seconds: float = 0.0
+    measured_passes: float | None = None
+    measured_seconds: float = 0.0
+    passes_per_second: float = 0.0
+    calibration: str = ""
+    unknown: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float | None:
+        """measured / predicted seconds (None when nothing was predicted)."""
+        return self.measured_seconds / self.predicted_seconds if self.predicted_seconds > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "predicted_passes": _json_float(self.predicted_passes),
+            "predicted_seconds": _json_float(self.predicted_seconds),
+            "measured_passes": _json_float(self.measured_passes),
+            "measured_seconds": _json_float(self.measured_seconds),
+            "passes_per_second": _json_float(self.passes_per_second),
+            "calibration": self.calibration,
+            "unknown": list(self.unknown),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> CostEstimate | None:
+        """The estimate of a record's JSON; None when absent (records written before it) or unreadable."""
+        if not isinstance(d, Mapping) or _int(d.get("version"), None) != ESTIMATE_VERSION:
+            return None
+        measured = d.get("measured_passes")
+        return cls(
+            predicted_passes=_float(d.get("predicted_passes")),
+            predicted_seconds=_float(d.get("predicted_seconds")),
+            measured_passes=None if measured is None else _float(measured),
+            measured_seconds=_float(d.get("measured_seconds")),
+            passes_per_second=_float(d.get("passes_per_second")),
+            calibration=str(d.get("calibration") or ""),
+            unknown=[str(u) for u in d.get("unknown") or []],
+        )
+
+
+#: The format of :class:`CostEstimate` in a record.
+ESTIMATE_VERSION = 1
+
+
+@dataclass(kw_only=True)
 class CellRecord:
     """One cell of the grid (dataset x model x explainer x perturbation): inputs, results, status.
 
@@ -252,6 +312,8 @@ class CellRecord:
     settings: dict[str, Any] | None = None
     settings_key: str | None = None
     explainer_params_key: str | None = None
+    #: predicted vs measured cost (None: no calibration when it ran, or an older record)
+    estimate: CostEstimate | None = None
     finished: str | None = None
     #: keys of the JSON this version does not know, kept as they were
     extra: dict[str, Any] = field(default_factory=dict)
@@ -273,6 +335,8 @@ class CellRecord:
                 value = {name: m.to_dict() for name, m in value.items()}
             elif f.name == "timings":
                 value = value.to_dict()
+            elif f.name == "estimate":
+                value = None if value is None else value.to_dict()
             out[f.name] = value
         for key, value in self.extra.items():
             out.setdefault(key, value)
@@ -346,6 +410,7 @@ def _common(d: Mapping[str, Any]) -> dict[str, Any]:
         "settings_key": d.get("settings_key") if isinstance(d.get("settings_key"), str) else None,
         "explainer_params_key": (d.get("explainer_params_key")
                                  if isinstance(d.get("explainer_params_key"), str) else None),
+        "estimate": CostEstimate.from_dict(d.get("estimate")),
         "finished": d.get("finished"),
     }
 

@@ -106,13 +106,14 @@ def masks_digest(masks: Mapping[str, np.ndarray]) -> dict[str, str]:
     return out
 
 
-def declared_cost(component: Any, method_name: str, kind: str) -> float | None:
-    """``component.<method_name>()`` as a finite number >= 0, None when it has no such method or
-    it returns None; anything else is a :class:`ComponentOutputError` naming the component."""
+def declared_cost(component: Any, method_name: str, kind: str, **kwargs: Any) -> float | None:
+    """``component.<method_name>(**kwargs)`` as a finite number >= 0, None when it has no such
+    method or it returns None; anything else is a :class:`ComponentOutputError` naming the
+    component. (``kwargs``: what the method is asked with, e.g. ``image_shape`` before a run.)"""
     method = getattr(component, method_name, None)
     if not callable(method):
         return None
-    value = method()
+    value = method(**kwargs)
     if value is None:
         return None
     where = f"{kind} {type(component).__name__}.{method_name}() returned {value!r}, expected"

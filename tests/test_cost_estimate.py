@@ -1,0 +1,168 @@
+"""``bench run --dry-run`` shows what the plan will cost: forward passes per cell and model, the time
+from a calibration (``--calibrate``); a finished cell records predicted vs measured.
+
+The pass counts are checked against a count written here from the config's numbers; no timing
+value is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from _tiny_config import tiny
+
+import bench
+from bench.cli import main
+from bench.config.loading import load_config
+from bench.pipeline import make_plan
+from bench.pipeline.estimate import (
+    calibration_dir,
+    estimate_plan,
+    find_calibration,
+    read_calibration,
+)
+from bench.pipeline.record import CellRecord, CostEstimate
+
+GRID = 2
+STEPS = GRID * GRID + 1  # regions + the unperturbed image
+IMAGES = 3  # aopc.max_images of the tiny config
+OCCLUSION_GRID = 2
+
+
+def _plan(out: Path, **sections):
+    sections.setdefault("explainers", {"names": ["random", "gradcam", "occlusion"],
+                                       "params": {"occlusion": {"grid": OCCLUSION_GRID}}})
+    sections.setdefault("metrics", {"names": ["aopc", "lerf-aopc"]})
+    return make_plan(load_config(None, overrides=tiny(out, **sections)))
+
+
+def _cells(est):
+    return {c.task.explainer: c for c in est.cells}
+
+
+def test_pass_counts_equal_an_independent_count(tmp_path):
+    est = estimate_plan(_plan(tmp_path / "r"))
+    assert est.steps == STEPS and not est.cache_probed  # nothing cached yet: everything counted
+    per_map = {"random": 0, "gradcam": 1, "occlusion": OCCLUSION_GRID * OCCLUSION_GRID + 1}
+    curves = 2 * IMAGES * STEPS  # aopc reads morf, lerf-aopc reads lerf: both on every explained image
+    cells = _cells(est)
+    assert set(cells) == set(per_map)
+    for name, cell in cells.items():
+        assert cell.images == IMAGES and not cell.images_exact  # at most the cap: the model is not trained
+        assert cell.explain_passes == per_map[name] * IMAGES
+        assert [(c.order, c.perturbation, c.images, c.steps) for c in cell.curves] == [
+            ("morf", "gaussian-noise", IMAGES, STEPS), ("lerf", "gaussian-noise", IMAGES, STEPS)]
+        assert cell.curve_passes == curves
+        assert cell.metrics == {"aopc": 0.0, "lerf-aopc": 0.0}  # they read curves only
+        assert cell.passes == per_map[name] * IMAGES + curves and not cell.unknown
+    assert est.passes == sum(c.passes for c in cells.values())  # training unknown (dataset not cached)
+    assert "training simple-cnn" in est.unknown
+
+
+def test_budgets_reduce_the_counts(tmp_path):
+    full = _cells(estimate_plan(_plan(tmp_path / "a")))["gradcam"]
+    # aopc.max_images: fewer explained images, fewer maps and curve rows
+    fewer = _cells(estimate_plan(_plan(tmp_path / "b", aopc={"grid": GRID, "max_images": 2})))["gradcam"]
+    assert fewer.images == 2 and fewer.explain_passes == 2 and fewer.curve_passes == 2 * 2 * STEPS
+    # metrics.max_images: only the curves that budgeted metric alone reads
+    budget = _cells(estimate_plan(_plan(tmp_path / "c", metrics={"names": ["aopc", "lerf-aopc"],
+                                                                 "max_images": {"lerf-aopc": 1}})))["gradcam"]
+    assert {c.order: c.images for c in budget.curves} == {"morf": IMAGES, "lerf": 1}
+    assert budget.curve_passes == (IMAGES + 1) * STEPS < full.curve_passes
+    # a budget on one of two metrics reading the same curves leaves those curves whole
+    both = _cells(estimate_plan(_plan(tmp_path / "d", metrics={"names": ["aopc", "abpc"],
+                                                               "max_images": {"aopc": 1}})))["gradcam"]
+    assert {c.order: c.images for c in both.curves}["morf"] == IMAGES
+
+
+def _dry(capsys, out: Path, *extra: str) -> tuple[str, str]:
+    args = ["run", "--dry-run", "--out", str(out), "--set", f'dataset.params={_inline(tiny(out)["dataset"]["params"])}',
+            "--set", 'models.names=["simple-cnn"]', "--set", 'explainers.names=["random"]',
+            "--set", 'metrics.names=["aopc"]', "--set", f"aopc.grid={GRID}", "--set", f"aopc.max_images={IMAGES}",
+            *extra]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out, captured.err
+
+
+def _inline(d: dict) -> str:
+    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"
+
+
+def test_dry_run_without_calibration_shows_passes_and_how_to_get_a_time(tmp_path, capsys):
+    out, _ = _dry(capsys, tmp_path / "r")
+    assert re.search(r"simple-cnn\s+random\s+gaussian-noise\s+3\s+0\s+15\s+0\s+15\s+-", out), out
+    assert "no time estimate for simple-cnn" in out and "--calibrate" in out
+    assert "about" not in out  # no time without a calibration
+    assert not (tmp_path / "r" / "cache" / "calibration").exists()
+    assert max(len(line) for line in out.splitlines()) <= 120
+
+
+def test_calibrate_writes_a_calibration_a_plain_dry_run_reads(tmp_path, capsys):
+    results = tmp_path / "r"
+    _, err = _dry(capsys, results, "--calibrate")
+    assert "calibrated simple-cnn" in err
+    files = list(calibration_dir(results).glob("simple-cnn-*.json"))
+    assert len(files) == 1 and read_calibration(files[0]).passes_per_second > 0
+    out, _ = _dry(capsys, results)  # a later plain dry run: the time comes from the file
+    assert "on this machine" in out and "no time estimate" not in out
+    out, _ = _dry(capsys, results, "--json")
+    est = json.loads(out)["estimate"]
+    assert est["uncalibrated"] == [] and est["seconds"] is not None
+    assert est["cells"][0]["passes"] == IMAGES * STEPS  # random: 0 passes per map; aopc: the morf curves
+    # a corrupt calibration file is named and ignored
+    files[0].write_text("{not json")
+    out, err = _dry(capsys, results)
+    assert str(files[0]) in err and "corrupt" in err
+    assert "no time estimate for simple-cnn" in out
+
+
+def test_record_round_trips_predicted_and_measured():
+    base = {"dataset": "d", "model": "m", "explainer": "e", "perturbation": "p", "status": "ok"}
+    rec = CellRecord.from_dict({"schema": 2, **base})
+    assert rec.estimate is None  # a record written before estimates
+    est = CostEstimate(predicted_passes=33.0, predicted_seconds=0.5, measured_passes=33.0,
+                       measured_seconds=0.75, passes_per_second=66.0, calibration="m-abc.json", unknown=["metric x"])
+    rec.estimate = est
+    back = CellRecord.from_dict(json.loads(json.dumps(rec.to_dict())))
+    assert back.estimate == est and back.estimate.ratio == pytest.approx(1.5)
+    assert CellRecord.from_dict({"schema": 2, **base, "estimate": {"version": 99}}).estimate is None
+
+
+def test_a_calibrated_run_records_both_and_a_dry_run_then_sees_it_cached(tmp_path):
+    results = tmp_path / "r"
+    plan = _plan(results, explainers={"names": ["random", "gradcam"]})
+    cfg = plan.config
+    uncal = bench.run(cfg, quiet=True)  # no calibration: nothing predicted
+    assert uncal.ok and all(c.estimate is None for c in uncal.cells)
+    from bench.pipeline.estimate import calibrate_model
+
+    calibrate_model(plan, "simple-cnn", (32, 32), seconds=0.2)
+    assert find_calibration(plan, "simple-cnn", (32, 32)) is not None
+    result = bench.run(cfg, quiet=True)
+    assert result.ok
+    by_explainer = {c.explainer: c for c in result.cells}
+    for name, per_map in {"random": 0, "gradcam": 1}.items():
+        rec = by_explainer[name]
+        n = rec.n_images
+        assert rec.estimate is not None
+        assert rec.estimate.predicted_passes == per_map * n + 2 * n * STEPS
+        assert rec.estimate.measured_passes == rec.estimate.predicted_passes
+        assert rec.estimate.predicted_seconds > 0 and rec.estimate.measured_seconds > 0
+        stored = json.loads((result.run_dir / "cells" / f"{rec.cell_id}.json").read_text())
+        assert CellRecord.from_dict(stored).estimate == rec.estimate
+    # everything is in the cache now: the dry run says so and counts nothing
+    est = estimate_plan(plan)
+    assert est.cache_probed and est.models["simple-cnn"].train_cached
+    assert est.models["simple-cnn"].images_exact
+    assert all(c.cached and c.passes == 0 for c in est.cells) and est.passes == 0
+    # with the dataset cached, training passes are counted from its splits (end to end: epochs x
+    # (train forward + backward) + val, then test)
+    from bench.pipeline.estimate import BACKWARD_PASSES
+
+    train, val, test = (4 * s for s in (16, 2, 2))  # 4 classes x 20 images, split 80/10/10
+    assert est.models["simple-cnn"].train_passes == 3 * (train * (1 + BACKWARD_PASSES) + val) + test

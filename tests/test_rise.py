@@ -116,7 +116,7 @@ def test_shares_one_trace_with_occlusion(setup):
     _, images, targets, ids = setup
     RISE(n_masks=9, batch_size=4).explain(model, images, targets, ids=ids)
     RISE(n_masks=5, batch_size=64).explain(model, images[:1], targets[:1])
-    Occlusion(grid=3, batch_size=6).explain(model, images, targets)
+    Occlusion(grid=3, batch_size=6, strategy="full").explain(model, images, targets)
     fns = compiled_functions(model)
     assert list(fns) == [(SIZE, SIZE, 3)]
     assert fns[(SIZE, SIZE, 3)].experimental_get_tracing_count() == 1

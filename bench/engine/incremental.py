@@ -1616,10 +1616,11 @@ class OcclusionOutputs:
     base: float32 (N, C), the model's outputs on the original images; occluded: float32
     (N, R, C), on image n with region r replaced; strategy: ``"incremental"`` or ``"full"``
     (what ran; why in ``info["reason"]``); seconds: wall time; forward_passes: N * (R + 1).
+    With ``run_full=False`` and no incremental run, ``occluded`` is None (nothing ran).
     """
 
     base: np.ndarray
-    occluded: np.ndarray
+    occluded: np.ndarray | None
     strategy: str
     info: dict[str, Any]
     seconds: float
@@ -1636,6 +1637,7 @@ def occlusion_outputs(
     strategy: str = "auto",
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     min_gain: float = 1.0,
+    run_full: bool = True,
 ) -> OcclusionOutputs:
     """The model's outputs on every image with each region replaced by ``fill``, exactly.
 
@@ -1657,6 +1659,9 @@ def occlusion_outputs(
     fill: the replacement, broadcast to the images: a scalar, one value per image (N,),
         per channel (1, C) or per image and channel (N, C), or images (N, H, W, C) /
         (H, W, C) (a baseline).
+    run_full: ``False``: where the incremental path is not taken (``"auto"``'s choice or a
+        failure at run time) run nothing and return ``occluded=None`` with the reason (for a
+        caller with a full-pass path of its own).
     """
     started = time.perf_counter()
     x = np.ascontiguousarray(images, dtype=np.float32)
@@ -1764,6 +1769,10 @@ def occlusion_outputs(
             info["reason"] = f"incremental inference failed at run time ({type(exc).__name__}: {exc})"
             log.warning("occlusion: incremental -> full: %s", info["reason"])
             occluded = None
+    if occluded is None and not run_full:
+        info["used"] = "full"
+        return OcclusionOutputs(base=base, occluded=None, strategy="full", info=info,
+                                seconds=time.perf_counter() - started, forward_passes=0)
     if occluded is None:
         full = FullForward()
         full.prepare(holder, batch_size=bs, image_shape=shape, mask_local=True)

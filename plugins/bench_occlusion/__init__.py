@@ -20,11 +20,16 @@ def bench_register_explainers():
                 "fill=0.0 (black; 'mean' = the image's mean), relevance = the drop of the target's "
                 "probability (score='probability'; 'logit'), a map at grid resolution; with "
                 "patch/stride (pixels): sliding windows, a pixel map averaging overlapping windows; "
-                "cost L+1 forward passes per map (82 on the 9x9 grid), batch_size rows per pass"
+                "L+1 model evaluations per map, batch_size rows per call: with strategy='full' "
+                "cost L+1 forward passes per map (82 on the 9x9 grid); strategy='auto' (default: "
+                "incremental where the engine can walk the model and predicts a gain, else full) "
+                "or 'incremental' run one full pass per image and recompute, per window, only the "
+                "activations it reaches (exact), cost 1 + L/predicted_gain passes per map (the "
+                "engine's box-count estimate, reported by passes_per_map after a call)"
             ),
             parameters={
                 "grid": 9, "patch": None, "stride": None, "fill": 0.0, "score": "probability",
-                "batch_size": 32,
+                "batch_size": 32, "strategy": "auto",
             },
         ),
         ExplainerSpec(

@@ -15,15 +15,27 @@ the bottom/right edge where the stride does not reach it, so every pixel is
 covered; the map is then (N, H, W), each pixel the mean drop of the windows that
 cover it.
 
-Cost: ``L + 1`` forward passes per map (L windows and the original image; 82 on
-the 9x9 grid). All (image, window) rows of a call are streamed through one
-``tf.function`` per model and image shape (:mod:`bench_occlusion.engine`),
-``batch_size`` rows per pass, built on the fly: no per-image loop around a model
-call, memory one chunk.
+Strategies (``strategy``): every occluded row differs from its original image in one
+window only, so ``"incremental"`` computes the rows on the incremental engine
+(:func:`bench.engine.incremental.occlusion_outputs`): one full pass per image, then
+per row only the activations the window reaches, exactly (equal to full passes within
+float rounding). ``"full"`` streams all (image, window) rows through one ``tf.function``
+per model and image shape (:mod:`bench_occlusion.engine`), ``batch_size`` rows per
+pass, built on the fly: no per-image loop around a model call, memory one chunk.
+``"auto"`` (default) is incremental where the engine can walk the model and predicts a
+gain, full passes otherwise; what ran and why is in :attr:`Occlusion.strategy_info_`
+after each call. The logit score runs incrementally on a logits view of the model (cut
+before its softmax), the probability on the model itself.
+
+Cost: ``L + 1`` model evaluations per map (L windows and the original image; 82 on the
+9x9 grid): ``L + 1`` forward passes with full passes; incrementally one full pass plus
+L rows that each cost ``1 / predicted_gain`` of a pass (the engine's box-count estimate),
+which :meth:`Occlusion.passes_per_map` reports after a call.
 """
 
 from __future__ import annotations
 
+import logging
 import numbers
 from typing import Any
 
@@ -37,8 +49,17 @@ from bench_gradients.engine import (
 )
 
 from bench.engine.regions import check_ids, grid_shape, region_boxes
+from bench.engine.tracing import traced
 
 from .engine import SCORES, score_function, stream
+
+log = logging.getLogger(__name__)
+
+#: how Occlusion computes the occluded rows (see the module's docstring)
+STRATEGIES: tuple[str, ...] = ("auto", "incremental", "full")
+
+#: the most bytes of model outputs one incremental call returns (images are chunked to fit)
+OUTPUT_BUDGET_BYTES = 64 * 2**20
 
 
 def _pair(value: Any, param: str) -> tuple[int, int]:
@@ -63,6 +84,24 @@ def sliding_positions(size: int, patch: int, stride: int) -> np.ndarray:
     return np.asarray(starts, dtype=np.int64)
 
 
+def logits_network(model: Any, image_shape: tuple[int, ...]) -> Any:
+    """A functional ``keras.Model`` images -> the target logits of bench ``model`` (its
+    ``logits_keras`` view applied to a fresh input), built once per Keras model and shape.
+
+    The incremental engine walks it like the model itself (the view's sub-model is inlined).
+    """
+    shape = tuple(int(d) for d in image_shape)
+
+    def build() -> Any:
+        import keras
+
+        view = model.logits_keras
+        inputs = keras.Input(shape)
+        return keras.Model(inputs, view(inputs), name=f"{getattr(model.keras, 'name', 'model')}_logits")
+
+    return traced(model.keras, ("bench_occlusion.logits_network", shape), build)
+
+
 class Occlusion:
     """Occlusion: the drop of the target's score when a window is filled.
 
@@ -83,6 +122,12 @@ class Occlusion:
         ``"probability"`` (default, the target's softmax probability) or ``"logit"``.
     batch_size:
         Occluded images per forward pass (default 32).
+    strategy:
+        ``"auto"`` (default), ``"incremental"`` or ``"full"``: how the occluded rows are
+        computed (the module's docstring); the maps are the same within float rounding.
+
+    After a call, ``strategy_info_`` says which strategy ran and why (``used``, ``reason``,
+    the engine's ``predicted_gain`` where it was asked).
     """
 
     def __init__(
@@ -94,6 +139,7 @@ class Occlusion:
         fill: float | str = 0.0,
         score: str = "probability",
         batch_size: int = 32,
+        strategy: str = "auto",
     ):
         self.grid = grid
         self.patch = patch
@@ -101,11 +147,12 @@ class Occlusion:
         self.fill = fill
         self.score = score
         self.batch_size = batch_size
+        self.strategy = strategy
 
     def get_params(self) -> dict[str, Any]:
         return {
             "grid": self.grid, "patch": self.patch, "stride": self.stride, "fill": self.fill,
-            "score": self.score, "batch_size": self.batch_size,
+            "score": self.score, "batch_size": self.batch_size, "strategy": self.strategy,
         }
 
     def __repr__(self) -> str:
@@ -131,6 +178,7 @@ class Occlusion:
             check_float(self.fill, "fill")
         check_choice(self.score, "score", SCORES)
         check_int(self.batch_size, "batch_size")
+        check_choice(self.strategy, "strategy", STRATEGIES)
 
     # ---- windows -------------------------------------------------------------------------
     def windows(self, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -147,12 +195,20 @@ class Occlusion:
         ys, xs = sliding_positions(h, ph, sh), sliding_positions(w, pw, sw)
         return np.array([(y, y + ph, x, x + pw) for y in ys for x in xs], dtype=np.int64)
 
-    def passes_per_map(self, image_shape: tuple[int, ...] | None = None) -> int:
-        """Forward passes per map: L windows + the original image (82 on the 9x9 grid).
+    def passes_per_map(self, image_shape: tuple[int, ...] | None = None) -> float:
+        """Forward-pass equivalents per map.
 
-        On the grid the count does not depend on the image; with ``patch`` it does, and
-        ``image_shape`` (H, W[, C]) must be given.
+        Full passes: L windows + the original image (82 on the 9x9 grid). After a call (and
+        ``image_shape`` not given), what that call cost: ``L + 1`` where it ran full passes,
+        ``1 + L / predicted_gain`` where it ran incrementally (one full pass, then L rows at
+        the engine's box-count estimate of their share of a pass).
+
+        On the grid the full-pass count does not depend on the image; with ``patch`` it
+        does, and ``image_shape`` (H, W[, C]) must be given before any call.
         """
+        measured = self.__dict__.get("_passes_per_map")
+        if image_shape is None and measured is not None:
+            return float(measured)
         if self.patch is None:
             self.validate()
             rows, cols = grid_shape(self.grid)
@@ -182,6 +238,13 @@ class Occlusion:
         if len(x) == 0:
             return np.zeros((0, n_windows)), boxes
         fills = self.fill_values(x)
+        self.__dict__["_passes_per_map"] = float(n_windows + 1)
+        if self.strategy == "full":
+            self.strategy_info_ = {"requested": "full", "used": "full", "reason": "requested"}
+        else:
+            scores_inc = self._incremental_scores(bm, x, t, boxes, fills)
+            if scores_inc is not None:
+                return scores_inc[:, :1] - scores_inc[:, 1:], boxes
         fn = score_function(bm, tuple(x.shape[1:]))
 
         def rows(img: np.ndarray, smp: np.ndarray) -> tuple[np.ndarray, None]:
@@ -197,6 +260,40 @@ class Occlusion:
         ):
             scores[img, smp] = s
         return scores[:, :1] - scores[:, 1:], boxes
+
+    def _incremental_scores(
+        self, bm: Any, x: np.ndarray, t: np.ndarray, boxes: np.ndarray, fills: np.ndarray
+    ) -> np.ndarray | None:
+        """float64 (N, L + 1) scores (the original, then each window) from the incremental
+        engine, or None where ``"auto"`` chose full passes (``strategy_info_`` says why)."""
+        from bench.engine.incremental import occlusion_outputs
+
+        net = bm if self.score == "probability" else logits_network(bm, tuple(x.shape[1:]))
+        n, n_windows = len(x), len(boxes)
+        per_image = n_windows * max(int(bm.num_classes), 1) * 4
+        chunk = max(1, OUTPUT_BUDGET_BYTES // max(per_image, 1))
+        scores = np.empty((n, n_windows + 1), dtype=np.float64)
+        info: dict[str, Any] = {}
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            out = occlusion_outputs(
+                net, x[s:e], boxes, fill=fills[s:e], batch_size=int(self.batch_size),
+                strategy=self.strategy, run_full=False,
+            )
+            info = dict(out.info)
+            if out.occluded is None:  # "auto" chose full passes: the explainer's own path
+                self.strategy_info_ = info
+                log.info("Occlusion: full passes (%s)", info.get("reason"))
+                return None
+            rows = np.arange(e - s)
+            tt = t[s:e]
+            scores[s:e, 0] = out.base[rows, tt]
+            scores[s:e, 1:] = out.occluded[rows, :, tt]
+        self.strategy_info_ = info
+        gain = info.get("predicted_gain")
+        if gain:
+            self.__dict__["_passes_per_map"] = 1.0 + n_windows / float(gain)
+        return scores
 
     def explain(
         self, model: Any, images: np.ndarray, targets: np.ndarray, *, ids: Any = None

@@ -108,3 +108,54 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_share_file_links_atomically_and_falls_back(tmp_path, monkeypatch):
+    from bench.pipeline.store import share_file
+
+    source = tmp_path / "cache" / "entry.npz"
+    write_npz(source, ids=np.arange(3), heatmaps=np.ones((3, 2, 2), np.float32))
+    target = tmp_path / "run" / "heatmaps" / "cell.npz"
+    write_npz(target, ids=np.arange(1), heatmaps=np.zeros((1, 1, 1), np.float32))  # replaced
+    assert share_file(source, target)
+    assert os.stat(source).st_ino == os.stat(target).st_ino
+    np.testing.assert_array_equal(read_npz(target)["heatmaps"], np.ones((3, 2, 2), np.float32))
+    # replacing the source atomically (a healed cache entry) leaves the run's file as it was
+    write_npz(source, ids=np.arange(2), heatmaps=np.zeros((2, 2, 2), np.float32))
+    assert read_npz(target)["heatmaps"].shape == (3, 2, 2)
+    assert not share_file(tmp_path / "missing.npz", target)
+
+    def no_links(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert not share_file(source, target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["cell.npz"]  # no temp file left
+
+
+def test_a_runs_heatmaps_are_the_cache_entry_not_a_copy(tmp_path, monkeypatch):
+    """The run's heatmaps file is a hard link to the heatmaps cache entry (the same arrays, no
+    second copy); where linking fails, a copy with the same arrays is written."""
+    from _tiny_config import tiny
+
+    import bench
+    from bench.pipeline.record import CellRecord
+
+    def run_and_files(out):
+        result = bench.run(tiny(out), quiet=True, leaderboard=False)
+        run_dir = out / "runs" / result.run_id
+        (cell_file,) = (run_dir / "cells").glob("*.json")
+        cell = CellRecord.from_dict(read_json(cell_file))
+        return run_dir / cell.heatmaps_file, out / "cache" / "heatmaps" / f"{cell.keys['heatmaps']}.npz"
+
+    run_file, cache_file = run_and_files(tmp_path / "a")
+    assert os.stat(run_file).st_ino == os.stat(cache_file).st_ino
+    linked = read_npz(run_file)
+    assert set(linked) == {"ids", "heatmaps"} and linked["heatmaps"].dtype == np.float32
+
+    monkeypatch.setattr(os, "link", lambda src, dst: (_ for _ in ()).throw(OSError("no links here")))
+    run_file, cache_file = run_and_files(tmp_path / "a")  # a second, cached run: a copy this time
+    assert os.stat(run_file).st_ino != os.stat(cache_file).st_ino
+    copied = read_npz(run_file)
+    for name in ("ids", "heatmaps"):
+        np.testing.assert_array_equal(copied[name], linked[name])

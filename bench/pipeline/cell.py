@@ -37,7 +37,7 @@ from bench.pipeline.stages import (
     create_component,
     error_text,
 )
-from bench.pipeline.store import write_json, write_npz
+from bench.pipeline.store import share_file, write_json, write_npz
 from bench.plugin.names import safe_child
 from bench.plugin.registry import registry
 from bench.plugin.specs import curve_key
@@ -107,7 +107,8 @@ def execute_cell(
     arts = graph.walk(stages, task, failures=failures, computed=computed)
     facts = fill_record(record, stages, arts)
     if arts.failure is None:
-        write_arrays(run_dir, record, arts)
+        write_arrays(run_dir, record, arts, cache_file=stages.cache.path("heatmaps", arts.heatmaps.key, ".npz")
+                     if arts.heatmaps is not None and arts.heatmaps.key else None)
     else:
         failure = arts.failure
         record.status = "failed"
@@ -223,8 +224,13 @@ def metric_timings(record: CellRecord) -> dict[str, dict[str, Any]]:
     return {str(k): dict(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
 
 
-def write_arrays(run_dir: Path, record: CellRecord, arts: CellArtifacts) -> None:
-    """The cell's arrays under ``run_dir``: curves, metrics, heatmaps, the model's predictions."""
+def write_arrays(run_dir: Path, record: CellRecord, arts: CellArtifacts, *, cache_file: Path | None = None) -> None:
+    """The cell's arrays under ``run_dir``: curves, metrics, heatmaps, the model's predictions.
+
+    The heatmaps, the largest of them (a pixel-resolution method at 299 px: 470 maps, 168 MB),
+    are stored once: the run's file is a hard link to the cache entry ``cache_file`` (the same
+    arrays, ``ids`` and ``heatmaps`` at the explainer's own resolution, float32) where the
+    filesystem allows it, a copy otherwise."""
     task, model, heat = arts.task, arts.model, arts.heatmaps
     if model is None or heat is None:
         return
@@ -245,8 +251,10 @@ def write_arrays(run_dir: Path, record: CellRecord, arts: CellArtifacts) -> None
     columns = arts.metrics.columns if arts.metrics is not None else {}
     write_npz(safe_child(run_dir, "metrics", f"{task.cell_id}.npz"), ids=ids, labels=labels,
               targets=targets, **columns)
-    write_npz(safe_child(run_dir, "heatmaps", f"{task.cell_id}.npz"), ids=ids,
-              heatmaps=np.asarray(heat.heatmaps, np.float32))
+    heat_file = safe_child(run_dir, "heatmaps", f"{task.cell_id}.npz")
+    if not (cache_file is not None and cache_file.is_file() and _same_heatmaps(cache_file, ids, heat.heatmaps)
+            and share_file(cache_file, heat_file)):
+        write_npz(heat_file, ids=ids, heatmaps=np.asarray(heat.heatmaps, np.float32))
     write_json(safe_child(run_dir, "models", f"{task.model_id}.json"), {
         **dict(model.record),
         "predictions_file": f"models/{task.model_id}.npz",
@@ -255,3 +263,17 @@ def write_arrays(run_dir: Path, record: CellRecord, arts: CellArtifacts) -> None
         safe_child(run_dir, "models", f"{task.model_id}.npz"),
         ids=model.ids.astype(str), labels=model.labels, predictions=model.predictions,
     )
+
+
+def _same_heatmaps(path: Path, ids: np.ndarray, heatmaps: np.ndarray) -> bool:
+    """Whether the npz at ``path`` holds exactly ``ids`` and ``heatmaps`` (float32) and nothing else
+    (only then may the run's file be that file): a cheap header check, then the arrays."""
+    from bench.pipeline.store import read_npz
+
+    try:
+        stored = read_npz(path)
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not shared
+        return False
+    return (set(stored) == {"ids", "heatmaps"} and stored["heatmaps"].dtype == np.float32
+            and stored["heatmaps"].shape == np.shape(heatmaps) and np.array_equal(stored["ids"], ids)
+            and np.array_equal(stored["heatmaps"], heatmaps))

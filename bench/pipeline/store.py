@@ -78,6 +78,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def share_file(source: Path, target: Path) -> bool:
+    """Make ``target`` a hard link to ``source`` (atomically, replacing ``target``); False where
+    the filesystem cannot link them (another device, no link support, ``source`` missing): the
+    caller then writes its own copy. A linked file costs no space; both names stay valid when
+    either is removed or atomically replaced (a rename makes a new file, the link keeps the old)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.link"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.link(source, tmp)
+        os.replace(tmp, target)
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return False
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 from _bench_models import build_model
+from _readme import readme_row
 
 from bench.engine.curves import evaluate_aopc
 from bench.engine.forward import FullForward
@@ -74,6 +75,8 @@ def _run(benchmark, name: str, size: int, n_images: int, grid: int = 9, rounds: 
         "ratio": ratio,
     }
     benchmark.extra_info.update(info)
+    readme_row(benchmark, f"AOPC engine (full passes) vs raw `model(x)`, {info['model']} {size} px", ratio,
+               unit="", goal=">= 0.95", detail=f"{n_images} images x {grid * grid + 1} steps")
     print(
         f"\n[aopc] {info['model']} {size}px: raw {info['raw_passes_per_s']:.1f} passes/s, "
         f"engine {info['engine_passes_per_s']:.1f} passes/s, ratio {ratio:.3f} (target >= 0.95)"

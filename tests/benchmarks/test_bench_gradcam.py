@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 from _bench_models import build_model
+from _readme import readme_row
 from bench_gradcam.gradcam import GradCAM
 
 from bench.pipeline.explain import compute_heatmaps
@@ -62,6 +63,8 @@ def _run(benchmark, name: str, size: int, n_images: int, rounds: int = ROUNDS) -
         "map_shape": list(maps.shape[1:]),
     }
     benchmark.extra_info.update(info)
+    readme_row(benchmark, f"Grad-CAM maps/s vs raw inference, {info['model']} {size} px", ratio, unit="",
+               goal="about 1", detail=f"= {1 / ratio:.2f} forward passes per map")
     print(
         f"\n[gradcam] {info['model']} {size}px: raw {info['raw_images_per_s']:.1f} img/s, "
         f"Grad-CAM {info['gradcam_images_per_s']:.1f} img/s, ratio {ratio:.3f} "

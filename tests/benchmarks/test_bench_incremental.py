@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _bench_models import build_model
+from _readme import readme_row
 
 from bench.engine.curves import evaluate_aopc
 from bench.engine.incremental import IncrementalForward
@@ -36,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_incremental import calibrate, reinit  # noqa: E402
 
 BATCH = 64
+
+#: the issue's goal for the case's best non-auto strategy vs full passes (the README's table)
+GOALS = {"vgg16-299": ">= 8x", "vgg16-160": ">= 3x", "densenet201-299": ">= 1.3x (or the reason it cannot pay)"}
 
 CASES = [
     # id, model, size, images, rounds, strategies (the first is timed by pytest-benchmark)
@@ -136,6 +140,15 @@ def test_incremental_vs_full(benchmark, case: str, name: str, size: int, n_image
         info["layers"] = table
         print(_format_layers(table))
     benchmark.extra_info.update(info)
+    exact = f"max |dp| {max(diffs.values()):.1e}"
+    for s in strategies:
+        if s not in ("full", "auto", "one-row"):
+            readme_row(benchmark, f"MoRF curves, {s} vs full passes, {case}", ratios[s],
+                       goal=GOALS.get(case, ""), detail=f"{n_images} images x 82 steps, {exact}")
+    if "auto" in strategies:
+        readme_row(benchmark, f"MoRF curves, `auto` vs full passes, {case}", ratios["auto"],
+                   detail=f"auto ran {results['auto'].strategy}; auto / faster strategy "  # type: ignore[attr-defined]
+                          f"{info['auto_vs_faster']:.2f} (goal <= 1.05)")
     for s, d in diffs.items():
         assert d <= 1e-5, f"{case}: {s} differs from full passes by {d}"
     assert float(np.ptp(full.curves, axis=1).min()) > 1e-4  # type: ignore[attr-defined]
@@ -174,6 +187,8 @@ def test_occlusion_incremental_vs_full(benchmark, name: str, size: int, n_images
     diff = float(np.abs(inc.occluded - fulls[0].occluded).max())
     benchmark.extra_info.update({"full_seconds": t_full, "incremental_seconds": t_inc,
                                  "speedup_vs_full": t_full / t_inc, "max_abs_diff": diff})
+    readme_row(benchmark, f"`occlusion_outputs`, incremental vs full passes, {name} {size} px", t_full / t_inc,
+               goal=">= 5x", detail=f"{n_images} images x 81 regions, max |dp| {diff:.1e}")
     print(f"\n== occlusion {name}@{size}: {n_images} images x 81 regions: full {t_full:.2f}s, "
           f"incremental {t_inc:.2f}s, {t_full / t_inc:.2f}x, max|dp| {diff:.1e}")
     assert diff <= 1e-5
@@ -222,6 +237,10 @@ def test_occlusion_explainer_incremental_vs_full(benchmark, name: str, size: int
         "maps": n_images,
     }
     benchmark.extra_info.update(info)
+    for s in ("incremental", "auto"):
+        readme_row(benchmark, f"Occlusion explainer, `strategy=\"{s}\"` vs its full passes, {name} {size} px",
+                   ratios[s], goal=">= 5x",
+                   detail=f"{n_images} images x 81 regions, max |dmap| {diffs[s]:.1e}, ran {info['used'][s]}")
     print(f"\n== Occlusion explainer {name}@{size}: {n_images} images x 81 regions (+1), batch {batch}")
     for s in strategies:
         print(f"  {s:<12} {best[s]:8.2f} s  full/{s} = {ratios[s]:6.2f}x  max|dmap| {diffs[s]:.1e}  "

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import pytest
+from _readme import readme_row
 
 import bench
 from bench.data import DatasetSplits, Split
@@ -109,6 +110,8 @@ def test_feature_cached_training_vs_plain_fit(benchmark):
         "features_s": rep.features_seconds,
         "ratio_plain_over_cached": ratio,
     })
+    readme_row(benchmark, f"feature-cached head training vs `model.fit` on images, VGG16 {SIZE} px", ratio,
+               detail=f"{EPOCHS} epochs, {len(splits.train)}+{len(splits.val)} images")
     print(
         f"\nVGG16@{SIZE}px, {EPOCHS} epochs, {len(splits.train)}+{len(splits.val)} images: "
         f"plain model.fit {min(plain):.2f}s, feature-cached train {min(cached):.2f}s "
@@ -153,6 +156,8 @@ def test_feature_extraction_throughput(benchmark):
         "raw_images_per_s": raw_ips, "extract_images_per_s": ext_ips,
         "ratio_extract_over_raw": ratio,
     })
+    readme_row(benchmark, f"backbone feature extraction vs raw `model(x)`, VGG16 {SIZE} px", ratio, unit="",
+               goal="about 1", detail=f"{n} images, batch {BATCH}")
     print(
         f"\nVGG16@{SIZE}px batch {BATCH}: raw model(x) {raw_ips:.1f} img/s, "
         f"extract_features {ext_ips:.1f} img/s -> ratio {ratio:.2f}"

@@ -1,4 +1,4 @@
-"""Figures: valid PNGs from known data, bilinear upsampling, overlays on shared images.
+"""Figures: valid images from known data, bilinear upsampling, overlays on shared images.
 
 The figures must read with the zoo (22 explainers, 16 ranked methods, 17 metrics): the
 checks below build each figure from synthetic inputs of that size, look at its artists
@@ -101,7 +101,7 @@ def test_plot_per_class(tmp_path):
     assert _png_shape(p)[2] in (3, 4)
 
 
-def test_make_figures_from_runs_uses_images_every_cell_explained(tmp_path, monkeypatch):
+def test_make_figures_from_runs_uses_images_every_cell_of_the_model_explained(tmp_path, monkeypatch):
     ids = [f"test-{i:03d}" for i in range(8)]
     write_run(tmp_path, "r", [
         FakeCell("covid", "vgg16", "gradcam", per_image=[0.4] * 6, ids=ids[:6]),
@@ -114,20 +114,27 @@ def test_make_figures_from_runs_uses_images_every_cell_explained(tmp_path, monke
     real = fg.plot_overlays
 
     def spy(images, heatmaps, path, **kw):
-        seen["titles"] = kw["image_titles"]
-        seen["labels"] = list(heatmaps)
-        seen["n"] = len(images)
+        model = kw["title"].split(" / ")[1].split(" ")[0]
+        seen[model] = {"titles": kw["image_titles"], "labels": list(heatmaps), "n": len(images),
+                       "alphas": tuple(kw["alphas"]), "caption": kw["caption"]}
         return real(images, heatmaps, path, **kw)
 
     monkeypatch.setattr(fg, "plot_overlays", spy)
     figs = make_figures(collect(tmp_path), tmp_path / "figures")
-    assert [len(v) for v in figs.values()] == [1, 1, 1]
-    # shared ids: test-003..test-005 (labels 3, 0, 1): one per class, in class order
-    assert [t.split("\n")[0] for t in seen["titles"]] == ["test-004", "test-005", "test-003"]
-    assert seen["n"] == 3 and len(seen["labels"]) == 3
+    assert [len(v) for v in figs.values()] == [1, 2, 1]  # curves, one overlay figure per model, per class
+    # vgg16: the ids both its explainers explained, test-003..test-005 (labels 3, 0, 1): one per class,
+    # in class order; Normal (test-002, test-006) was not explained by both: said in the caption
+    assert [t.split("\n")[1] for t in seen["vgg16"]["titles"]] == ["test-004", "test-005", "test-003"]
+    assert seen["vgg16"]["n"] == 3 and seen["vgg16"]["labels"] == ["gradcam", "random"]
+    assert "No row for Normal" in seen["vgg16"]["caption"]
+    # densenet: its own images, the first of each class
+    assert [t.split("\n")[1] for t in seen["densenet"]["titles"]] == ["test-000", "test-001", "test-002",
+                                                                       "test-003"]
+    assert seen["densenet"]["alphas"] == (0.4, 0.7)
     for paths in figs.values():
         for p in paths:
-            assert p.parent == tmp_path / "figures" and p.read_bytes()[:8] == PNG
+            assert p.parent == tmp_path / "figures"
+            assert p.read_bytes()[:8] == PNG if p.suffix == ".png" else p.read_bytes()[8:12] == b"WEBP"
 
 
 def test_make_figures_without_dataset_file_warns_and_keeps_the_rest(tmp_path):
@@ -145,13 +152,15 @@ def test_a_figure_the_latest_build_did_not_write_is_removed(tmp_path):
     (run / "covid.npz").unlink()  # the overlay cannot be drawn this time
     figures = tmp_path / "figures"
     figures.mkdir()
-    stale = figures / "overlays__covid-0123ab.png"
+    stale = figures / "overlays__covid-0123ab.png"  # an overlay PNG of an earlier version
     stale.write_bytes(PNG)
+    stale_webp = figures / "overlays__covid__vgg16__none-0123ab.webp"
+    stale_webp.write_bytes(b"RIFF\x00\x00\x00\x00WEBP")
     mine = figures / "my-own-plot.png"  # not one of the report's figures: left alone
     mine.write_bytes(PNG)
     with pytest.warns(UserWarning, match="dataset file"):
         figs = make_figures(collect(tmp_path), figures)
-    assert not stale.exists() and mine.exists()
+    assert not stale.exists() and not stale_webp.exists() and mine.exists()
     (curves,) = figs["Mean MoRF curves (AOPC graphs)"]
     assert curves.exists()
 

@@ -141,10 +141,10 @@ def test_build_writes_five_files_and_report(built):
         assert paths[fmt] == results / f"leaderboard.{fmt}"
         assert paths[fmt].stat().st_size > 100
     assert (results / "report.md").exists()
-    pngs = sorted(p.name for p in (results / "figures").glob("*.png"))
-    assert any(p.startswith("curves__") for p in pngs)
-    assert any(p.startswith("overlays__") for p in pngs)
-    assert any(p.startswith("per_class__") for p in pngs)
+    figs = sorted(p.name for p in (results / "figures").iterdir())
+    assert any(p.startswith("curves__") and p.endswith(".png") for p in figs)
+    assert any(p.startswith("overlays__") and p.endswith(".webp") for p in figs)  # one per model, WebP
+    assert any(p.startswith("per_class__") and p.endswith(".png") for p in figs)
 
 
 def test_out_dir_and_format_subset(results, tmp_path_factory):
@@ -228,7 +228,7 @@ def test_html_self_contained_with_figures(built):
     _, paths = built
     page = paths["html"].read_text()
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
-    imgs = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    imgs = re.findall(r'<img [^>]*src="data:image/(?:png|webp);base64,([A-Za-z0-9+/=]+)"', page)
     assert len(imgs) >= 3
     assert base64.b64decode(imgs[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Paired comparisons" in page and "Holm" in page

@@ -14,7 +14,7 @@ One job per module, each importing only the ones above it:
     summary.py         the compact plain-text table printed in a terminal
     page.py            the HTML page (self-contained, sortable): render_page
     formats.py         render one format: md, csv, json, html, tex
-    figures.py         matplotlib figures (Agg, PNG)
+    figures.py         matplotlib figures (Agg; palette PNG plots, WebP overlays)
     report.py          report.md and the figures it shows
     leaderboard.py     build: collect -> compare -> figures -> every file; where the files go
     dataset_figure.py  ``bench data show``: example images per class with masks outlined

@@ -1,7 +1,8 @@
-"""Figures of the report (matplotlib's object API on the Agg canvas, PNG).
+"""Figures of the report (matplotlib's object API on the Agg canvas; palette PNG, or WebP for photos).
 
 Every ``plot_*`` function takes plain data (NumPy arrays, mappings of labels to arrays,
-DataFrames), writes one PNG atomically and returns its path; none reads run folders
+DataFrames), writes one image atomically (:func:`save_figure`: a palette PNG for plots, the
+path's suffix picks WebP or JPEG for the photographic overlays) and returns its path; none reads run folders
 (that is :mod:`bench.publish.report`'s job), so they are easy to reuse and to test.
 Each has a ``*_figure`` twin that returns the :class:`matplotlib.figure.Figure`
 instead of writing it (tests inspect its artists; callers may restyle it). No pyplot
@@ -10,8 +11,9 @@ global state is touched, so figures never leak between calls or threads.
 - :func:`plot_curves`: mean perturbation curve f(x^(k)) per model x explainer with a
   band (the study's "AOPC graphs"); the best methods highlighted, the others thin grey,
   controls as dashed reference lines, the legend outside the axes.
-- :func:`plot_overlays`: every explainer (columns) super-imposed on the same test images
-  (rows) at each alpha level, the dataset's masks as contours (the study's figure).
+- :func:`plot_overlays`: every explainer (columns, controls marked) super-imposed on the same
+  test images (rows) at each alpha level, the dataset's masks as contours (the study's figure);
+  its layout is an :class:`OverlayGrid`.
 - :func:`plot_per_class`: a per-class score with confidence intervals, one panel per
   model x class, explainers on a shared axis; an empty panel says so in grey.
 - :func:`plot_ranks`: each method's rank with its bootstrap interval and P(best), one
@@ -25,6 +27,7 @@ import io
 import math
 import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,12 +83,44 @@ def mpl_text(text: Any) -> str:
     return str(text).replace("$", r"\$").replace("\n", " ")
 
 
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at :data:`DPI` (tight bounding box), atomically; return the path."""
-    path = Path(path)
+#: Colours of a PNG figure's palette: a plot (lines, text, flat fills) looks the same as in
+#: full RGB at about a third of the bytes, so the self-contained page stays small.
+PNG_COLOURS = 256
+#: Quality of a lossy figure (``.webp``, ``.jpg``): the photographic heatmap overlays.
+LOSSY_QUALITY = 70
+#: The figure formats :func:`save_figure` writes, by file suffix.
+FIGURE_SUFFIXES: tuple[str, ...] = (".png", ".webp", ".jpg", ".jpeg")
+
+
+def encode_figure(fig: Figure, suffix: str = ".png") -> bytes:
+    """``fig`` rendered at :data:`DPI` (tight bounding box) as ``suffix`` says: ``.png`` an
+    optimised palette PNG (:data:`PNG_COLOURS`, median cut, no dithering: white stays white,
+    a pixel is off by under one level on average), ``.webp`` / ``.jpg`` lossy at
+    :data:`LOSSY_QUALITY` (full chroma for JPEG, so thin coloured lines stay sharp)."""
+    from PIL import Image
+
+    suffix = suffix.lower()
+    if suffix not in FIGURE_SUFFIXES:
+        raise ValueError(f"save_figure: unknown figure format {suffix!r}; use one of {', '.join(FIGURE_SUFFIXES)}")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        rgb = im.convert("RGB")
+    out = io.BytesIO()
+    if suffix == ".png":
+        rgb.quantize(PNG_COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            out, format="PNG", optimize=True)
+    elif suffix == ".webp":
+        rgb.save(out, format="WEBP", quality=LOSSY_QUALITY, method=6)
+    else:
+        rgb.save(out, format="JPEG", quality=LOSSY_QUALITY, subsampling=0, optimize=True)
+    return out.getvalue()
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` atomically in the format of ``path``'s suffix (:func:`encode_figure`); return the path."""
+    path = Path(path)
+    atomic_write_bytes(path, encode_figure(fig, path.suffix or ".png"))
     return path
 
 
@@ -336,6 +371,48 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines or [""]
 
 
+@dataclass(frozen=True)
+class OverlayTile:
+    """One tile of an overlay figure: image ``row``, explainer ``column`` (None: the image
+    itself) at ``alpha`` (None: the image), in column block ``block``; ``box`` = (x, y, width,
+    height) in the mosaic's pixels."""
+
+    row: int
+    column: str | None
+    alpha: float | None
+    block: int
+    box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class OverlayGrid:
+    """The layout of an overlay figure (``figure.overlay_grid``): one row per image, one column
+    per explainer (every explainer once, wrapped into ``blocks`` of at most ``max_columns``),
+    each explainer tile drawn at every alpha of ``alphas``; ``controls`` are the columns whose
+    explainer is a control (marked ``*``); ``masks`` the masks drawn as contours (those with any
+    pixel set)."""
+
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    alphas: tuple[float, ...]
+    blocks: tuple[tuple[str, tuple[str, ...]], ...]
+    controls: tuple[str, ...]
+    masks: tuple[str, ...]
+    tiles: tuple[OverlayTile, ...]
+
+
+def resize_display(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A 2-D float image resized to ``size`` (H, W) for display: bilinear, antialiased when it
+    shrinks (Pillow), so a 299 px X-ray keeps its detail in an 80 px tile."""
+    from PIL import Image
+
+    arr = np.ascontiguousarray(np.asarray(image, np.float32))
+    H, W = size
+    if arr.shape == (H, W):
+        return arr.copy()
+    return np.asarray(Image.fromarray(arr, mode="F").resize((W, H), Image.Resampling.BILINEAR), np.float32)
+
+
 def overlays_figure(
     images: np.ndarray,
     heatmaps: Mapping[str, np.ndarray] | Mapping[str, Mapping[str, np.ndarray]],
@@ -346,9 +423,12 @@ def overlays_figure(
     cmap: str = OVERLAY_CMAP,
     masks: Mapping[str, np.ndarray] | None = None,
     max_columns: int = 12,
-    tile: int = 80,
+    tile: int = 72,
+    roles: Mapping[str, str] | None = None,
+    caption: str = "",
 ) -> Figure:
-    """The figure of :func:`plot_overlays` (not written)."""
+    """The figure of :func:`plot_overlays` (not written); its layout is ``figure.overlay_grid``
+    (an :class:`OverlayGrid`)."""
     from matplotlib import patheffects
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -367,16 +447,18 @@ def overlays_figure(
                 raise ValueError(f"plot_overlays: heatmaps {key!r} have {hm.shape[0] if hm.ndim else 0} maps, "
                                  f"expected {m}")
     alphas = [float(a) for a in alphas] or [0.5]
+    H, W = imgs.shape[1:3]
     mask_arrays: dict[str, np.ndarray] = {}
     for name, mk in (masks or {}).items():
         arr = np.asarray(mk)
-        if arr.ndim != 3 or arr.shape[0] != m:
-            raise ValueError(f"plot_overlays: mask {name!r} has shape {arr.shape}, expected ({m}, H, W)")
+        if arr.ndim != 3 or arr.shape[0] != m or arr.shape[1:] != (H, W):
+            raise ValueError(f"plot_overlays: mask {name!r} has shape {arr.shape}, expected ({m}, {H}, {W})")
         mask_arrays[str(name)] = arr.astype(np.float32)
-    H, W = imgs.shape[1:3]
     th = int(max(32, tile))
     tw = max(1, round(W * th / H))
     cm = _cmap(cmap)
+    controls = {key for _, cols in groups for key, name, _ in cols
+                if _role_of(roles, key) is not None or _role_of(roles, name) is not None}
 
     # blocks of columns: one group per model, wrapped at max_columns (balanced chunks)
     max_columns = max(1, int(max_columns))
@@ -393,7 +475,8 @@ def overlays_figure(
     gap, image_gap, block_gap = 3, 9, 22
     line_px = 10  # one line of 6.5 pt text at DPI, with leading
     chars = max(6, int(tw / 5.0))
-    wrapped = {key: _wrap(name, chars) for _, cols in blocks for key, name, _ in cols}
+    wrapped = {key: _wrap(name + (" *" if key in controls else ""), chars)
+               for _, cols in blocks for key, name, _ in cols}
     head_lines = max([len(v) for v in wrapped.values()] + [1])
     col_head = head_lines * line_px + 4
     group_head = 16 if any(g for g, _ in blocks) else 0
@@ -411,12 +494,14 @@ def overlays_figure(
         arr, _ = _as_display(img)
         if arr.ndim == 2:
             arr = arr[..., None].repeat(3, axis=-1)
-        resized = upsample_bilinear(np.moveaxis(arr, -1, 0), (th, tw))
-        return np.clip(np.moveaxis(resized, 0, -1), 0, 1)
+        return np.clip(np.stack([resize_display(arr[..., k], (th, tw)) for k in range(3)], axis=-1), 0, 1)
 
     bases = [display_rgb(imgs[j]) for j in range(m)]
-    tile_masks = {name: upsample_bilinear(arr, (th, tw)) for name, arr in mask_arrays.items()}
+    tile_masks = {name: np.stack([resize_display(a, (th, tw)) for a in arr]) for name, arr in mask_arrays.items()}
+    titles = [str(image_titles[j]) if image_titles is not None and j < len(image_titles) else f"image {j}"
+              for j in range(m)]
     texts: list[tuple[float, float, str, dict[str, Any]]] = []
+    tiles: list[OverlayTile] = []
     for b, (heading, cols) in enumerate(blocks):
         y_block = b * (block_h + block_gap)
         if heading:
@@ -426,45 +511,64 @@ def overlays_figure(
         texts.append((col_x(0) + tw / 2, y_rows - 3, "image",
                       {"ha": "center", "va": "bottom", "fontsize": 6.5}))
         for c, (key, _, _) in enumerate(cols, start=1):
-            texts.append((col_x(c) + tw / 2, y_rows - 3, "\n".join(mpl_text(t) for t in wrapped[key]),
-                          {"ha": "center", "va": "bottom", "fontsize": 6.5, "linespacing": 1.0}))
+            style: dict[str, Any] = {"ha": "center", "va": "bottom", "fontsize": 6.5, "linespacing": 1.0}
+            if key in controls:
+                style.update(color=CONTROL_GREY, fontstyle="italic")
+            texts.append((col_x(c) + tw / 2, y_rows - 3, "\n".join(mpl_text(t) for t in wrapped[key]), style))
         coloured = [normalise_stack(upsample_bilinear(_as_stack(hm), (th, tw)), cm) for _, _, hm in cols]
         for j in range(m):
+            y_image = y_rows + j * (len(alphas) * (th + gap) + image_gap)
+            first, *rest = [mpl_text(t) for t in titles[j].split("\n")]
+            texts.append((-50, y_image + (len(alphas) * (th + gap) - gap) / 2, first,
+                          {"ha": "right", "va": "bottom" if rest else "center", "fontsize": 7.5,
+                           "fontweight": "bold"}))
+            if rest:
+                texts.append((-50, y_image + (len(alphas) * (th + gap) - gap) / 2 + 2,
+                              "\n".join(_shorten(t, 36) for t in rest),
+                              {"ha": "right", "va": "top", "fontsize": 6, "color": "#57606a"}))
             for a, alpha in enumerate(alphas):
-                y0 = y_rows + (j * len(alphas) + a) * (th + gap) + j * image_gap
-                tiles = [(0, bases[j])] + [(c, (1 - alpha) * bases[j] + alpha * coloured[c - 1][j])
-                                           for c in range(1, len(cols) + 1)]
-                for c, t in tiles:
+                y0 = y_image + a * (th + gap)
+                drawn = [(0, None, bases[j])] + [
+                    (c, cols[c - 1][0], (1 - alpha) * bases[j] + alpha * coloured[c - 1][j])
+                    for c in range(1, len(cols) + 1)]
+                for c, key, t in drawn:
                     x0 = col_x(c)
                     mosaic[y0 : y0 + th, x0 : x0 + tw] = t
                     for name, tm in tile_masks.items():
                         outline[name][y0 : y0 + th, x0 : x0 + tw] = tm[j]
-                row_label = f"alpha {alpha:g}"
-                if a == 0:
-                    name = image_titles[j] if image_titles is not None and j < len(image_titles) else f"image {j}"
-                    row_label = " · ".join(mpl_text(p) for p in str(name).splitlines()) + "\n" + row_label
-                texts.append((-6, y0 + th / 2, row_label, {"ha": "right", "va": "center", "fontsize": 7}))
+                    tiles.append(OverlayTile(row=j, column=key, alpha=None if key is None else alpha, block=b,
+                                             box=(x0, y0, tw, th)))
+                texts.append((-4, y0 + th / 2, f"alpha {alpha:g}",
+                              {"ha": "right", "va": "center", "fontsize": 6.5, "color": "#57606a"}))
 
-    label_in = 1.7
+    label_in = 1.9
     right_in = 0.9
     title_in = 0.32 if title else 0.0
     legend_in = 0.42 if mask_arrays else 0.0
+    notes = [caption] if caption else []
+    if controls:
+        notes.append("* control: a reference map (oracle, random, prior...), not a method")
+    note_lines = [line for n in notes for line in _wrap(mpl_text(n), int(16 * (mosaic_w / DPI + label_in)))]
+    bottom_in = 0.1 + 0.135 * len(note_lines)
     top_in = 0.08 + title_in + legend_in
     fig_w = mosaic_w / DPI + label_in + right_in
-    fig_h = mosaic_h / DPI + top_in + 0.1
+    fig_h = mosaic_h / DPI + top_in + bottom_in
     fig = _new_figure((fig_w, fig_h))
-    ax = fig.add_axes((label_in / fig_w, 0.1 / fig_h, (mosaic_w / DPI) / fig_w, (mosaic_h / DPI) / fig_h))
+    ax = fig.add_axes((label_in / fig_w, bottom_in / fig_h, (mosaic_w / DPI) / fig_w, (mosaic_h / DPI) / fig_h))
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_axis_off()
     for x, y, text, kw in texts:
         ax.text(x, y, text, **kw)
     colours = mask_colours(list(mask_arrays))
     handles = []
+    drawn_masks = []
+    halo = [patheffects.Stroke(linewidth=1.7, foreground="black"), patheffects.Normal()]
     for name, arr in outline.items():
         if arr.max() >= 0.5:
-            cs = ax.contour(arr, levels=[0.5], colors=[colours[name]], linewidths=1.1)
+            cs = ax.contour(arr, levels=[0.5], colors=[colours[name]], linewidths=0.8)
             cs.set_gid(f"mask:{name}")
-            cs.set_path_effects([patheffects.Stroke(linewidth=2.4, foreground="black"), patheffects.Normal()])
+            cs.set_path_effects(halo)
+            drawn_masks.append(name)
         handles.append(Line2D([0], [0], color=colours[name], lw=1.5, label=f"{mpl_text(name)} mask",
                               path_effects=[patheffects.Stroke(linewidth=2.6, foreground="black"),
                                             patheffects.Normal()]))
@@ -474,6 +578,9 @@ def overlays_figure(
         fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(label_in / fig_w, 1 - (0.08 + title_in) / fig_h),
                    ncol=len(handles), fontsize=7.5, frameon=False, borderaxespad=0.0,
                    title="contours:", title_fontsize=7.5, alignment="left")
+    if note_lines:
+        fig.text(0.1 / fig_w, (bottom_in - 0.06) / fig_h, "\n".join(note_lines), ha="left", va="top",
+                 fontsize=7, color="#57606a")
     bar_in = min(1.6, mosaic_h / DPI * 0.9)
     cax = fig.add_axes(((label_in + mosaic_w / DPI + 0.2) / fig_w, 1 - (top_in + 0.15 + bar_in) / fig_h,
                         0.12 / fig_w, bar_in / fig_h))
@@ -481,9 +588,18 @@ def overlays_figure(
     cbar.set_label("relevance (min-max per map)", fontsize=7)
     cbar.ax.tick_params(labelsize=6)
     if title:
-        fig.suptitle(mpl_text(title), fontsize=10, x=label_in / fig_w, ha="left", y=1 - 0.06 / fig_h,
-                     va="top")
+        fig.suptitle(mpl_text(title), fontsize=10, x=0.1 / fig_w, ha="left", y=1 - 0.06 / fig_h, va="top")
+    columns = tuple(dict.fromkeys(key for _, cols in blocks for key, _, _ in cols))
+    fig.overlay_grid = OverlayGrid(  # type: ignore[attr-defined]
+        rows=tuple(titles), columns=columns, alphas=tuple(alphas),
+        blocks=tuple((h, tuple(k for k, _, _ in cols)) for h, cols in blocks),
+        controls=tuple(k for k in columns if k in controls), masks=tuple(drawn_masks), tiles=tuple(tiles))
     return fig
+
+
+def _shorten(text: str, width: int) -> str:
+    """``text``, or its last ``width - 1`` characters after an ellipsis (ids differ at the end)."""
+    return text if len(text) <= width else "\u2026" + text[-(width - 1):]
 
 
 def _as_stack(hm: np.ndarray) -> np.ndarray:
@@ -507,7 +623,9 @@ def plot_overlays(
     cmap: str = OVERLAY_CMAP,
     masks: Mapping[str, np.ndarray] | None = None,
     max_columns: int = 12,
-    tile: int = 80,
+    tile: int = 72,
+    roles: Mapping[str, str] | None = None,
+    caption: str = "",
 ) -> Path:
     """Every explainer's heatmaps super-imposed on the same images, at each alpha level.
 
@@ -517,15 +635,20 @@ def plot_overlays(
     ``{group (model): {explainer: (M, h, w)}}``; any h, w: upsampled bilinearly and
     min-max normalised per map (NaN -> 0). ``masks``: ``{mask name: bool (M, H, W)}``,
     each drawn as a contour of its own colour (:func:`bench.publish.dataset_figure.mask_colours`,
-    with a black halo and a legend) on the image and on every overlay.
+    with a black halo and a legend) on the image and on every overlay. ``roles``:
+    ``{label or explainer: role}``; a control's column header is grey, italic and marked
+    ``*`` (explained under the figure, beside ``caption``).
 
-    Layout: one block of columns per group (wrapped at ``max_columns`` explainers): the
-    first column shows the image, then one column per explainer; one row per image and
-    alpha (``alphas``, the study's two levels by default), labelled by ``image_titles``.
-    ``tile``: the height of one tile in pixels.
+    Layout (:class:`OverlayGrid`): one block of columns per group (wrapped at
+    ``max_columns`` explainers): the first column shows the image, then one column per
+    explainer; one row per image, drawn once per alpha (``alphas``, the study's two levels
+    by default), labelled by ``image_titles`` (first line bold: the class; the rest grey).
+    ``tile``: the height of one tile in pixels. The file's format follows the suffix of
+    ``path`` (:func:`save_figure`): ``.webp`` keeps these photographic tiles small.
     """
     return save_figure(overlays_figure(images, heatmaps, alphas=alphas, image_titles=image_titles, title=title,
-                                       cmap=cmap, masks=masks, max_columns=max_columns, tile=tile), path)
+                                       cmap=cmap, masks=masks, max_columns=max_columns, tile=tile, roles=roles,
+                                       caption=caption), path)
 
 
 # ---------------------------------------------------------------------------------------

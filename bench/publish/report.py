@@ -1,6 +1,7 @@
 """The report: ``report.md`` and its figures, from a leaderboard's frame.
 
-- :func:`make_figures`: curves, heatmap overlays and per-class PNGs into ``figures/``
+- :func:`make_figures`: curves and per-class PNGs, one heatmap overlay figure per model
+  (WebP: :func:`overlay_figures`) into ``figures/``
   (drawn by :mod:`bench.publish.figures`), and with the statistics a rank plot (points and
   intervals, one panel per metric) and a Kendall-tau agreement matrix per family; figures
   an earlier build left and this one did not write are removed (:func:`remove_stale_figures`).
@@ -83,15 +84,44 @@ def find_dataset_file(dataset: str, df: pd.DataFrame, manifests: Mapping[str, An
     return None
 
 
-def load_test_images(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images uint8 (N, H, W), labels, ids as str) of the test split of a saved DatasetSplits file."""
+def load_test_split(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(images uint8 (N, H, W), labels, ids as str, masks ``{name: bool (N, H, W)}`` in the
+    dataset's order) of the test split of a saved DatasetSplits file; only the test members
+    are read."""
+    from bench.data import LEGACY_MASK_SUFFIX, MASKS_PREFIX
+
     with np.load(Path(path), allow_pickle=False) as z:
-        if "test/images" in z.files:
-            return z["test/images"], z["test/labels"], z["test/ids"].astype(str)
+        legacy = any(k.startswith("test/") and k.endswith(LEGACY_MASK_SUFFIX) for k in z.files)
+        if "test/images" in z.files and "meta.json" in z.files and not legacy:
+            import json
+
+            meta = json.loads(bytes(z["meta.json"]).decode())
+            images = z["test/images"]
+            prefix = f"test/{MASKS_PREFIX}"
+            stored = [k[len(prefix):] for k in z.files if k.startswith(prefix)]
+            order = (meta.get("masks") or {}).get("test") or sorted(stored)
+            masks = {n: np.unpackbits(z[prefix + n], axis=-1, count=images.shape[2]).astype(bool)
+                     for n in order if n in stored}
+            return images, z["test/labels"], z["test/ids"].astype(str), masks
     from bench.data import DatasetSplits
 
     splits = DatasetSplits.load_file(path)
-    return splits.test.images, splits.test.labels, splits.test.ids.astype(str)
+    return splits.test.images, splits.test.labels, splits.test.ids.astype(str), dict(splits.test.masks)
+
+
+def load_test_images(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images uint8 (N, H, W), labels, ids as str) of the test split of a saved DatasetSplits file."""
+    images, labels, ids, _ = load_test_split(path)
+    return images, labels, ids
+
+
+def first_per_class(ids: Sequence[str], id_labels: Mapping[str, int], per_class: int = 1) -> list[str]:
+    """The first ``per_class`` ids (by id) of every class among ``ids``, in class order: the
+    overlay figure's fixed rows (deterministic, every class that has an id)."""
+    chosen: list[str] = []
+    for lab in sorted({id_labels.get(i, -1) for i in ids}):
+        chosen += sorted(i for i in ids if id_labels.get(i, -1) == lab)[: max(1, per_class)]
+    return chosen
 
 
 def choose_images(common_ids: Sequence[str], id_labels: Mapping[str, int], n: int = 3) -> list[str]:
@@ -119,22 +149,30 @@ RANKS_SECTION = "Ranks with intervals"
 AGREEMENT_SECTION = "Agreement between metrics (Kendall's tau)"
 
 
+#: The study's two alpha levels of the heatmap overlays.
+OVERLAY_ALPHAS: tuple[float, float] = (0.4, 0.7)
+#: The overlays' file format: photographic tiles, a tenth of a PNG's bytes as WebP.
+OVERLAY_SUFFIX = ".webp"
+
+
 def make_figures(
     df: pd.DataFrame,
     out_dir: str | Path,
     *,
-    n_images: int = 3,
-    alphas: Sequence[float] = (0.3, 0.5, 0.7),
+    per_class: int = 1,
+    alphas: Sequence[float] = OVERLAY_ALPHAS,
     analysis: Analysis | None = None,
 ) -> dict[str, list[Path]]:
-    """Write the report's PNGs into ``out_dir`` and return ``{section title: [paths]}``.
+    """Write the report's figures into ``out_dir`` and return ``{section title: [paths]}``.
 
-    One curves figure and one per-class figure per (dataset, perturbation), one
-    overlay figure per dataset; with ``analysis``, per family a rank plot (every metric's
-    ranks with their intervals: :func:`bench.publish.figures.plot_ranks`) and the agreement
-    matrix (:func:`bench.publish.figures.plot_agreement`), where the figures module has them.
-    A figure that cannot be drawn (no curves, no dataset file) is skipped with a warning;
-    the rest are still written.
+    One curves figure and one per-class figure per (dataset, perturbation), one heatmap
+    overlay figure per (dataset, model, weights): every explainer of the model on the first
+    ``per_class`` test images of each class it classified correctly, at each of ``alphas``,
+    the dataset's masks as contours (:func:`overlay_figures`); with ``analysis``, per family a
+    rank plot (every metric's ranks with their intervals: :func:`bench.publish.figures.plot_ranks`)
+    and the agreement matrix (:func:`bench.publish.figures.plot_agreement`), where the figures
+    module has them. A figure that cannot be drawn (no curves, no dataset file) is skipped with
+    a warning; the rest are still written.
     """
     from bench.publish import figures as fg
     out = Path(out_dir)
@@ -150,18 +188,21 @@ def make_figures(
         return sections
     for (dataset, pert), group in df.groupby(["dataset", "perturbation"], sort=False):
         curves: dict[str, dict[str, np.ndarray]] = {}
-        per_class: dict[str, dict[str, dict[str, tuple[float, float, float, int]]]] = {}
+        per_class_stats: dict[str, dict[str, dict[str, tuple[float, float, float, int]]]] = {}
         # one panel per model and settings fingerprint: curves of different settings never share one
         models = [model_with_weights(r) for _, r in group.iterrows()]
         mixed = {m for m in models if "settings" in group.columns
                  and group["settings"][[x == m for x in models]].nunique() > 1}
+        roles: dict[str, str] = {}
         for label, model_label, (_, row) in zip(row_labels(group), models, group.iterrows(), strict=True):
             panel = f"{model_label}, settings {row['settings']}" if model_label in mixed else model_label
+            if isinstance(row.get("role"), str) and row["role"]:
+                roles[label] = str(row["role"])  # controls: dashed reference lines, hollow points
             if head is not None:
                 stats = per_class_values(row, head, class_names_of(row, manifests),
                                          confidence=confidence_of(df), include_empty=True)
                 if stats:
-                    per_class.setdefault(panel, {})[label] = stats
+                    per_class_stats.setdefault(panel, {})[label] = stats
             arrays = load_cell_arrays(row, "curves")
             if arrays is None or "morf_curves" not in arrays:
                 continue
@@ -170,21 +211,17 @@ def make_figures(
         try:
             if curves:
                 sections["Mean MoRF curves (AOPC graphs)"].append(fg.plot_curves(
-                    curves, out / f"curves__{slug(dataset, pert)}.png", title=title))
-            if per_class:
+                    curves, out / f"curves__{slug(dataset, pert)}.png", title=title, roles=roles))
+            if per_class_stats:
                 sections[per_class_title].append(fg.plot_per_class(
-                    per_class, out / f"per_class__{slug(dataset, pert)}.png", title=title))
+                    per_class_stats, out / f"per_class__{slug(dataset, pert)}.png", title=title, roles=roles,
+                    ylabel=head.label if head is not None else "AOPC (MoRF)",
+                    higher_is_better=head.higher_is_better if head is not None else True))
         except Exception as exc:  # a figure must never lose the leaderboard
             warnings.warn(f"figure for {title!r} failed: {type(exc).__name__}: {exc}", stacklevel=2)
     for dataset, group in df.groupby("dataset", sort=False):
-        try:
-            path = _overlay_figure(str(dataset), group, df, manifests, out, n_images, alphas)
-        except Exception as exc:
-            warnings.warn(f"overlay figure for dataset {dataset!r} failed: {type(exc).__name__}: {exc}",
-                          stacklevel=2)
-            path = None
-        if path is not None:
-            sections["Heatmap overlays"].append(path)
+        sections["Heatmap overlays"] += overlay_figures(str(dataset), group, df, out, per_class=per_class,
+                                                        alphas=alphas)
     if analysis is not None:
         sections.update(statistics_figures(df, analysis, out))
     remove_stale_figures(out, [p for paths in sections.values() for p in paths])
@@ -234,65 +271,125 @@ def remove_stale_figures(out_dir: str | Path, written: Sequence[str | Path]) -> 
 
     A figure left from an earlier build (an overlay skipped this time, a perturbation
     no longer on the board) would show numbers the tables no longer hold. Only files
-    named like :func:`make_figures`' own PNGs are touched; returns what was removed.
+    named like :func:`make_figures`' own figures (a prefix of :data:`FIGURE_PREFIXES`, a suffix
+    of :data:`bench.publish.figures.FIGURE_SUFFIXES`: an overlay PNG of an earlier version goes
+    too) are touched; returns what was removed.
     """
+    from bench.publish.figures import FIGURE_SUFFIXES
+
     folder = Path(out_dir)
     if not folder.is_dir():
         return []
     keep = {Path(p).resolve() for p in written}
     removed = []
-    for path in sorted(folder.glob("*.png")):
-        if path.name.startswith(FIGURE_PREFIXES) and path.resolve() not in keep:
+    for path in sorted(folder.iterdir()):
+        if (path.suffix.lower() in FIGURE_SUFFIXES and path.name.startswith(FIGURE_PREFIXES)
+                and path.is_file() and path.resolve() not in keep):
             path.unlink()
             removed.append(path)
     return removed
 
 
-def _overlay_figure(dataset: str, group: pd.DataFrame, df: pd.DataFrame, manifests: Mapping[str, Any],
-                    out: Path, n_images: int, alphas: Sequence[float]) -> Path | None:
+def overlay_figures(dataset: str, group: pd.DataFrame, df: pd.DataFrame, out: str | Path, *,
+                    per_class: int = 1, alphas: Sequence[float] = OVERLAY_ALPHAS) -> list[Path]:
+    """One heatmap overlay figure per (model, weights) of ``dataset``'s rows ``group``: written
+    to ``out/overlays__<slug>.webp``, their paths returned (a figure that cannot be drawn is
+    skipped with a warning that starts "overlay figure").
+
+    Rows: the first ``per_class`` test images (by id) of each class among those every explainer
+    of the model explained (its correctly classified test images, or the run's stratified sample
+    of them): the same images in every column. Columns: the image, then every explainer of the
+    model (methods by name, then the controls by role, marked), each heatmap (from the cells'
+    ``heatmaps/<cell>.npz``, upsampled bilinearly) drawn at each of ``alphas``; every mask the
+    dataset carries is a contour.
+    """
+    from bench.pipeline.controls import is_control
     from bench.publish import figures as fg
 
+    manifests = df.attrs.get("manifests", {})
+    out = Path(out)
     data_file = find_dataset_file(dataset, df, manifests)
     if data_file is None:
         warnings.warn(f"overlay figure for dataset {dataset!r} skipped: its dataset file (manifest "
                       "dataset.file) was not found", stacklevel=3)
-        return None
-    # heatmaps do not depend on the perturbation: one set per (model, weights, explainer)
-    maps: dict[str, tuple[pd.Series, np.ndarray]] = {}
-    for _, row in group.sort_values(["model", "weights", "explainer"]).iterrows():
-        label = f"{model_with_weights(row)}\n{row['explainer']}"
-        if label in maps:
+        return []
+    split: tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None
+    paths: list[Path] = []
+    for (model, weights), rows in group.groupby(["model", "weights"], sort=False):
+        model_label = model_with_weights(rows.iloc[0])
+        what = f"overlay figure for {dataset!r} / {model_label!r}"
+        # heatmaps do not depend on the perturbation: one set per explainer (label)
+        maps: dict[str, tuple[pd.Series, np.ndarray]] = {}
+        roles: dict[str, str] = {}
+        for label, (_, row) in zip(row_labels(rows), rows.iterrows(), strict=True):
+            if label in maps:
+                continue
+            arrays = load_cell_arrays(row, "heatmaps")
+            if arrays is None or "heatmaps" not in arrays or "ids" not in arrays:
+                continue
+            ids = np.asarray(arrays["ids"]).astype(str)
+            pos = pd.Series(np.arange(len(ids)), index=ids)
+            maps[label] = (pos[~pos.index.duplicated(keep="first")], np.asarray(arrays["heatmaps"]))
+            role = row.get("role")
+            if isinstance(role, str) and is_control(role):
+                roles[label] = role
+        if not maps:
             continue
-        arrays = load_cell_arrays(row, "heatmaps")
-        if arrays is None or "heatmaps" not in arrays or "ids" not in arrays:
-            continue
-        ids = np.asarray(arrays["ids"]).astype(str)
-        pos = pd.Series(np.arange(len(ids)), index=ids)
-        maps[label] = (pos[~pos.index.duplicated(keep="first")], np.asarray(arrays["heatmaps"]))
-    if not maps:
-        return None
-    images, labels, ids = load_test_images(data_file)
-    id_pos = {str(i): k for k, i in enumerate(ids)}
-    common = set(id_pos)
-    for pos, _ in maps.values():
-        common &= set(pos.index)
-    if not common:
-        warnings.warn(f"overlay figure for dataset {dataset!r} skipped: no test image was explained "
-                      "by every model x explainer (no image every model classified correctly)", stacklevel=3)
-        return None
-    id_labels = {i: int(labels[id_pos[i]]) for i in common}
-    chosen = choose_images(sorted(common), id_labels, n_images)
-    sel_images = images[[id_pos[i] for i in chosen]]
-    heat = {
-        label.replace("\n", " / "): hm[pos.loc[chosen].to_numpy()]
-        for label, (pos, hm) in maps.items()
-    }
-    names = class_names_of(group.iloc[0], manifests)
-    titles = [f"{i}\n{names[id_labels[i]] if 0 <= id_labels[i] < len(names) else id_labels[i]}"
-              for i in chosen]
-    return fg.plot_overlays(sel_images, heat, out / f"overlays__{slug(dataset)}.png", alphas=alphas,
-                            image_titles=titles, title=f"{dataset}: heatmap overlays "
-                            "(test images every model classified correctly)")
+        try:
+            if split is None:
+                split = load_test_split(data_file)
+            images, labels, ids, masks = split
+            id_pos = {str(i): k for k, i in enumerate(ids)}
+            common = set(id_pos)
+            for pos, _ in maps.values():
+                common &= set(pos.index)
+            names = class_names_of(rows.iloc[0], manifests)
+
+            def class_name(lab: int, names: Sequence[str] = names) -> str:
+                return names[lab] if 0 <= lab < len(names) else str(lab)
+
+            explained = {int(labels[id_pos[i]]) for pos, _ in maps.values() for i in pos.index if i in id_pos}
+            if not common:
+                warnings.warn(f"{what} skipped: no test image was explained by every explainer of the model",
+                              stacklevel=3)
+                continue
+            id_labels = {i: int(labels[id_pos[i]]) for i in common}
+            chosen = first_per_class(sorted(common), id_labels, per_class)
+            missing = sorted(explained - set(id_labels.values()))
+            sel = [id_pos[i] for i in chosen]
+            order = _column_order(list(maps), roles)
+            heat = {label: maps[label][1][maps[label][0].loc[chosen].to_numpy()] for label in order}
+            titles = [f"{class_name(id_labels[i])}\n{i.rsplit('/', 1)[-1]}" for i in chosen]
+            n = "the first test image" if per_class == 1 else f"the first {per_class} test images"
+            caption = (f"Rows: {n} of each class (by id) that {model_label} classified correctly and every "
+                       f"explainer of it explained; the same images in every column. Each heatmap is min-max "
+                       f"normalised, upsampled bilinearly to the image and overlaid at alpha "
+                       f"{' and '.join(f'{a:g}' for a in alphas)}")
+            caption += (f"; contours: the dataset's {', '.join(masks)} mask{'s' if len(masks) > 1 else ''}."
+                        if masks else "; the dataset has no masks.")
+            if missing:
+                caption += (" No row for " + ", ".join(class_name(c) for c in missing)
+                            + ": no image every explainer explained.")
+            path = out / f"overlays__{slug(dataset, model, weights)}{OVERLAY_SUFFIX}"
+            paths.append(Path(fg.plot_overlays(
+                images[sel], heat, path, alphas=alphas, image_titles=titles, roles=roles,
+                masks={name: m[sel] for name, m in masks.items()}, caption=caption,
+                title=f"{dataset} / {model_label}: heatmap overlays ({len(heat)} explainers)")))
+        except Exception as exc:  # a figure must never lose the leaderboard
+            warnings.warn(f"{what} failed: {type(exc).__name__}: {exc}", stacklevel=3)
+    return paths
+
+
+#: The order of the controls' columns in an overlay figure (after the methods).
+_CONTROL_ORDER = ("positive-control", "null-control", "negative-control", "other-control")
+
+
+def _column_order(labels: Sequence[str], roles: Mapping[str, str]) -> list[str]:
+    """Methods by name, then the controls by role (positive, null, negative, other) and name."""
+    methods = sorted(label for label in labels if label not in roles)
+    controls = sorted((label for label in labels if label in roles), key=lambda label: (
+        _CONTROL_ORDER.index(roles[label]) if roles[label] in _CONTROL_ORDER else len(_CONTROL_ORDER), label))
+    return methods + controls
 
 
 # ---------------------------------------------------------------------------------------

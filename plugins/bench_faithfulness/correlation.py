@@ -17,16 +17,84 @@ perturbation plugin ``perturbation`` (its parameters ``perturbation_params``; se
 map: every subset sums the same) gives 0, no association.
 
 Cost: n_subsets + 1 forward passes per image, streamed in batches of ``batch_size``
-(image, subset) rows through one traced model call; no heatmap is recomputed.
+(image, subset) rows through one traced model call; no heatmap is recomputed. The
+probabilities do not depend on the heatmap, so they are computed once for every explainer
+cell of a model: memoised per Keras model (weakly) under a digest of everything they depend
+on (the model's layers and current weights, the images, targets, ids, grid, subsets, the
+perturbation and its parameters, the seed and the batch size; :func:`probabilities_key`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import numbers
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+#: The most probability tables kept per model (each (N, n_subsets + 1) floats).
+PROBS_MEMO_SIZE = 16
+
+#: Keras model (weakly) -> {probabilities_key: read-only (N, n_subsets + 1) probabilities}
+_PROBS: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[Any, ...], np.ndarray]] = weakref.WeakKeyDictionary()
+_PROBS_LOCK = threading.Lock()
+
+
+def array_digest(*arrays: Any) -> str:
+    """blake2b of the arrays' dtypes, shapes and bytes, in order (no copy of a contiguous array)."""
+    h = hashlib.blake2b(digest_size=16)
+    for value in arrays:
+        a = np.ascontiguousarray(value)
+        h.update(f"{a.dtype.str}{a.shape}|".encode())
+        h.update(memoryview(a.reshape(-1).view(np.uint8)))
+    return h.hexdigest()
+
+
+def weights_digest(keras_model: Any) -> str:
+    """:func:`array_digest` of every variable of ``keras_model``: it changes whenever a weight does."""
+    return array_digest(*(np.asarray(v.numpy()) for v in keras_model.weights))
+
+
+def _memo_get(keras_model: Any, key: tuple[Any, ...]) -> np.ndarray | None:
+    with _PROBS_LOCK:
+        try:
+            table = _PROBS.get(keras_model)
+        except TypeError:  # not weakly referenceable: not memoised
+            return None
+        if table is None or key not in table:
+            return None
+        table.move_to_end(key)
+        return table[key]
+
+
+def _memo_put(keras_model: Any, key: tuple[Any, ...], probs: np.ndarray) -> None:
+    with _PROBS_LOCK:
+        try:
+            table = _PROBS.setdefault(keras_model, OrderedDict())
+        except TypeError:
+            return
+        table[key] = probs
+        while len(table) > PROBS_MEMO_SIZE:
+            table.popitem(last=False)
+
+
+def clear_memo() -> None:
+    """Forget every memoised probability table (the next call runs the model again)."""
+    with _PROBS_LOCK:
+        _PROBS.clear()
+
+
+def memoised_tables(keras_model: Any) -> int:
+    """How many probability tables are memoised for ``keras_model`` (for tests and tools)."""
+    with _PROBS_LOCK:
+        try:
+            return len(_PROBS.get(keras_model, ()))
+        except TypeError:
+            return 0
 
 
 class FaithfulnessCorrelation:
@@ -97,33 +165,48 @@ class FaithfulnessCorrelation:
         np.put_along_axis(member, picks, True, axis=1)
         return member
 
-    def compute(self, data: Any) -> dict[str, np.ndarray]:
-        from bench_sanity.similarity import pearson_rows
+    def probabilities_key(self, data: Any, pert: Any) -> tuple[Any, ...]:
+        """Everything the probabilities of ``data`` depend on (beside the Keras model object itself)."""
+        from bench.engine.regions import id_key
+        from bench.engine.tracing import structure
 
-        import bench
+        keras_model = data.model.keras
+        get_params = getattr(pert, "get_params", None)
+        params = get_params() if callable(get_params) else dict(self.perturbation_params or {})
+        return (
+            structure(keras_model), weights_digest(keras_model),
+            array_digest(np.asarray(data.images), np.asarray(data.targets, dtype=np.int64)),
+            tuple(id_key(i) for i in np.asarray(data.ids).tolist()), tuple(int(g) for g in data.grid),
+            int(self.n_subsets), float(self.subset_fraction), int(self.seed), int(self.batch_size),
+            f"{type(pert).__module__}:{type(pert).__qualname__}", repr(sorted(params.items())),
+        )
+
+    def probabilities(self, data: Any, member: np.ndarray, pert: Any) -> np.ndarray:
+        """float64 (N, n_subsets + 1): f(x) then f(x_{S_j}), memoised (see the module's docstring).
+
+        A read-only array: the same one serves every explainer cell of the model.
+        """
+        keras_model = data.model.keras
+        key = self.probabilities_key(data, pert)
+        probs = _memo_get(keras_model, key)
+        if probs is None:
+            probs = self._forward(data, member, pert)
+            probs.setflags(write=False)
+            _memo_put(keras_model, key, probs)
+        return probs
+
+    def _forward(self, data: Any, member: np.ndarray, pert: Any) -> np.ndarray:
+        """The model on every (image, subset) row, image-major, in batches of ``batch_size``."""
         from bench.data import to_model_input
         from bench.engine.forward import FullForward
-        from bench.engine.regions import derive_seeds, region_boxes, region_labels, region_scores
+        from bench.engine.regions import derive_seeds, region_labels
 
-        self.validate()
-        if data.grid is None:
-            raise ValueError("faithfulness-correlation needs the cell's region grid (data.grid)")
         images = data.images
-        n = len(data)
-        h, w = images.shape[1], images.shape[2]
-        grid = tuple(data.grid)
-        n_regions = grid[0] * grid[1]
-        ids = np.asarray(data.ids)
+        n, h, w = len(images), images.shape[1], images.shape[2]
         targets = np.asarray(data.targets, dtype=np.int64)
         s = int(self.n_subsets)
-        boxes = region_boxes((h, w), grid)
-        area = ((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).astype(np.float64)
-        mass = region_scores(np.asarray(data.heatmaps, np.float32), (h, w), grid) * area  # (N, L)
-        member = np.stack([self.subsets(i, n_regions) for i in ids]) if n else np.zeros((0, s, n_regions), bool)
-        relevance = np.einsum("nsl,nl->ns", member.astype(np.float64), mass)
-        labels = region_labels((h, w), grid)
-        pert = bench.create("perturbation", self.perturbation, **dict(self.perturbation_params or {}))
-        seeds = derive_seeds(int(self.seed), ids)
+        labels = region_labels((h, w), tuple(data.grid))
+        seeds = derive_seeds(int(self.seed), np.asarray(data.ids))
         fwd = FullForward()
         bs = int(self.batch_size)
         fwd.prepare(data.model, batch_size=bs, image_shape=(h, w, 3))
@@ -140,7 +223,31 @@ class FaithfulnessCorrelation:
                 x = np.asarray(pert.perturb(x, masks, seeds[img]), dtype=np.float32)
             p = fwd.predict(x)
             probs[chunk] = p[np.arange(len(chunk)), targets[img]]
-        probs = probs.reshape(n, s + 1)
+        return probs.reshape(n, s + 1)
+
+    def compute(self, data: Any) -> dict[str, np.ndarray]:
+        from bench_sanity.similarity import pearson_rows
+
+        import bench
+        from bench.engine.regions import region_boxes, region_scores
+
+        self.validate()
+        if data.grid is None:
+            raise ValueError("faithfulness-correlation needs the cell's region grid (data.grid)")
+        images = data.images
+        n = len(data)
+        h, w = images.shape[1], images.shape[2]
+        grid = tuple(data.grid)
+        n_regions = grid[0] * grid[1]
+        ids = np.asarray(data.ids)
+        s = int(self.n_subsets)
+        boxes = region_boxes((h, w), grid)
+        area = ((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).astype(np.float64)
+        mass = region_scores(np.asarray(data.heatmaps, np.float32), (h, w), grid) * area  # (N, L)
+        member = np.stack([self.subsets(i, n_regions) for i in ids]) if n else np.zeros((0, s, n_regions), bool)
+        relevance = np.einsum("nsl,nl->ns", member.astype(np.float64), mass)
+        pert = bench.create("perturbation", self.perturbation, **dict(self.perturbation_params or {}))
+        probs = self.probabilities(data, member, pert)
         drops = probs[:, :1] - probs[:, 1:]
         self._passes = float(n * (s + 1))
         return {

@@ -26,11 +26,22 @@ re-drawn by its layer's own initializer (``kernel`` by ``kernel_initializer``, `
 ``gamma_initializer``, ...; the model as it was before training) seeded by
 ``derive_seed(seed, variable path)``, or, with no initializer to be found, from a normal
 of the trained values' mean and standard deviation.
+
+One clone per model. The 22 explainer cells of a model share its trained model, blocks and
+seed, so the clone is memoised (:func:`randomised_copy`): per trained Keras model (weakly:
+the memo never keeps a model alive), its layer structure, feature layer, blocks and seed, at
+most :data:`COPY_MEMO_SIZE` clones in the process. Each cascade copies the trained model's
+current weights into it again and re-initialises its blocks from values drawn once, so a
+cascade gives what a fresh clone gives, to the bit, and the explainers' traces of the clone
+(:mod:`bench.engine.tracing`, keyed by the Keras model) serve every cell of the model.
 """
 
 from __future__ import annotations
 
 import numbers
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -136,21 +147,37 @@ def _seeded(init: Any, seed: int) -> Any:
     return init
 
 
-def randomise_layer(layer: Any, path: str, seed: int) -> None:
-    """Re-draw every variable of ``layer`` (see the module's docstring); deterministic given ``seed``."""
+def variable_seed(seed: int, path: str, variable: Any) -> int:
+    """The seed of ``variable`` of the layer at ``path``: ``derive_seed(seed, variable path)``."""
     from bench.engine.regions import derive_seed
 
+    return derive_seed(seed, f"{path}/{variable.name}", "model-randomisation") % (2**31 - 1)
+
+
+def drawn_value(layer: Any, variable: Any, path: str, seed: int) -> np.ndarray | None:
+    """The value its layer's initializer re-draws for ``variable`` (seeded: the same every time),
+    or None when the layer has no initializer for it (then :func:`fallback_value`)."""
+    init = _initializer_for(layer, variable.name)
+    if init is None:
+        return None
+    shape = tuple(int(d) for d in variable.shape)
+    value = np.asarray(_seeded(init, variable_seed(seed, path, variable))(shape=shape, dtype=variable.dtype))
+    return value.astype(np.dtype(variable.dtype))
+
+
+def fallback_value(variable: Any, path: str, seed: int) -> np.ndarray:
+    """A normal of ``variable``'s current (trained) values' mean and standard deviation, seeded."""
+    trained = np.asarray(variable.numpy(), dtype=np.float64)
+    rng = np.random.default_rng(variable_seed(seed, path, variable))
+    value = rng.normal(trained.mean(), trained.std() or 1.0, size=tuple(int(d) for d in variable.shape))
+    return value.astype(np.dtype(variable.dtype))
+
+
+def randomise_layer(layer: Any, path: str, seed: int) -> None:
+    """Re-draw every variable of ``layer`` (see the module's docstring); deterministic given ``seed``."""
     for variable in layer.weights:
-        vseed = derive_seed(seed, f"{path}/{variable.name}", "model-randomisation") % (2**31 - 1)
-        shape = tuple(int(d) for d in variable.shape)
-        init = _initializer_for(layer, variable.name)
-        if init is not None:
-            value = np.asarray(_seeded(init, vseed)(shape=shape, dtype=variable.dtype))
-        else:
-            trained = np.asarray(variable.numpy(), dtype=np.float64)
-            rng = np.random.default_rng(vseed)
-            value = rng.normal(trained.mean(), trained.std() or 1.0, size=shape)
-        variable.assign(value.astype(np.dtype(variable.dtype)))
+        value = drawn_value(layer, variable, path, seed)
+        variable.assign(fallback_value(variable, path, seed) if value is None else value)
 
 
 def clone_model(model: Any) -> Any:
@@ -171,13 +198,149 @@ def clone_model(model: Any) -> Any:
     return KerasModel(copy, feature_layer=model.feature_layer, name=f"{getattr(model, 'name', 'model')}-randomised")
 
 
-def cascade(model: Any, blocks: list[Block], seed: int) -> Iterator[tuple[Block, Any]]:
-    """(block, copy) for k = 1..K: the copy with the top k blocks re-initialised (one copy, in place)."""
-    copy = clone_model(model)
-    for block in reversed(blocks):
+class RandomisedCopy:
+    """One clone of a trained model, randomised block by block, reusable by every cascade of it.
+
+    It holds the clone (a bench model, so the explainers' traces of its Keras model and the
+    wrapper's graphs are made once), its weighted layers by path, and the values each
+    layer's initializer re-draws (drawn once, at the first use of the block: they depend only
+    on the seed and the variable's path). :meth:`reset` copies the trained model's current
+    weights in, :meth:`randomise` re-initialises one block; a value drawn from the trained
+    values' statistics (no initializer) is drawn again at every use. ``lock`` is held by the
+    cascade in progress.
+    """
+
+    def __init__(self, model: Any, seed: int):
+        self.copy = clone_model(model)
+        self.seed = int(seed)
+        self.lock = threading.Lock()
+        self._layers: dict[str, Any] = {}
+        self._drawn: dict[str, list[np.ndarray | None]] = {}
+
+    def fits(self, source: Any) -> bool:
+        """Whether the copy's variables still match ``source``'s (a Keras model) one for one, by shape."""
+        mine, theirs = self.copy.keras.weights, source.weights
+        return len(mine) == len(theirs) and all(
+            tuple(a.shape) == tuple(b.shape) for a, b in zip(mine, theirs, strict=True)
+        )
+
+    def reset(self, source: Any) -> None:
+        """Every variable of the copy set to ``source``'s current value (nothing randomised)."""
+        for mine, theirs in zip(self.copy.keras.weights, source.weights, strict=True):
+            mine.assign(theirs)
+
+    def layer(self, path: str) -> Any:
+        """The copy's layer at ``path`` (looked up once)."""
+        if path not in self._layers:
+            self._layers[path] = _layer_at(self.copy.keras, path)
+        return self._layers[path]
+
+    def randomise(self, block: Block) -> None:
+        """Re-initialise the copy's layers of ``block`` (see :func:`randomise_layer`, which this equals)."""
         for path in block.layers:
-            randomise_layer(_layer_at(copy.keras, path), path, seed)
-        yield block, copy
+            layer = self.layer(path)
+            drawn = self._drawn.get(path)
+            if drawn is None:
+                drawn = self._drawn[path] = [drawn_value(layer, v, path, self.seed) for v in layer.weights]
+            for variable, value in zip(layer.weights, drawn, strict=True):
+                variable.assign(fallback_value(variable, path, self.seed) if value is None else value)
+
+
+#: The most randomised copies kept in the process (each about two models' worth of weights).
+COPY_MEMO_SIZE = 2
+
+#: trained Keras model (weakly) -> {(structure, feature layer, name, blocks, seed): copy}
+_COPIES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], RandomisedCopy]] = weakref.WeakKeyDictionary()
+#: (weak reference to the trained Keras model, key) of every copy kept, least recently used first
+_COPY_ORDER: OrderedDict[tuple[Any, tuple[Any, ...]], None] = OrderedDict()
+_COPIES_LOCK = threading.Lock()
+
+
+def _copy_key(model: Any, blocks: list[Block], seed: int) -> tuple[Any, ...]:
+    from bench.engine.tracing import structure
+
+    return (structure(model.keras), str(model.feature_layer), getattr(model, "name", None), tuple(blocks), int(seed))
+
+
+def _remember(keras_model: Any, key: tuple[Any, ...], entry: RandomisedCopy) -> None:
+    """Keep ``entry`` (under ``_COPIES_LOCK``), dropping the least recently used beyond :data:`COPY_MEMO_SIZE`."""
+    _COPIES.setdefault(keras_model, {})[key] = entry
+    token = (weakref.ref(keras_model), key)
+    _COPY_ORDER[token] = None
+    _COPY_ORDER.move_to_end(token)
+    for dead in [t for t in _COPY_ORDER if t[0]() is None]:
+        del _COPY_ORDER[dead]
+    while len(_COPY_ORDER) > COPY_MEMO_SIZE:
+        (ref, old), _ = _COPY_ORDER.popitem(last=False)
+        owner = ref()
+        if owner is not None:
+            _COPIES.get(owner, {}).pop(old, None)
+
+
+def randomised_copy(model: Any, blocks: list[Block], seed: int) -> tuple[RandomisedCopy, bool]:
+    """(the randomised copy of ``model`` for ``blocks`` and ``seed``, whether it is the memoised one).
+
+    Memoised per trained Keras model (weakly: the memo never keeps a model alive), its layer
+    structure, feature layer, name, blocks and seed, at most :data:`COPY_MEMO_SIZE` copies
+    in all. The memoised copy is returned with its ``lock`` held by the caller; where it is
+    in use (another cascade of it in progress) or the model cannot be weakly referenced, a
+    fresh copy that nobody else sees is returned instead (correct, not memoised).
+    """
+    keras_model = model.keras
+    key = _copy_key(model, blocks, seed)
+    with _COPIES_LOCK:
+        try:
+            entry = _COPIES.get(keras_model, {}).get(key)
+        except TypeError:  # not weakly referenceable: correct, just not memoised
+            return RandomisedCopy(model, seed), False
+        if entry is not None and not entry.fits(keras_model):
+            entry = None
+        if entry is not None:
+            _COPY_ORDER.move_to_end((weakref.ref(keras_model), key))
+            if entry.lock.acquire(blocking=False):
+                return entry, True
+            return RandomisedCopy(model, seed), False
+    entry = RandomisedCopy(model, seed)  # cloned outside the lock (seconds for a large model)
+    entry.lock.acquire()
+    with _COPIES_LOCK:
+        _remember(keras_model, key, entry)
+    return entry, True
+
+
+def clear_copies() -> None:
+    """Forget every memoised randomised copy (the next cascade clones afresh)."""
+    with _COPIES_LOCK:
+        _COPIES.clear()
+        _COPY_ORDER.clear()
+
+
+def memoised_copies(model: Any) -> list[Any]:
+    """The bench models of ``model``'s memoised randomised copies (for tests and tools)."""
+    with _COPIES_LOCK:
+        try:
+            return [entry.copy for entry in _COPIES.get(model.keras, {}).values()]
+        except TypeError:
+            return []
+
+
+def cascade(model: Any, blocks: list[Block], seed: int) -> Iterator[tuple[Block, Any]]:
+    """(block, copy) for k = 1..K: the copy with the top k blocks re-initialised (one copy, in place).
+
+    The copy is the memoised one of :func:`randomised_copy` (cloned once per trained model,
+    blocks and seed; the trained weights copied in again at every cascade), so the
+    explainers' traces of it serve every cell of the model. It holds step k's weights until
+    the cascade moves on; the trained model is never changed.
+    """
+    entry, memoised = randomised_copy(model, blocks, seed)
+    try:
+        if memoised:
+            entry.reset(model.keras)
+        for block in reversed(blocks):
+            entry.randomise(block)
+            yield block, entry.copy
+    finally:
+        if memoised:
+            entry.lock.release()
 
 
 # ---- the metrics ---------------------------------------------------------------------------

@@ -270,14 +270,86 @@ def test_every_measure_declares_what_it_is():
 # ---------------------------------------------------------------------------------------
 # the mask parameter
 # ---------------------------------------------------------------------------------------
-def test_an_undeclared_mask_is_refused_at_validation_naming_the_parameter():
-    metric = bench.create("metric", "pointing-game", mask="lung")
-    with pytest.raises(ValueError, match="not a mask its spec declares") as info:
-        metric.validate()
-    assert info.value.param == "mask"
+def test_a_mask_parameter_that_is_not_a_mask_name_is_refused_at_validation_naming_the_parameter():
+    bench.create("metric", "pointing-game", mask="lung").validate()  # any mask name: the run hands it that mask
+    for bad in ("Lung", "../lung", "", 3):
+        with pytest.raises(ValueError, match="is not a mask name") as info:
+            bench.create("metric", "pointing-game", mask=bad).validate()
+        assert info.value.param == "mask"
     with pytest.raises(ValueError) as info:
         bench.create("metric", "topk-iou", fraction=1.5).validate()
     assert info.value.param == "fraction"
+
+
+MASK_METRICS = ("pointing-game", "relevance-mass", "relevance-rank", "energy-pointing-game", "pixel-auc",
+                "topk-iou", "aopc-lesion")
+
+
+def test_every_metric_that_reads_a_mask_names_it_by_a_declared_mask_parameter():
+    for name in (*MASK_METRICS, "lung-relevance"):
+        spec = spec_of(name)
+        assert spec.mask_params == ("mask",), name
+        assert spec.inputs.masks == (spec.parameters["mask"],), name  # what the default reads
+
+
+def _reference(name, heatmap, mask):
+    """``name`` on one heatmap (h, w) and one bool mask (H, W), from the references above, at the mask's resolution."""
+    # the harness's resize, which equals tf.image.resize (tests/test_regions.py)
+    from bench.engine.regions import bilinear_matrix
+
+    rows, cols = mask.shape
+    up = (bilinear_matrix(rows, heatmap.shape[0]) @ heatmap.astype(np.float64)
+          @ bilinear_matrix(cols, heatmap.shape[1]).T).astype(np.float32)
+    if name == "pointing-game":  # the maximal cell(s) of the heatmap's own grid, over the pixels whose centre they hold
+        cell_r = np.floor((np.arange(rows) + 0.5) * heatmap.shape[0] / rows).astype(int)
+        cell_c = np.floor((np.arange(cols) + 0.5) * heatmap.shape[1] / cols).astype(int)
+        top = (heatmap == heatmap.max())[cell_r][:, cell_c].astype(np.float32)
+        return ref_pointing_game(top, mask, 15 / 224 * math.sqrt(rows * cols))
+    k = int(mask.sum())
+    if name == "relevance-mass":
+        return ref_mass(up, mask)
+    if name == "energy-pointing-game":
+        return ref_energy(up, mask)
+    if name == "pixel-auc":
+        return roc_auc_score(mask.ravel(), up.ravel())
+    if name == "relevance-rank":
+        return ref_topk_hits(up, mask, k) / k
+    if name == "topk-iou":
+        hits = ref_topk_hits(up, mask, k)
+        return hits / (2 * k - hits)
+    raise AssertionError(name)
+
+
+def test_a_run_measures_against_the_mask_the_parameter_names(tmp_path):
+    """``[metrics.params.<metric>] mask = "lung"``: a run hands each metric the lung mask and the values
+    are those of the lung mask, computed here from the references on the run's own heatmaps."""
+    from _tiny_config import TINY, tiny
+
+    names = list(MASK_METRICS)
+    cfg = tiny(tmp_path, metrics={"names": ["aopc", *names], "params": {n: {"mask": "lung"} for n in names}},
+               aopc={"grid": 2, "max_images": 8, "bootstrap": 20})
+    result = bench.run(cfg, quiet=True, leaderboard=False)
+    assert result.ok, [c.error for c in result.failed]
+    (cell,) = result.cells
+    assert all(m.ok for m in cell.metrics.values()), {k: m.error for k, m in cell.metrics.items()}
+    heat = np.load(result.run_dir / cell.heatmaps_file)
+    test = bench.create("dataset", "synthetic-cxr", **TINY["dataset"]["params"]).load().test
+    row = {str(i): k for k, i in enumerate(test.ids)}
+    rows = [row[str(i)] for i in heat["ids"]]
+    lung, lesion = test.masks["lung"][rows], test.masks["lesion"][rows]
+    assert len(rows) >= 3 and lung.any(axis=(1, 2)).all() and not np.array_equal(lung, lesion)
+    for name in names:
+        record = cell.metrics[name]
+        assert record.params["mask"] == "lung", name
+        stored = np.load(result.run_dir / record.file)
+        got = stored[f"{name}/{spec_of(name).headline_column}"]
+        if name == "aopc-lesion":  # every image has lungs: the plain AOPC of every image
+            np.testing.assert_allclose(got, np.load(result.run_dir / cell.metrics["aopc"].file)["aopc/aopc"])
+            continue
+        expected = [_reference(name, h, m) for h, m in zip(heat["heatmaps"], lung, strict=True)]
+        np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=name)
+        if name == "relevance-rank":  # its chance level is the mask's area share: the lung's
+            np.testing.assert_allclose(stored[f"{name}/chance"], lung.mean(axis=(1, 2)))
 
 
 class LungVariants:

@@ -16,6 +16,7 @@ from bench.engine.regions import (
     region_masks,
     region_order,
     region_scores,
+    resize_bilinear,
     split_bounds,
     union_mask,
 )
@@ -103,6 +104,30 @@ def test_other_sizes_are_resized_bilinearly_like_tensorflow_then_averaged():
     labels = region_labels(size, (4, 3))
     expected = np.array([[resized[i][labels == r].mean() for r in range(12)] for i in range(2)])
     np.testing.assert_allclose(region_scores(hm, size, (4, 3)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("in_shape, size", [((9, 9), (64, 48)), ((2, 7), (5, 3)), ((13, 11), (13, 40)), ((3, 3), (1, 1))])
+def test_resize_bilinear_equals_tensorflow_resize_bilinear(in_shape, size):
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(2)
+    maps = rng.normal(size=(3, *in_shape)).astype(np.float32)
+    expected = tf.image.resize(maps[..., None], size, method="bilinear", antialias=False).numpy()[..., 0]
+    batched = resize_bilinear(maps, size)  # (N, h, w) -> (N, H, W), float64
+    assert batched.shape == (3, *size) and batched.dtype == np.float64
+    np.testing.assert_allclose(batched, expected, atol=1e-5)
+    for i in range(3):  # one map (h, w), the same values as the batch
+        np.testing.assert_allclose(resize_bilinear(maps[i], size), batched[i], rtol=0, atol=1e-12)
+
+
+def test_resize_bilinear_keeps_maps_of_the_size_and_is_the_bilinear_matrix_product():
+    m = np.arange(12, dtype=np.float32).reshape(3, 4)
+    same = resize_bilinear(m, (3, 4))
+    assert same.dtype == np.float64
+    np.testing.assert_array_equal(same, m)
+    np.testing.assert_array_equal(resize_bilinear(m, (8, 5)), bilinear_matrix(8, 3) @ m.astype(np.float64)
+                                  @ bilinear_matrix(5, 4).T)
+    with pytest.raises(ValueError, match="expected maps"):
+        resize_bilinear(np.zeros(4), (2, 2))
 
 
 def test_bilinear_matrix_rows_sum_to_one_and_identity_at_same_size():

@@ -23,6 +23,7 @@ Only numpy; TensorFlow is never imported here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -156,6 +157,29 @@ def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
     np.add.at(m, (rows, lo), 1.0 - frac)
     np.add.at(m, (rows, hi), frac)
     return m
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    m = bilinear_matrix(out_size, in_size)
+    m.flags.writeable = False  # shared between callers: read-only
+    return m
+
+
+def resize_bilinear(maps: Any, size: Sequence[int]) -> np.ndarray:
+    """float64 (..., H, W): ``maps`` (h, w) or (..., h, w) resized bilinearly to ``size`` = (H, W).
+
+    ``M_rows @ map @ M_cols.T`` with :func:`bilinear_matrix` (half-pixel centres, edges
+    clamped, no antialias: ``tf.image.resize(..., "bilinear")``), in float64; the matrices
+    are cached per (out, in) size. Maps already of ``size`` come back as they are (in float64).
+    """
+    h = np.asarray(maps, dtype=np.float64)
+    if h.ndim < 2:
+        raise ValueError(f"resize_bilinear: expected maps (h, w) or (..., h, w), got shape {h.shape}")
+    rows, cols = int(size[0]), int(size[1])
+    if h.shape[-2:] == (rows, cols):
+        return h
+    return _shared_bilinear_matrix(rows, h.shape[-2]) @ h @ _shared_bilinear_matrix(cols, h.shape[-1]).T
 
 
 def _block_mean_matrix(size: int, parts: int) -> np.ndarray:

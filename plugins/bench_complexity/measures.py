@@ -3,7 +3,7 @@
 Heatmaps of different explainers come at different sizes (a 2x2 Grad-CAM map, a
 64x64 gradient map), and both measures depend on the number of values, so each map
 is first resized to the image's resolution the way the harness resizes heatmaps:
-bilinear, :func:`bench.engine.regions.bilinear_matrix` (half-pixel centres, edges clamped,
+bilinear, :func:`bench.engine.regions.resize_bilinear` (half-pixel centres, edges clamped,
 no antialias, as ``tf.image.resize(..., "bilinear")``), in float64. The resolution is
 read off ``data.images`` (the metric declares the images for that alone).
 
@@ -16,30 +16,12 @@ read off ``data.images`` (the metric declares the images for that alone).
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from bench.engine.regions import bilinear_matrix
-
-
-@functools.lru_cache(maxsize=32)
-def _resize_matrix(out_size: int, in_size: int) -> np.ndarray:
-    m = bilinear_matrix(out_size, in_size)
-    m.flags.writeable = False
-    return m
-
-
-def at_image_resolution(heatmap: Any, shape: Sequence[int]) -> np.ndarray:
-    """float64 (H, W): ``heatmap`` resized bilinearly to ``shape`` as the harness resizes heatmaps."""
-    h = np.asarray(heatmap, dtype=np.float64)
-    rows, cols = int(shape[0]), int(shape[1])
-    if h.shape == (rows, cols):
-        return h
-    return _resize_matrix(rows, h.shape[0]) @ h @ _resize_matrix(cols, h.shape[1]).T
+from bench.engine.regions import resize_bilinear
 
 
 def gini(values: Any) -> float:
@@ -85,7 +67,7 @@ class Sparseness:
     def compute(self, data: Any) -> dict[str, np.ndarray]:
         shape = _resolution(data)
         maps = data.heatmaps
-        return {"sparseness": np.array([gini(at_image_resolution(m, shape)) for m in maps], dtype=np.float64)}
+        return {"sparseness": np.array([gini(resize_bilinear(m, shape)) for m in maps], dtype=np.float64)}
 
 
 class EntropyComplexity:
@@ -100,5 +82,5 @@ class EntropyComplexity:
 
     def compute(self, data: Any) -> dict[str, np.ndarray]:
         shape = _resolution(data)
-        nats = np.array([entropy(at_image_resolution(m, shape)) for m in data.heatmaps], dtype=np.float64)
+        nats = np.array([entropy(resize_bilinear(m, shape)) for m in data.heatmaps], dtype=np.float64)
         return {"entropy-complexity": nats / math.log(shape[0] * shape[1]), "nats": nats}

@@ -32,6 +32,38 @@ _EMPTY = (
 )
 
 
+#: kind -> (class in bench_controls.controls, role, what the map is (``{mask}``: the mask's repr), its value on an empty mask)
+_ORACLES: dict[str, tuple[str, str, str, str]] = {
+    "oracle": ("OracleExplainer", "positive-control",
+               "Oracle (positive control): the dataset's {mask} mask as the heatmap (1 inside, 0 outside)", "(all 0)"),
+    "anti-oracle": ("AntiOracleExplainer", "negative-control",
+                    "Anti-oracle (negative control): the inverse of the dataset's {mask} mask (0 inside, 1 outside)",
+                    "(all 1)"),
+}
+
+
+def _oracle_spec(kind: str, mask: str, name: str | None) -> ExplainerSpec:
+    """The ``kind`` (a key of :data:`_ORACLES`) spec for dataset mask ``mask``, named ``name`` or ``<kind>-<mask>``."""
+    cls_name, role, what, value = _ORACLES[kind]
+    if mask == DEFAULT_MASK:
+        factory: object = f"bench_controls.controls:{cls_name}"
+    else:
+        from . import controls
+
+        factory = functools.partial(getattr(controls, cls_name), mask=mask)
+    return ExplainerSpec(
+        name=name or f"{kind}-{mask}",
+        factory=factory,  # type: ignore[arg-type]
+        description=(
+            what.format(mask=repr(mask)) + ", image resolution; " + _EMPTY.format(mask=mask, value=value)
+            + "; never calls the model, 0 passes per map"
+        ),
+        parameters={"mask": mask},
+        role=role,
+        masks=(mask,),
+    )
+
+
 def oracle_specs(
     mask: str = DEFAULT_MASK, *, oracle_name: str | None = None, anti_name: str | None = None
 ) -> list[ExplainerSpec]:
@@ -43,41 +75,7 @@ def oracle_specs(
     mask are registered for another mask by ``bench_localisation.masked_aopc_spec(mask=mask)``
     and ``bench_localisation.localisation_specs(mask=mask, suffix=...)``.
     """
-    if mask == DEFAULT_MASK:
-        factories = ("bench_controls.controls:OracleExplainer", "bench_controls.controls:AntiOracleExplainer")
-    else:
-        from .controls import AntiOracleExplainer, OracleExplainer
-
-        factories = (
-            functools.partial(OracleExplainer, mask=mask),
-            functools.partial(AntiOracleExplainer, mask=mask),
-        )
-    return [
-        ExplainerSpec(
-            name=oracle_name or f"oracle-{mask}",
-            factory=factories[0],
-            description=(
-                f"Oracle (positive control): the dataset's {mask!r} mask as the heatmap (1 inside, "
-                f"0 outside), image resolution; " + _EMPTY.format(mask=mask, value="(all 0)")
-                + "; never calls the model, 0 passes per map"
-            ),
-            parameters={"mask": mask},
-            role="positive-control",
-            masks=(mask,),
-        ),
-        ExplainerSpec(
-            name=anti_name or f"anti-oracle-{mask}",
-            factory=factories[1],
-            description=(
-                f"Anti-oracle (negative control): the inverse of the dataset's {mask!r} mask (0 "
-                f"inside, 1 outside), image resolution; " + _EMPTY.format(mask=mask, value="(all 1)")
-                + "; never calls the model, 0 passes per map"
-            ),
-            parameters={"mask": mask},
-            role="negative-control",
-            masks=(mask,),
-        ),
-    ]
+    return [_oracle_spec("oracle", mask, oracle_name), _oracle_spec("anti-oracle", mask, anti_name)]
 
 
 @hookimpl

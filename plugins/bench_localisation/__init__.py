@@ -4,7 +4,7 @@ Pointing game, relevance mass and rank accuracy, energy-based pointing game, pix
 AUC and top-k IoU against the dataset's ``lesion`` mask, and ``lung-relevance``, the
 share of positive relevance inside the ``lung`` mask on images of every class (the
 shortcut detector). Heatmaps are compared at image resolution: resized bilinearly as the
-harness resizes them (:func:`bench.engine.regions.bilinear_matrix`), except that the pointing game
+harness resizes them (:func:`bench.engine.regions.resize_bilinear`), except that the pointing game
 finds the maximum on the heatmap's own grid and spreads each maximal cell over the pixels it
 covers (a bilinear resize moves a coarse map's maximum towards the border). Images whose mask is empty
 get NaN, which the harness leaves out and counts. See :mod:`bench_localisation.measures`.
@@ -13,9 +13,11 @@ get NaN, which the harness leaves out and counts. See :mod:`bench_localisation.m
 on the others): the AOPC on which the oracle controls are defined, so the metric-power
 comparisons (oracle > random > anti-oracle) can be read without the Normal images' ties.
 
-A metric's spec declares the masks it reads, and the harness hands it only those, so the
-``mask`` parameter can only name a declared mask. To measure against another mask (the
-real database's ``lung``, say), register the measures for it from a plugin::
+Every metric here that reads a mask names it by its ``mask`` parameter, and its spec says so
+(``mask_params=("mask",)``): a run hands the metric the mask the parameter names, so
+``[metrics.params.pointing-game] mask = "lung"`` measures against the dataset's ``lung`` mask
+(the spec's ``inputs.masks`` list what the defaults read). To have the measures under their
+own names for another mask beside the built-ins, register them for it from a plugin::
 
     from bench import hookimpl
     from bench_localisation import localisation_specs
@@ -82,6 +84,8 @@ _TABLE: dict[str, tuple[str, str, str, float | None, str]] = {
 _EXTRA_PARAMETERS: dict[str, dict[str, object]] = {"PointingGame": {"tolerance": 15 / 224}, "TopKIoU": {"fraction": None}}
 
 _EMPTY = "images whose {mask} mask is empty get NaN, left out of the statistics and counted"
+#: the parameter that names the dataset mask a metric reads (a run hands it that mask)
+_MASK_PARAMS = ("mask",)
 
 
 def _spec(name: str, measure: str, cls_name: str, label: str, transform: str, zero: float | None,
@@ -96,6 +100,7 @@ def _spec(name: str, measure: str, cls_name: str, label: str, transform: str, ze
         description=f"{text.format(mask=mask)}; {_POINTING_RESOLUTION if cls_name == 'PointingGame' else _RESOLUTION}; "
                     f"{_EMPTY.format(mask=mask)}",
         inputs=MetricInputs(heatmaps=True, masks=(mask,)),
+        mask_params=_MASK_PARAMS,
         heatmap_transform=transform,
         zero_map_value=zero,
         parameters={"mask": mask, **_EXTRA_PARAMETERS.get(cls_name, {})},
@@ -106,7 +111,8 @@ def localisation_specs(*, mask: str = "lesion", suffix: str = "") -> list[Metric
     """The six mask measures as :class:`bench.MetricSpec` for the dataset mask ``mask``, named ``<measure><suffix>``.
 
     For ``mask="lesion"`` (the built-ins) the factories are lazy ``module:attr`` strings; for
-    another mask they are subclasses whose ``mask`` defaults to, and may only be, ``mask``.
+    another mask they are subclasses whose ``mask`` defaults to ``mask``. Each spec declares
+    ``mask_params=("mask",)``: the parameter may still name another mask in a run.
     """
     specs = []
     for name, (cls_name, label, transform, zero, text) in _TABLE.items():
@@ -136,6 +142,7 @@ def lung_relevance_spec() -> MetricSpec:
             f"on a map without positive relevance (an all-zero map); {_RESOLUTION}; {_EMPTY.format(mask='lung')}"
         ),
         inputs=MetricInputs(heatmaps=True, masks=("lung",)),
+        mask_params=_MASK_PARAMS,
         heatmap_transform="positive-normalised",
         zero_map_value=float("nan"),
         parameters={"mask": "lung"},
@@ -168,6 +175,7 @@ def masked_aopc_spec(*, mask: str = "lesion", name: str | None = None) -> Metric
             f"tie-break); {_EMPTY.format(mask=mask)}; reads the MoRF curves, no extra forward pass"
         ),
         inputs=MetricInputs(curves=("morf",), masks=(mask,)),
+        mask_params=_MASK_PARAMS,
         heatmap_transform="rank",
         parameters={"mask": mask},
     )

@@ -2,7 +2,7 @@
 
 Every measure reads a heatmap (h, w) and a bool mask (H, W). The heatmap is first
 brought to the mask's resolution by :func:`at_image_resolution`: bilinear, with the
-harness's own operator (:func:`bench.engine.regions.bilinear_matrix`, half-pixel centres,
+harness's own operator (:func:`bench.engine.regions.resize_bilinear`, half-pixel centres,
 edges clamped, no antialias: ``tf.image.resize(..., "bilinear")``, the resize the
 harness applies before it scores regions), computed in float64 and rounded to float32
 (the heatmaps' precision) so that equal heatmap values stay exactly equal. The
@@ -30,32 +30,21 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import ndimage
 
-from bench.engine.regions import bilinear_matrix
+from bench.engine.regions import resize_bilinear
+from bench.plugin.names import name_problem
 
 #: Zhang et al. (2018) count a hit within 15 px of the object at 224 px: 15/224 of the image size.
 DEFAULT_TOLERANCE = 15 / 224
 
 
 # ---- resolution -------------------------------------------------------------------------
-@functools.lru_cache(maxsize=32)
-def _resize_matrix(out_size: int, in_size: int) -> np.ndarray:
-    m = bilinear_matrix(out_size, in_size)
-    m.flags.writeable = False
-    return m
-
-
 def at_image_resolution(heatmap: Any, shape: Sequence[int]) -> np.ndarray:
     """float32 (H, W): ``heatmap`` (h, w) resized bilinearly to ``shape`` the way the harness resizes.
 
-    ``M_rows @ heatmap @ M_cols.T`` with :func:`bench.engine.regions.bilinear_matrix`, in float64,
+    :func:`bench.engine.regions.resize_bilinear` (``M_rows @ heatmap @ M_cols.T``, in float64),
     rounded to float32 so that values equal in the heatmap stay equal (ties stay ties).
     """
-    h = np.asarray(heatmap, dtype=np.float64)
-    rows, cols = int(shape[0]), int(shape[1])
-    if h.shape == (rows, cols):
-        return h.astype(np.float32)
-    up = _resize_matrix(rows, h.shape[0]) @ h @ _resize_matrix(cols, h.shape[1]).T
-    return up.astype(np.float32)
+    return resize_bilinear(heatmap, shape).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=32)
@@ -223,18 +212,26 @@ def _param_error(param: str, message: str) -> ValueError:
 class MaskMetric:
     """Base of the localisation metrics: a per-image measure of a heatmap against ``data.mask(mask)``.
 
+    A subclass names its headline :attr:`column` and its per-image :meth:`measure` (a function
+    of the heatmap at image resolution and the bool mask, returning ``(value, chance)``);
+    a measure without parameters is declared in one line
+    (``column, measure = "<name>", staticmethod(<function>)``).
+
     Parameters
     ----------
     mask:
-        The dataset mask to localise against. It must be one the metric's spec declares
-        (:attr:`declared_masks`: the harness hands a metric only the masks its spec names);
-        :func:`bench_localisation.localisation_specs` registers the measures for another mask.
+        The name of the dataset mask to localise against (default: :attr:`declared_masks`).
+        The registered specs declare it a mask parameter (``MetricSpec.mask_params``), so a
+        run hands the metric the mask it names: ``[metrics.params.pointing-game] mask = "lung"``
+        (a dataset without that mask leaves the metric out of its cells, with the reason).
     """
 
     #: The headline column (the metric's name).
     column: ClassVar[str] = ""
-    #: The masks the registered spec declares (its ``MetricInputs.masks``).
+    #: The masks the registered spec declares by default (its ``MetricInputs.masks``): the default ``mask``.
     declared_masks: ClassVar[tuple[str, ...]] = ("lesion",)
+    #: How a heatmap is brought to the mask's resolution before :meth:`measure` reads it.
+    resize = staticmethod(at_image_resolution)
 
     def __init__(self, *, mask: str = "lesion"):
         self.mask = mask
@@ -243,14 +240,9 @@ class MaskMetric:
         return {"mask": self.mask}
 
     def validate(self) -> None:
-        if not isinstance(self.mask, str) or self.mask not in self.declared_masks:
-            raise _param_error(
-                "mask",
-                f"{type(self).__name__}: mask={self.mask!r} is not a mask its spec declares "
-                f"({', '.join(self.declared_masks)}); the harness hands a metric only its declared "
-                "masks: register the measure for that mask with "
-                "bench_localisation.localisation_specs(mask=..., suffix=...)",
-            )
+        problem = name_problem(self.mask)
+        if problem is not None:
+            raise _param_error("mask", f"{type(self).__name__}: mask={self.mask!r} is not a mask name: {problem}")
 
     def measure(self, heatmap: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
         raise NotImplementedError
@@ -264,7 +256,7 @@ class MaskMetric:
         chance = np.full(n, np.nan)
         shape = masks.shape[1:]
         for i in range(n):
-            values[i], chance[i] = self.measure(at_image_resolution(maps[i], shape), np.asarray(masks[i], bool))
+            values[i], chance[i] = self.measure(self.resize(maps[i], shape), np.asarray(masks[i], bool))
         return {self.column: values, "chance": chance}
 
 
@@ -277,6 +269,7 @@ class PointingGame(MaskMetric):
     """
 
     column = "pointing-game"
+    resize = staticmethod(maxima_at_image_resolution)  # the maximal cells, not a bilinear resize
 
     def __init__(self, *, mask: str = "lesion", tolerance: float = DEFAULT_TOLERANCE):
         super().__init__(mask=mask)
@@ -291,55 +284,32 @@ class PointingGame(MaskMetric):
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= float(t) < 1:
             raise _param_error("tolerance", f"PointingGame: tolerance must be a fraction of the image size in [0, 1), got {t!r}")
 
-    def compute(self, data: Any) -> dict[str, np.ndarray]:
-        self.validate()
-        maps = data.heatmaps
-        masks = data.mask(self.mask)
-        n = len(masks)
-        values = np.full(n, np.nan)
-        chance = np.full(n, np.nan)
-        shape = masks.shape[1:]
-        tol_px = tolerance_pixels(self.tolerance, shape)
-        for i in range(n):
-            values[i], chance[i] = pointing_game(maxima_at_image_resolution(maps[i], shape),
-                                                 np.asarray(masks[i], bool), tol_px)
-        return {self.column: values, "chance": chance}
+    def measure(self, heatmap: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+        return pointing_game(heatmap, mask, tolerance_pixels(self.tolerance, mask.shape))
 
 
 class RelevanceMass(MaskMetric):
     """Relevance mass accuracy (Arras et al. 2022): the share of the positive relevance inside the mask."""
 
-    column = "relevance-mass"
-
-    def measure(self, heatmap: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-        return relevance_mass(heatmap, mask)
+    column, measure = "relevance-mass", staticmethod(relevance_mass)
 
 
 class RelevanceRank(MaskMetric):
     """Relevance rank accuracy (Arras et al. 2022): the share of the |mask| highest pixels inside the mask."""
 
-    column = "relevance-rank"
-
-    def measure(self, heatmap: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-        return relevance_rank(heatmap, mask)
+    column, measure = "relevance-rank", staticmethod(relevance_rank)
 
 
 class EnergyPointingGame(MaskMetric):
     """Energy-based pointing game (Wang et al. 2020, Score-CAM): positive relevance in the mask's bounding box."""
 
-    column = "energy-pointing-game"
-
-    def measure(self, heatmap: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-        return energy_pointing_game(heatmap, mask)
+    column, measure = "energy-pointing-game", staticmethod(energy_pointing_game)
 
 
 class PixelAUC(MaskMetric):
     """ROC AUC of the heatmap as a pixel classifier of the mask (ties count one half)."""
 
-    column = "pixel-auc"
-
-    def measure(self, heatmap: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-        return roc_auc(heatmap, mask)
+    column, measure = "pixel-auc", staticmethod(roc_auc)
 
 
 class TopKIoU(MaskMetric):
@@ -414,7 +384,10 @@ MEASURES: tuple[type[MaskMetric], ...] = (
 
 
 def for_mask(cls: type[MaskMetric], mask: str) -> type[MaskMetric]:
-    """``cls`` measuring against ``mask`` (its default and its one declared mask); ``cls`` itself if it already does."""
+    """``cls`` measuring against ``mask`` by default (its declared mask); ``cls`` itself if it already does.
+
+    The parameter still chooses another mask (``mask_params``): the subclass only moves the default.
+    """
     if cls.declared_masks == (mask,):
         return cls
     name = f"{cls.__name__}For_{''.join(ch if ch.isalnum() else '_' for ch in mask)}"

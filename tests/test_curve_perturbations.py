@@ -263,9 +263,16 @@ def test_the_other_perturbation_params_are_the_metric_column_identity_not_the_ro
     assert cell.settings_key == before.settings_key  # the row still pairs with the first run's
 
 
-def test_curves_under_another_perturbation_that_fail_fail_only_their_metrics(first, plugin, tmp_path):
-    cfg = config(tmp_path, perturbations={"names": ["gaussian-noise"], "params": {"road": {"noise": -1.0}}},
-                 explainers={"names": ["gradcam"]})
+def test_curves_under_another_perturbation_that_fail_fail_only_their_metrics(first, plugin, tmp_path, monkeypatch):
+    """A perturbation only a metric uses that fails at run time fails only that metric (a bad
+    parameter of it is a config error at plan time: tests/test_plan_validation.py)."""
+    from bench_perturbations.road import NoisyLinearImputation
+
+    def broken(self, images, masks, seeds):
+        raise ValueError("noise field exploded")
+
+    monkeypatch.setattr(NoisyLinearImputation, "perturb", broken)
+    cfg = config(tmp_path, perturbations={"names": ["gaussian-noise"]}, explainers={"names": ["gradcam"]})
     cfg["metrics"]["names"] = ["aopc", "road-aopc", "insertion-auc"]
     runner.clear_memo()
     result = bench.run(cfg, quiet=True, leaderboard=False)
@@ -273,7 +280,7 @@ def test_curves_under_another_perturbation_that_fail_fail_only_their_metrics(fir
     (cell,) = result.cells
     assert cell.metrics["aopc"].ok and cell.metrics["insertion-auc"].ok
     failed = cell.metrics["road-aopc"]
-    assert failed.status == "failed" and "morf@road curves failed" in failed.error and "noise" in failed.error
+    assert failed.status == "failed" and "morf@road curves failed" in failed.error and "exploded" in failed.error
 
 
 def test_metric_needs_resolve_the_perturbation_and_mask_parameters():

@@ -52,6 +52,10 @@ CONFIG_ERRORS = [
     (["--set", "leaderboard.control=nosuch"], "leaderboard.control"),
     (["--set", "leaderboard.control=gradcam"], "leaderboard.control"),  # a method, not a control
     (["--set", "dataset.params.image_size=abc"], "dataset.params.image_size"),
+    # perturbations that only metrics use (ROAD's curves, insertion's blur) are checked like the grid's
+    (["--set", "perturbations.params.road.noise=-1"], "perturbations.params.road.noise"),
+    (["--set", "perturbations.params.blur.nosuch=1"], "perturbations.params.blur"),
+    (["--set", "perturbations.params.blur.sigma=-2"], "perturbations.params.blur.sigma"),
 ]
 
 
@@ -63,6 +67,14 @@ def test_config_error_exits_2_at_dry_run_naming_its_key(flags, key, tmp_path, ca
     assert key in err
     assert "Traceback" not in err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_perturbation_only_metrics_use_names_them_and_is_left_alone_when_unused(capsys):
+    assert main(["run", "--dry-run", "--set", "perturbations.params.road.noise=-1"]) == 2
+    assert "(used by the metric(s) 'road-abpc', 'road-aopc', 'road-lerf-aopc')" in _err(capsys)
+    # no metric reads ROAD curves: its params are not checked against a component that never runs
+    assert main(["run", "--dry-run", "--json", "--metric", "aopc", "--set", "perturbations.params.road.noise=-1"]) == 0
+    capsys.readouterr()
 
 
 def test_control_error_lists_the_selected_explainers(capsys):
@@ -86,7 +98,7 @@ def test_control_error_lists_the_selected_explainers(capsys):
     ],
 )
 def test_valid_values_still_pass_the_plan(flags, capsys):
-    assert main(["run", "--dry-run", *flags]) == 0, _err(capsys)
+    assert main(["run", "--dry-run", "--json", *flags]) == 0, _err(capsys)
     json.loads(capsys.readouterr().out)
 
 
@@ -236,7 +248,7 @@ def test_another_dataset_drops_the_presets_dataset_params(tmp_path, capsys):
 
     db = _covid_db(tmp_path / "db")
     code = main(["run", "--dataset", "covid-radiography", "--data", str(db), "--model", "simple-cnn",
-                 "--set", "aopc.grid=6", "--dry-run"])
+                 "--set", "aopc.grid=6", "--dry-run", "--json"])
     assert code == 0, _err(capsys)
     assert json.loads(capsys.readouterr().out)["config"]["dataset"]["params"] == {}
     # the images' size is read from one header at plan time: 40x36 < 50

@@ -29,7 +29,7 @@ from bench.pipeline.controls import (
     registered_role,
     resolve_control,
 )
-from bench.pipeline.metrics import required_orders
+from bench.pipeline.metrics import metric_needs, required_orders
 from bench.pipeline.variants import registered_explainer, resolve_variants, variant_key
 from bench.plugin.registry import accepted_params, check_params, registry
 from bench.plugin.specs import ExecutorSpec, ExplainerSpec, MetricSpec
@@ -195,14 +195,18 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
     component = validated_component(
         "dataset", dataset, dparams, key="dataset.params", names=cfg["dataset"]["params"]
     )
+    built: dict[str, Any] = {}
     for section in ("explainers", "perturbations", "metrics"):
         kind = config_mod.SECTION_KIND[section]
         for name in getattr(plan, section):
             registered = registered_explainer(cfg, name) if section == "explainers" else name
-            validated_component(
+            made = validated_component(
                 kind, registered, cfg[section]["params"].get(name, {}), key=variant_key(cfg, name)
                 if registered != name else f"{section}.params.{name}",
             )
+            if section == "metrics":
+                built[name] = made
+    _check_metric_perturbations(plan, built)
     _check_primary(plan)
     _check_metric_budgets(plan)
     check_executor(plan)
@@ -210,6 +214,45 @@ def make_plan(cfg: Mapping[str, Any]) -> Plan:
     if image_shape is not None:
         check_image_fit(plan, image_shape)
     return plan
+
+
+def metric_perturbations(plan: Plan, metrics: Mapping[str, Any]) -> dict[str, list[str]]:
+    """perturbation -> the metrics of ``plan`` that ask for curves under it by name (``morf@road``,
+    or their perturbation parameter), beyond the grid's own perturbations. ``metrics``: name ->
+    the constructed metric (its ``get_params()`` are the resolved parameters)."""
+    reg = registry()
+    wanted: dict[str, list[str]] = {}
+    for name, metric in metrics.items():
+        spec = reg.get("metric", name).spec
+        get = getattr(metric, "get_params", None)
+        params = dict(get()) if callable(get) else dict(plan.config["metrics"]["params"].get(name, {}))
+        try:
+            needs = metric_needs(spec, params)
+        except BenchError as exc:
+            raise ConfigError(f"metrics.params.{name}: {exc}") from exc
+        for curve in needs.curves:
+            if curve.perturbation and curve.perturbation not in plan.perturbations:
+                wanted.setdefault(curve.perturbation, []).append(name)
+    return wanted
+
+
+def _check_metric_perturbations(plan: Plan, metrics: Mapping[str, Any]) -> None:
+    """A perturbation only metrics use is checked like a selected one: registered, its
+    ``[perturbations.params.<name>]`` fit its factory, constructed and validated; the error
+    names the key and the metrics that use it."""
+    known = registry().names("perturbation")
+    for name, users in metric_perturbations(plan, metrics).items():
+        who = ", ".join(map(repr, dict.fromkeys(users)))
+        if name not in known:
+            raise ConfigError(
+                f"metric(s) {who} read curves under the perturbation {name!r}, which is not registered"
+                f"{did_you_mean(name, known)}; known perturbations: {', '.join(known) or '(none registered)'}"
+            )
+        try:
+            validated_component("perturbation", name, plan.config["perturbations"]["params"].get(name, {}),
+                                key=f"perturbations.params.{name}")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (used by the metric(s) {who})") from exc
 
 
 def check_executor(plan: Plan) -> None:

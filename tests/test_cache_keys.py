@@ -236,3 +236,43 @@ def test_file_digests_are_hashed_once_and_remembered(tmp_path, monkeypatch):
     assert keys.file_digests(files, memo=fresh) == first and hashed == []
     _replace_keeping_size_and_mtime(files[1], bytes([9]) * 100)
     assert keys.file_digests(files, memo=fresh)[1] == "x" and len(hashed) == 1
+
+
+def test_code_digests_are_frozen_within_a_run_and_live_outside(tmp_path, monkeypatch):
+    """Within frozen_code_digests (a run) a package's digest is read once: an edit made while a
+    run runs does not change its keys (the process runs the code it imported); outside, at once."""
+    pkg = tmp_path / "frozenpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("class F:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ref = "frozenpkg:F"
+    walks = []
+    real = keys.package_sources
+    monkeypatch.setattr(keys, "package_sources", lambda module: walks.append(module) or real(module))
+    before = keys.code_digest(ref)
+    with keys.frozen_code_digests():
+        assert keys.code_digest(ref) == before
+        (pkg / "__init__.py").write_text("class F:\n    x = 1\n")
+        with keys.frozen_code_digests():  # nested: the same memo
+            assert keys.code_digest(ref) == before
+        assert keys.code_digest(ref) == before
+    assert len(walks) == 2  # the call before, then once inside: later calls read the memo
+    assert keys.code_digest(ref) != before  # outside: the edit shows
+
+
+def test_bench_run_freezes_code_digests(monkeypatch, tmp_path):
+    from _tiny_config import tiny
+
+    import bench
+
+    seen = []
+    real = keys.code_digest
+
+    def spy(factory):
+        seen.append(keys._FROZEN_DIGESTS is not None)
+        return real(factory)
+
+    monkeypatch.setattr(keys, "code_digest", spy)
+    bench.run(tiny(tmp_path / "out"), quiet=True, leaderboard=False)
+    assert seen and all(seen)
+    assert keys._FROZEN_DIGESTS is None  # released after the run

@@ -198,3 +198,28 @@ def test_random_backbone_is_the_same_in_every_build():
 
     a, b = backbone_weights(), backbone_weights()
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_backbone_layer_names_are_built_once_per_keras_version_and_remembered(tmp_path, monkeypatch):
+    """Plan validation of feature_layer reads the backbone's layer names: built once (3 s for
+    DenseNet201), then read from the per-user file; a corrupt file is rebuilt; the names are the
+    live backbone's."""
+    from bench_keras_models import transfer
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("BENCH_DIGEST_MEMO", raising=False)
+    cls = type(bench.create("model", "vgg16", weights="none"))
+    transfer._layer_names.cache_clear()
+    live = cls.backbone_layer_names()
+    assert "block5_conv3" in live and live[-1] == "block5_pool"
+    path = transfer.layer_names_file(cls)
+    assert path.is_file() and path.parent.parent == tmp_path / "bench"
+    transfer._layer_names.cache_clear()
+    path.write_text('["only_this"]')
+    assert cls.backbone_layer_names() == ("only_this",)  # read, not rebuilt
+    transfer._layer_names.cache_clear()
+    path.write_text("{not json")
+    assert cls.backbone_layer_names() == live  # rebuilt and rewritten
+    monkeypatch.setenv("BENCH_DIGEST_MEMO", "off")
+    assert transfer.layer_names_file(cls) is None
+    transfer._layer_names.cache_clear()

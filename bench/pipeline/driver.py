@@ -22,7 +22,7 @@ from bench.config import loading as config_mod
 from bench.errors import BenchError
 from bench.pipeline.cell import now
 from bench.pipeline.executors import RunContext, create_executor
-from bench.pipeline.keys import bench_version
+from bench.pipeline.keys import bench_version, frozen_code_digests
 from bench.pipeline.plan import Plan, check_image_fit, drop_unavailable_explainers, log, make_plan
 from bench.pipeline.record import CellRecord
 from bench.pipeline.stages import Stages, error_text
@@ -187,6 +187,7 @@ class RunResult:
         return pd.concat([frame, pd.DataFrame(extra, index=frame.index)], axis=1)
 
 
+@frozen_code_digests()
 def run(
     config: str | Path | Mapping[str, Any] | None = None,
     *,

@@ -165,12 +165,46 @@ def _positive_int(value: Any, key: str, model_name: str) -> int:
     return int(value)
 
 
+def layer_names_file(cls: type) -> Path | None:
+    """Where the layer names of ``cls``'s backbone are remembered for this Keras version
+    (``$XDG_CACHE_HOME/bench/layer-names/``; None where ``$BENCH_DIGEST_MEMO`` is ``off``, the
+    switch for bench's per-user files)."""
+    if os.environ.get("BENCH_DIGEST_MEMO", "").strip().lower() in ("0", "off", "none", "false"):
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    name = f"{cls.backbone_name or cls.__name__}-keras-{keras.__version__}.json"
+    return Path(base) / "bench" / "layer-names" / name
+
+
 @functools.cache
 def _layer_names(cls: type) -> tuple[str, ...]:
-    """The layer names of ``cls``'s backbone (built once, 32x32, random weights, then dropped)."""
+    """The layer names of ``cls``'s backbone: built once per Keras version (32x32, random
+    weights, then dropped: 3 s for DenseNet201, paid by plan validation of ``feature_layer`` /
+    ``train_from``) and remembered on disk (:func:`layer_names_file`); an unreadable file is
+    rebuilt."""
+    import json
+
+    path = layer_names_file(cls)
+    if path is not None and path.is_file():
+        try:
+            names = json.loads(path.read_text())
+            if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+                return tuple(names)
+        except (OSError, ValueError):
+            pass
     inputs = keras.Input(shape=(32, 32, 3))
     backbone = cls._backbone(cls.__new__(cls), inputs)
-    return tuple(layer.name for layer in backbone.layers)
+    # the input layer's name comes from Keras's global name counter (input_layer, input_layer_1...)
+    names = tuple(layer.name for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer))
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(list(names)))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home: built again next time
+    return names
 
 
 class TransferModel(KerasModel):

@@ -19,6 +19,9 @@ global state is touched, so figures never leak between calls or threads.
 - :func:`plot_ranks`: each method's rank with its bootstrap interval and P(best), one
   panel per metric.
 - :func:`plot_agreement`: a metric x metric Kendall tau matrix as a diverging heatmap.
+
+Inside :func:`bench.publish.figure_cache.figure_cache` (publishing: ``<results>/cache/figures``)
+every ``plot_*`` draws a figure once per content and copies it afterwards.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bench.pipeline.store import atomic_write_bytes
+from bench.publish.figure_cache import memoised_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -276,6 +280,7 @@ def curves_figure(
     return fig
 
 
+@memoised_figure()
 def plot_curves(
     curves: Mapping[str, Mapping[str, np.ndarray]],
     path: str | Path,
@@ -612,6 +617,7 @@ def normalise_stack(maps: np.ndarray, cmap: Any) -> np.ndarray:
     return np.stack([cmap(normalise(h))[..., :3].astype(np.float32) for h in maps])
 
 
+@memoised_figure()
 def plot_overlays(
     images: np.ndarray,
     heatmaps: Mapping[str, np.ndarray] | Mapping[str, Mapping[str, np.ndarray]],
@@ -766,6 +772,7 @@ def per_class_figure(
     return fig
 
 
+@memoised_figure()
 def plot_per_class(
     stats: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
     path: str | Path,
@@ -876,6 +883,7 @@ def ranks_figure(ranks: pd.DataFrame, *, title: str) -> Figure:
     return fig
 
 
+@memoised_figure()
 def plot_ranks(ranks: pd.DataFrame, path: str | Path, *, title: str) -> Path:
     """Each method's rank with its bootstrap interval and P(best), one panel per metric.
 
@@ -934,6 +942,7 @@ def agreement_figure(matrix: pd.DataFrame, *, title: str, label: str = "Kendall'
     return fig
 
 
+@memoised_figure()
 def plot_agreement(matrix: pd.DataFrame, path: str | Path, *, title: str) -> Path:
     """A metric x metric agreement matrix (Kendall's tau in [-1, 1]) as a diverging heatmap.
 

@@ -172,10 +172,20 @@ def make_figures(
     rank plot (every metric's ranks with their intervals: :func:`bench.publish.figures.plot_ranks`)
     and the agreement matrix (:func:`bench.publish.figures.plot_agreement`), where the figures
     module has them. A figure that cannot be drawn (no curves, no dataset file) is skipped with
-    a warning; the rest are still written.
+    a warning; the rest are still written. A figure drawn before from the same data is copied
+    from ``<results>/cache/figures`` (:mod:`bench.publish.figure_cache`), not drawn again.
     """
+    from bench.publish.figure_cache import figure_cache
+
+    results = df.attrs.get("results_dir")
+    with figure_cache(Path(results) / "cache" / "figures" if results else None):
+        return _make_figures(df, Path(out_dir), per_class=per_class, alphas=alphas, analysis=analysis)
+
+
+def _make_figures(df: pd.DataFrame, out: Path, *, per_class: int, alphas: Sequence[float],
+                  analysis: Analysis | None) -> dict[str, list[Path]]:
     from bench.publish import figures as fg
-    out = Path(out_dir)
+
     manifests = df.attrs.get("manifests", {})
     head = primary_column(df)
     per_class_title = f"{head.label} per class" if head is not None else "Per class"

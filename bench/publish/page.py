@@ -648,13 +648,15 @@ def _per_class_block(frame: pd.DataFrame, primary: _Metric | None, labels: Mappi
             flag = next((str(f) for f in sub.get("flags", pd.Series(dtype=object)) if isinstance(f, str) and f), "")
             row = [_Cell(f'<span class="name">{_esc(name)}</span>'
                          + (f'<span class="flag">{_esc(flag)}</span>' if flag else ""), str(name).lower())]
+            by_class: dict[str, Mapping[str, Any]] = {}
+            for rec in sub.to_dict("records"):  # one dict lookup per cell, not a frame filter
+                by_class.setdefault(str(rec["class"]), rec)
             for c in scored:
-                hit = sub[sub["class"].astype(str) == c]
-                n = _num(hit["n"].iloc[0]) if len(hit) and "n" in hit.columns else math.nan
-                if not len(hit) or n == 0:
+                h = by_class.get(c)
+                n = _num(h["n"]) if h is not None and "n" in h else math.nan
+                if h is None or n == 0:
                     row.append(_Cell('<span class="none">no correctly classified image</span>', "", "num"))
                     continue
-                h = hit.iloc[0]
                 interval = format_ci(h.get("ci_low"), h.get("ci_high"))
                 if math.isfinite(n):
                     interval = f"{interval} (n={int(n)})".strip()

@@ -145,10 +145,13 @@ def ref_scorecam(parts, images, targets, softmax=True, max_channels=None, baseli
     return np.stack(out)
 
 
-def ref_ablationcam(parts, images, targets, relu=True, chunk=256):
+def ref_ablationcam(parts, images, targets, relu=True, chunk=256, max_channels=None):
     out = []
     for i, a in enumerate(np.asarray(parts.feat(images))):
         k_all = a.shape[-1]
+        if max_channels is not None:  # only the channels of highest spatial variance count
+            var = a.reshape(-1, k_all).var(axis=0)
+            keep = np.argsort(-var, kind="stable")[:max_channels]
         y = float(parts.head(a[None])[0, targets[i]])
         yk = np.empty(k_all)
         for start in range(0, k_all, chunk):  # per channel k: the map with channel k zeroed
@@ -157,6 +160,8 @@ def ref_ablationcam(parts, images, targets, relu=True, chunk=256):
             ablated[np.arange(len(ks)), :, :, ks] = 0.0
             yk[ks] = np.asarray(parts.head(ablated))[:, targets[i]]
         w = (y - yk) / y if y != 0 else np.zeros(k_all)
+        if max_channels is not None:
+            w = np.where(np.isin(np.arange(k_all), keep), w, 0.0)  # the others get no weight
         out.append(_relu(np.einsum("hwk,k->hw", a.astype(np.float64), w), relu))
     return np.stack(out)
 
@@ -338,6 +343,19 @@ def test_ablationcam_matches_a_brute_force_loop(small, relu):
     ours = AblationCAM(relu=relu).explain(model, images, TARGETS3)
     assert_close(ours, ref_ablationcam(parts, images, TARGETS3, relu=relu))
     assert np.abs(ours).max() > 0
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_ablationcam_max_channels_ablates_only_the_most_varying_channels(small, m):
+    model, parts, images = small
+    ours = AblationCAM(max_channels=m, relu=False).explain(model, images, TARGETS3)
+    assert_close(ours, ref_ablationcam(parts, images, TARGETS3, relu=False, max_channels=m))
+    k = np.asarray(parts.feat(images)).shape[-1]
+    every = AblationCAM(max_channels=k).explain(model, images, TARGETS3)
+    np.testing.assert_array_equal(every, AblationCAM().explain(model, images, TARGETS3))
+    assert AblationCAM(max_channels=m).get_params()["max_channels"] == m
+    with pytest.raises(ValueError, match="max_channels"):
+        AblationCAM(max_channels=0).validate()
 
 
 @pytest.mark.parametrize("cls", [ScoreCAM, AblationCAM])

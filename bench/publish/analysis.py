@@ -368,11 +368,23 @@ class Analysis:
         return frame[self._mask(frame, key)].drop(columns=[c for c in self.group_columns if c in frame.columns])
 
     def _mask(self, frame: pd.DataFrame, key: Sequence[Any]) -> pd.Series:
+        texts = self._group_texts(frame)
         mask = pd.Series(True, index=frame.index)
         for col, value in zip(self.group_columns, key, strict=False):
-            if col in frame.columns:
-                mask &= frame[col].astype(str) == str(value)
+            if col in texts:
+                mask &= texts[col] == str(value)
         return mask
+
+    def _group_texts(self, frame: pd.DataFrame) -> dict[str, pd.Series]:
+        """``frame``'s group columns as text, converted once per frame (a page asks for the
+        parts of the same tables hundreds of times)."""
+        memo = self.__dict__.setdefault("_texts_memo", {})
+        hit = memo.get(id(frame))
+        if hit is not None and hit[0] is frame:
+            return hit[1]
+        texts = {c: frame[c].astype(str) for c in self.group_columns if c in frame.columns}
+        memo[id(frame)] = (frame, texts)
+        return texts
 
     def attach(self, df: pd.DataFrame) -> pd.DataFrame:
         """``df`` with :data:`bench.publish.collect.RANK_COLUMNS` filled: the primary metric's rank,

@@ -216,8 +216,21 @@ def render_markdown(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFr
                     comparisons_markdown(comparisons), ""]
     if not failed.empty:
         out += ["## Failed cells (not on the leaderboard)", "", failed_markdown(failed), ""]
+    budgets = budget_notes(prov)
+    if budgets:
+        out += [f"_{md_cell(line)}_" for line in budgets] + [""]
     out += ["## Provenance", ""] + [f"- {md_cell(line)}" for line in provenance_lines(prov)]
     return "\n".join(out) + "\n"
+
+
+def budget_notes(prov: Mapping[str, Any]) -> list[str]:
+    """One sentence naming every parameter that differs from its component's default (the
+    preset's budgets), or nothing."""
+    budgets = list(prov.get("budgets") or [])
+    if not budgets:
+        return []
+    return ["Run with parameters other than the components' defaults (cheaper budgets; bench list "
+            "explainers and bench list metrics give the defaults): " + "; ".join(budgets) + "."]
 
 
 def render_html(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame,
@@ -229,6 +242,7 @@ def render_html(df: pd.DataFrame, prov: Mapping[str, Any], failed: pd.DataFrame,
     if analysis is not None:
         extra = page_tables(df, analysis)
         notes = analysis.notes_lines()
+    notes += budget_notes(prov)
     classification = classification_tables(df) if "_path" in df.columns and not df.empty else None
     if comparisons is not None and not comparisons.empty and analysis is not None:
         comparisons = with_flags(comparisons, analysis)

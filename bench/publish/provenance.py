@@ -94,7 +94,49 @@ def provenance(df: pd.DataFrame, manifests: Mapping[str, Mapping[str, Any]] | No
         "explainer_params": explainer_params_legend(df),
         "explainer_params_shown": sorted(ambiguous_explainers(df)),
         "constant_heatmap_rows": int(sum(1 for v in constant_counts(df) if v)),
+        "budgets": budget_lines(df),
     }
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, Mapping | list) else str(value)
+
+
+def _non_defaults(kind: str, name: str, params: Mapping[str, Any] | None) -> list[str]:
+    """``"steps 8 (default 32)"`` for each documented parameter of the registered ``kind``
+    ``name`` (:attr:`bench.plugin.specs.ComponentSpec.parameters`) whose value differs from its
+    default; [] for a component that is not registered here or documents no defaults."""
+    from bench.plugin.registry import registry
+
+    try:
+        defaults = dict(registry().get(kind, name).spec.parameters or {})
+    except Exception:  # noqa: BLE001 - a record of a component this install lacks: nothing to compare
+        return []
+    given = dict(params or {})
+    return [f"{k} {_short(given[k])} (default {_short(v)})" for k, v in defaults.items()
+            if k in given and given[k] != v]
+
+
+def budget_lines(df: pd.DataFrame) -> list[str]:
+    """Where the rows ran a component with parameters other than its documented defaults (a
+    preset's cheaper budgets: fewer RISE masks, Score-CAM channels, randomisation blocks),
+    one line per explainer or metric, so a reader knows which numbers are not the papers'."""
+    if df.empty:
+        return []
+    lines: list[str] = []
+    if "_explainer_params" in df.columns:
+        seen: set[str] = set()
+        for name, params in zip(df["explainer"], df["_explainer_params"], strict=True):
+            changed = _non_defaults("explainer", str(name), params if isinstance(params, Mapping) else {})
+            line = f"explainer {name}: {', '.join(changed)}" if changed else ""
+            if line and line not in seen:
+                seen.add(line)
+                lines.append(line)
+    for col in shown_metric_columns(df):
+        changed = _non_defaults("metric", col.name, col.params)
+        if changed:
+            lines.append(f"metric {col.name}: {', '.join(changed)}")
+    return lines
 
 
 _HASH_FIELDS = ("fingerprint", "md5", "sha256")

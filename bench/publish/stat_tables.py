@@ -270,7 +270,16 @@ def per_class_rows(df: pd.DataFrame, analysis: Analysis, key: Sequence[str], met
 
 
 def _flag_lookup(analysis: Analysis) -> dict[tuple[str, ...], str]:
-    """(family..., explainer, params) -> the row's flag text."""
+    """(family..., explainer, params) -> the row's flag text (made once per analysis)."""
+    memo = analysis.__dict__.get("_flag_lookup_memo")
+    if memo is not None and memo[0] is analysis.sanity:
+        return memo[1]
+    lookup = _make_flag_lookup(analysis)
+    analysis.__dict__["_flag_lookup_memo"] = (analysis.sanity, lookup)
+    return lookup
+
+
+def _make_flag_lookup(analysis: Analysis) -> dict[tuple[str, ...], str]:
     out: dict[tuple[str, ...], list[str]] = {}
     for r in analysis.sanity.to_dict("records"):
         if r["flag"]:

@@ -81,8 +81,9 @@ def bench_register_explainers():
             factory="bench_cams.channel_cams:AblationCAM",
             description=(
                 "Ablation-CAM: ReLU(sum_k w_k A^k), w_k = (y^c - y^c_k)/y^c, y^c_k with channel k "
-                "zeroed; 1 forward pass + K passes of the layers after the feature layer per map"
+                "zeroed (every channel, or max_channels of highest variance); 1 forward pass + K "
+                "passes of the layers after the feature layer per map"
             ),
-            parameters={**_GRAD, "batch_size": 128},
+            parameters={**_GRAD, "max_channels": None, "batch_size": 128},
         ),
     ]

@@ -27,7 +27,21 @@ def _positive_int(value: Any, what: str) -> int:
 
 
 class ChannelCAM(FeatureMapExplainer):
-    """Shared parts: the feature pass, streaming (image, channel) pairs, the weighted sum."""
+    """Shared parts: the feature pass, choosing the channels, streaming (image, channel) pairs,
+    the weighted sum."""
+
+    #: None: every channel; an int: per image, the channels of highest spatial variance
+    max_channels: int | None = None
+
+    def select_channels(self, features: Any) -> np.ndarray:
+        """int (N, K'): per image, every channel, or the ``max_channels`` of highest spatial
+        variance (descending; ties by index)."""
+        a = np.asarray(features)
+        n, k = a.shape[0], a.shape[-1]
+        if self.max_channels is None or self.max_channels >= k:
+            return np.broadcast_to(np.arange(k), (n, k)).copy()
+        var = a.reshape(n, -1, k).var(axis=1)
+        return np.argsort(-var, axis=1, kind="stable")[:, : int(self.max_channels)]
 
     layer: str | None
     relu: bool
@@ -157,16 +171,6 @@ class ScoreCAM(ChannelCAM):
         if isinstance(self.baseline, bool) or not isinstance(self.baseline, int | float):
             raise ValueError(f"Score-CAM baseline must be a number, got {self.baseline!r}")
 
-    def select_channels(self, features: Any) -> np.ndarray:
-        """int (N, K'): per image, every channel, or the ``max_channels`` of highest spatial
-        variance (descending; ties by index)."""
-        a = np.asarray(features)
-        n, k = a.shape[0], a.shape[-1]
-        if self.max_channels is None or self.max_channels >= k:
-            return np.broadcast_to(np.arange(k), (n, k)).copy()
-        var = a.reshape(n, -1, k).var(axis=1)
-        return np.argsort(-var, axis=1, kind="stable")[:, : int(self.max_channels)]
-
     def _mask_function(self, model: Any, image_shape: tuple[int, ...]) -> Any:
         """The traced ``(x, A as (N, K, h, w), image index, channel) -> masked images``."""
         import tensorflow as tf
@@ -232,19 +236,28 @@ class AblationCAM(ChannelCAM):
     ----------
     layer, relu:
         As for Grad-CAM.
+    max_channels:
+        ``None`` (default, the paper): every channel is ablated. An int ablates, per image, only
+        the channels whose activations vary most over the positions (the selection of Faster
+        Score-CAM); the others get no weight. A budget for a deep suffix: DenseNet201
+        explained at ``pool4_relu`` has 1,792 channels, each ablation a pass through its
+        conv5 block.
     batch_size:
         Ablated feature maps per head pass (default 128): bounds the memory.
     """
 
     label = "Ablation-CAM"
 
-    def __init__(self, *, layer: str | None = None, relu: bool = True, batch_size: int = 128):
+    def __init__(self, *, layer: str | None = None, relu: bool = True, max_channels: int | None = None,
+                 batch_size: int = 128):
         self.layer = layer
         self.relu = relu
+        self.max_channels = max_channels
         self.batch_size = batch_size
 
     def get_params(self) -> dict[str, Any]:
-        return {"layer": self.layer, "relu": self.relu, "batch_size": self.batch_size}
+        return {"layer": self.layer, "relu": self.relu, "max_channels": self.max_channels,
+                "batch_size": self.batch_size}
 
     def passes_per_map(self) -> float:
         """Forward-pass equivalents per map: one full forward pass (the feature map); the K
@@ -253,6 +266,8 @@ class AblationCAM(ChannelCAM):
 
     def validate(self) -> None:
         _positive_int(self.batch_size, "Ablation-CAM batch_size")
+        if self.max_channels is not None:
+            _positive_int(self.max_channels, "Ablation-CAM max_channels")
 
     def _ablated_function(self, model: Any, image_shape: tuple[int, ...]) -> Any:
         import tensorflow as tf
@@ -285,8 +300,7 @@ class AblationCAM(ChannelCAM):
         shape = tuple(images.shape[1:])
         fn = self._ablated_function(model, shape)
         features, logits = self._features(model, images)
-        k = int(features.shape[-1])
-        channels = np.broadcast_to(np.arange(k), (len(images), k)).copy()
+        channels = self.select_channels(features)
         ablated = self._stream(fn, channels, features, tf.constant(targets))
         y = np.asarray(logits, dtype=np.float64)[np.arange(len(images)), targets][:, None]
         safe = np.where(y != 0, y, 1.0)

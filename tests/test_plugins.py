@@ -204,7 +204,7 @@ def test_run_warns_about_broken_and_conflicting_plugins_and_refuses_the_name(tmp
     assert "bench-broken" in broken and "needs libfoo 3" in broken and "BENCH_DISABLE_PLUGINS=broken" in broken
     assert "explainers.names[1]" in err and "BENCH_DISABLE_PLUGINS=one" in err and "bench-two" in err
 
-    assert main(["run", "--all", "--dry-run"]) == 0  # `all` skips the unavailable name, with the warning
+    assert main(["run", "--all", "--dry-run", "--json"]) == 0  # `all` skips the unavailable name, with the warning
     captured = capsys.readouterr()
     plan = json.loads(captured.out)["plan"]
     assert "same" not in plan["explainers"] and "random" in plan["explainers"]

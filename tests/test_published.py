@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.publish.text import format_ci, format_number
+from bench.publish.text import format_ci, format_cost, format_number
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -70,8 +70,7 @@ def demo_table(frame: pd.DataFrame, model: str = MODEL) -> str:
             _num(r["aopc"]) + _ci(r["aopc_ci_low"], r["aopc_ci_high"]),
             gain,
             *(_num(r.get(col, math.nan)) for _, col in METRICS),
-            # passes as the committed README shows them (format_cost's 3 digits when it is regenerated)
-            (f"{passes:g}" if _finite(passes) else ""), str(int(r["n_images"])), flags,
+            format_cost(passes), str(int(r["n_images"])), flags,  # 3 significant digits, as printed
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

@@ -110,3 +110,14 @@ def test_dataset_checks_catch_masks_missing_from_a_split_and_unsaveable_metadata
         check_component(_MaskedDataset(masks_by_split={"train": ("roi",), "val": ("roi",)}))
     with pytest.raises(AssertionError, match="metadata must be JSON-able"):
         check_component(_MaskedDataset(masks_by_split=every, metadata={"x": object()}))
+
+
+def test_a_metric_built_to_read_another_mask_is_fed_that_mask():
+    """The kit gives a metric the masks its parameters name (as a run does), not only its defaults."""
+    from bench.testing.checks import metric_inputs, registered_metric_spec
+
+    metric = bench.create("metric", "pointing-game", mask="lung")
+    spec = registered_metric_spec(metric)
+    assert set(metric_inputs(spec, params=metric.get_params())["masks"]) == {"lung"}
+    assert set(metric_inputs(spec)["masks"]) == set(spec.inputs.masks)  # the defaults without params
+    check_component(metric)  # read "lung": it would fail if handed only the default mask

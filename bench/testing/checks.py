@@ -366,15 +366,25 @@ def registered_metric_spec(component: Any) -> Any:
     return registered_spec("metric", component)
 
 
-def metric_inputs(spec: Any, n: int = 5, *, model: Any = None, seed: int = 0) -> dict[str, Any]:
+def _metric_params(metric: Any) -> dict[str, Any]:
+    get = getattr(metric, "get_params", None)
+    return dict(get()) if callable(get) else {}
+
+
+def metric_inputs(spec: Any, n: int = 5, *, model: Any = None, seed: int = 0,
+                  params: Any = None) -> dict[str, Any]:
     """Well-formed synthetic inputs of N images for every input ``spec`` declares.
 
     Curves (N, 10) that fall (MoRF) or stay high (LeRF, random); heatmaps (N, 8, 8); a box
-    mask per declared name (N, 32, 32); labels and targets in 0..3; uint8 images (N, 32, 32);
-    the tiny model (or ``model``) and a deterministic explainer where declared.
+    mask per declared name (N, 32, 32): with the metric's ``params``, the masks its
+    :attr:`~bench.MetricSpec.mask_params` name (a pointing game built with ``mask="lung"`` gets a
+    ``lung`` mask, as in a run); labels and targets in 0..3; uint8 images (N, 32, 32); the tiny
+    model (or ``model``) and a deterministic explainer where declared.
     """
+    from bench.pipeline.metrics import metric_needs
+
     rng = np.random.default_rng(seed)
-    declared = spec.inputs
+    declared = metric_needs(spec, params).inputs if params is not None else spec.inputs
     out: dict[str, Any] = {"ids": np.array([f"img-{i}" for i in range(n)]), "grid": (3, 3)}
     curves = {}
     for order in declared.curves:
@@ -414,7 +424,7 @@ def _compute(metric: Any, spec: Any, inputs: dict[str, Any]) -> dict[str, np.nda
     from bench.pipeline.metrics import MetricInputError, compute_columns, metric_data
 
     try:
-        return compute_columns(metric, spec, metric_data(spec, **inputs))
+        return compute_columns(metric, spec, metric_data(spec, params=_metric_params(metric), **inputs))
     except MetricInputError as exc:
         raise AssertionError(str(exc)) from exc
     except ComponentOutputError as exc:
@@ -426,7 +436,7 @@ def check_metric_output(metric: Any, spec: Any, model: Any = None) -> None:
 
     The data holds only what the spec declares: reading anything else fails this check.
     """
-    cols = _compute(metric, spec, metric_inputs(spec, model=model))
+    cols = _compute(metric, spec, metric_inputs(spec, model=model, params=_metric_params(metric)))
     head = cols[spec.headline_column]
     assert np.all(np.isfinite(head)), (
         f"{_name(metric)}: the headline column {spec.headline_column!r} is not finite on well-formed inputs: {head}"
@@ -434,7 +444,7 @@ def check_metric_output(metric: Any, spec: Any, model: Any = None) -> None:
 
 
 def check_metric_deterministic(metric: Any, spec: Any, model: Any = None) -> None:
-    inputs = metric_inputs(spec, model=model)
+    inputs = metric_inputs(spec, model=model, params=_metric_params(metric))
     a, b = _compute(metric, spec, inputs), _compute(metric, spec, inputs)
     for column in a:
         np.testing.assert_allclose(a[column], b[column], atol=1e-6,
@@ -443,7 +453,7 @@ def check_metric_deterministic(metric: Any, spec: Any, model: Any = None) -> Non
 
 def check_metric_image_independent(metric: Any, spec: Any, model: Any = None) -> None:
     """Permuting the images permutes the per-image values: an image's value depends on it alone."""
-    inputs = metric_inputs(spec, model=model)
+    inputs = metric_inputs(spec, model=model, params=_metric_params(metric))
     perm = np.array([3, 0, 4, 1, 2])
     whole = _compute(metric, spec, inputs)
     shuffled = _compute(metric, spec, _permuted(inputs, perm))
@@ -456,7 +466,7 @@ def check_metric_image_independent(metric: Any, spec: Any, model: Any = None) ->
 
 def check_metric_zero_map(metric: Any, spec: Any, model: Any = None) -> None:
     """On all-zero heatmaps the headline is the spec's ``zero_map_value``."""
-    inputs = metric_inputs(spec, model=model)
+    inputs = metric_inputs(spec, model=model, params=_metric_params(metric))
     inputs["heatmaps"] = np.zeros_like(inputs["heatmaps"])
     head = _compute(metric, spec, inputs)[spec.headline_column]
     np.testing.assert_allclose(

@@ -62,6 +62,25 @@ def test_pass_counts_equal_an_independent_count(tmp_path):
     assert "training simple-cnn" in est.unknown
 
 
+def test_metrics_that_re_explain_plan_their_cost_from_the_explainers(tmp_path):
+    """The sanity, robustness and faithfulness metrics say before a run what a cell will cost
+    (``planned_passes``): heatmaps per image x the explainer's passes per map, within their budget."""
+    metrics = {"names": ["aopc", "max-sensitivity", "random-logit", "model-randomisation",
+                         "faithfulness-correlation"],
+               "max_images": {"random-logit": 2},
+               "params": {"max-sensitivity": {"n_samples": 3}, "model-randomisation": {"max_blocks": 2},
+                          "faithfulness-correlation": {"n_subsets": 5}}}
+    cells = _cells(estimate_plan(_plan(tmp_path / "r", metrics=metrics)))
+    per_map = {"random": 0, "gradcam": 1, "occlusion": OCCLUSION_GRID * OCCLUSION_GRID + 1}
+    for name, cell in cells.items():
+        p = per_map[name]
+        assert cell.metrics["max-sensitivity"] == IMAGES * (3 + 1) * p
+        assert cell.metrics["random-logit"] == 2 * 2 * p  # its budget: 2 of the 3 images
+        assert cell.metrics["model-randomisation"] == IMAGES * (2 + 1) * p  # at most max_blocks + 1 maps
+        assert cell.metrics["faithfulness-correlation"] == IMAGES * (5 + 1)  # whatever the explainer
+        assert not [u for u in cell.unknown if u.startswith("metric")]
+
+
 def test_budgets_reduce_the_counts(tmp_path):
     full = _cells(estimate_plan(_plan(tmp_path / "a")))["gradcam"]
     # aopc.max_images: fewer explained images, fewer maps and curve rows

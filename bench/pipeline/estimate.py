@@ -7,8 +7,10 @@
 * the curves: for every ``(order, perturbation)`` the metrics read (:func:`cell_curves`), the
   images they cover (``metrics.max_images`` budgets: :func:`curve_image_cap`) x the steps
   (regions + 1);
-* the metrics: each one's declared ``forward_passes()`` before it ran (a metric given neither
-  the model nor the explainer costs 0; one that says nothing before it ran is *unknown*);
+* the metrics: each one's ``planned_passes(n_images=, passes_per_map=)`` (the images within its
+  ``metrics.max_images`` budget, the explainer's declared passes per map) or declared
+  ``forward_passes()`` before it ran (a metric given neither the model nor the explainer costs 0;
+  one that says nothing before it ran is *unknown*);
 
 and, per model, its training (a frozen backbone: one forward pass per image of every split;
 end to end: per epoch a forward and a backward pass per training image, counted as
@@ -527,14 +529,25 @@ def planned_passes_per_map(explainer: Any, image_shape: tuple[int, int] | None) 
         return None
 
 
-def planned_metric_passes(plan: Plan, name: str) -> float | None:
-    """Metric ``name``'s declared ``forward_passes()`` before it ran (0 when it is given neither the
-    model nor the explainer: it cannot run one), None when unknown."""
+def planned_metric_passes(plan: Plan, name: str, *, n_images: int | None = None,
+                          passes_per_map: float | None = None) -> float | None:
+    """Metric ``name``'s cost in one cell before it ran: 0 when it is given neither the model nor
+    the explainer (it cannot run one); its ``planned_passes(n_images=, passes_per_map=)`` where it
+    has one (the images it will see: the cell's, within its ``metrics.max_images`` budget; the
+    explainer's declared passes per map), else its declared ``forward_passes()``; None when unknown."""
     try:
         needs = metric_needs_in(plan, name)
         if not (needs.inputs.model or needs.inputs.explainer):
             return 0.0
         metric = create_component("metric", name, dict(plan.config["metrics"]["params"].get(name, {})))
+        planned = getattr(metric, "planned_passes", None)
+        if callable(planned) and n_images is not None:
+            budget = (plan.config["metrics"].get("max_images") or {}).get(name)
+            images = min(int(n_images), int(budget)) if budget else int(n_images)
+            value = planned(n_images=images, passes_per_map=passes_per_map)
+            if value is not None:
+                value = float(value)
+                return value if math.isfinite(value) and value >= 0 else None
         return declared_cost(metric, "forward_passes", "metric")
     except Exception:  # noqa: BLE001
         return None
@@ -621,8 +634,11 @@ def estimate_plan(plan: Plan, *, probe_cache: bool = True, image_shape: tuple[in
             ccap = caps[order, pert]
             ni = None if n is None else (min(ccap, n) if ccap else n)
             est.curves.append(CurveCost(order=order, perturbation=pert, images=ni, steps=steps))
-        for name in plan.metrics:  # a declared cost, or unknown (None) until the metric ran
+        for name in plan.metrics:  # a declared or planned cost, or unknown (None) until the metric ran
             est.metrics[name] = metric_passes[name]
+            if est.metrics[name] is None and n is not None:
+                est.metrics[name] = planned_metric_passes(plan, name, n_images=n,
+                                                          passes_per_map=per_map[task.explainer])
         mf = facts[task.model]
         if mf is not None and mf.ids is not None:
             _probe_cell(plan, cache, est, mf, shape, grid, seed)

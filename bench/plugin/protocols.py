@@ -152,6 +152,12 @@ class Metric(Component, Protocol):
     the spec's headline column is (N,). Non-finite values are allowed: they are left
     out of the statistics and counted (``n_excluded``). A metric that raises or
     returns a wrong shape fails only itself in that cell, with its message.
+
+    Optional cost methods: ``forward_passes() -> float | None``, the forward-pass equivalents
+    its own work cost in the last ``compute`` (recorded per cell); ``planned_passes(*,
+    n_images, passes_per_map) -> float | None``, what it will cost on ``n_images`` images of
+    a cell whose explainer declares ``passes_per_map`` (``bench run --dry-run`` asks it before
+    anything runs; a metric without it is counted by ``forward_passes()`` or listed as unknown).
     """
 
     def compute(self, data: MetricData) -> Mapping[str, np.ndarray]: ...

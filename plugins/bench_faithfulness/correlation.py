@@ -258,3 +258,8 @@ class FaithfulnessCorrelation:
     def forward_passes(self) -> float | None:
         """What the last ``compute`` cost: n_subsets + 1 forward passes per image."""
         return self.__dict__.get("_passes")
+
+    def planned_passes(self, *, n_images: int, passes_per_map: float | None = None) -> float | None:
+        """Before a run: n_subsets + 1 forward passes per image (whatever the explainer; the
+        probabilities are computed once per model and images, so later cells of a model pay less)."""
+        return float(n_images * (int(self.n_subsets) + 1))

@@ -115,3 +115,7 @@ class MaxSensitivity:
     def forward_passes(self) -> float | None:
         """What the last ``compute`` cost: n_samples + 1 heatmaps per image at the explainer's passes per map."""
         return self.__dict__.get("_passes")
+
+    def planned_passes(self, *, n_images: int, passes_per_map: float | None) -> float | None:
+        """Before a run: n_samples + 1 heatmaps per image at the explainer's passes per map."""
+        return None if passes_per_map is None else float(n_images * (int(self.n_samples) + 1) * passes_per_map)

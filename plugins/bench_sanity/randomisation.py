@@ -499,6 +499,11 @@ class ModelRandomisation:
         """What the last ``compute`` cost: (K+1) heatmaps per image at the explainer's passes per map."""
         return self.__dict__.get("_passes")
 
+    def planned_passes(self, *, n_images: int, passes_per_map: float | None) -> float | None:
+        """Before a run (``bench run --dry-run``): at most ``max_blocks + 1`` heatmaps per image (the
+        model's block count is known once it is built), None when the explainer's cost is unknown."""
+        return None if passes_per_map is None else float(n_images * (int(self.max_blocks) + 1) * passes_per_map)
+
 
 class RandomLogit:
     """The random-logit test (Sixt et al. 2020): explained class vs a random other class; lower is better.
@@ -564,3 +569,7 @@ class RandomLogit:
     def forward_passes(self) -> float | None:
         """What the last ``compute`` cost: 2 heatmaps per image at the explainer's passes per map."""
         return self.__dict__.get("_passes")
+
+    def planned_passes(self, *, n_images: int, passes_per_map: float | None) -> float | None:
+        """Before a run: two heatmaps per image (the explained class and another one)."""
+        return None if passes_per_map is None else float(2 * n_images * passes_per_map)

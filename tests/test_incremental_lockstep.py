@@ -270,3 +270,55 @@ def test_prefix_split_is_chosen_by_the_cost_model_and_exact() -> None:
     whole = IncrementalForward()  # "incremental" keeps the whole local prefix unless asked
     whole.prepare(model, batch_size=40, image_shape=(64, 64, 3), mask_local=True)
     assert "prefix_split" not in whole.info and whole.info["prefix_layers"] == len(plan.ops)
+
+
+# ---- tracing -------------------------------------------------------------------------------------
+def test_box_graphs_trace_once_whatever_the_steps_images_and_batch_sizes(net: object) -> None:
+    """Every graph of the engine (prefix, suffix, one box graph per layer) is traced once per model:
+    box sizes, rows per call and batch sizes vary from step to step and must not retrace (a retrace
+    per new shape would cost more than the boxes save)."""
+    rng = np.random.default_rng(7)
+    images = rng.uniform(0, 1, (5, 33, 33, 3)).astype("float32")
+    full = evaluate_aopc(net, images, None, rng.uniform(0, 1, (5, 3, 3)), grid=3, batch_size=7, strategy="full")
+    strat = IncrementalForward()
+    evaluate_aopc(net, images[:1], full.targets[:1], rng.uniform(0, 1, (1, 3, 3)), grid=3, batch_size=7,
+                  strategy=strat)
+    fns = strat._fns
+    graphs = [fns.prefix, fns.suffix, *fns.boxes]
+    before = [g.experimental_get_tracing_count() for g in graphs]
+    assert max(before) <= 1
+    for grid, bs in ((3, 7), (5, 16), (7, 64), (4, 5)):  # other box sizes, rows per call, batch sizes
+        heatmaps = rng.uniform(0, 1, (5, grid, grid)).astype("float32")
+        ref = evaluate_aopc(net, images, full.targets, heatmaps, grid=grid, batch_size=bs, strategy="full")
+        again = IncrementalForward()
+        got = evaluate_aopc(net, images, full.targets, heatmaps, grid=grid, batch_size=bs, strategy=again)
+        assert again._fns is fns  # the same graphs (not rebuilt)
+        assert np.abs(got.curves - ref.curves).max() <= TOL
+    after = [g.experimental_get_tracing_count() for g in graphs]
+    assert after == before, f"the engine's graphs retraced: {before} -> {after}"
+
+
+def test_box_graphs_follow_weights_changed_after_tracing() -> None:
+    """The box graphs hold the kernels as constants: new weights (between evaluations) rebuild them."""
+    km = hand_built_net(33)
+    reinit(km, seed=1)
+    rng = np.random.default_rng(8)
+    images = rng.uniform(0, 1, (2, 33, 33, 3)).astype("float32")
+    heatmaps = rng.uniform(0, 1, (2, 3, 3)).astype("float32")
+    first = IncrementalForward()
+    evaluate_aopc(km, images, [0, 1], heatmaps, grid=3, batch_size=8, strategy=first)
+    reinit(km, seed=2)
+    full = evaluate_aopc(km, images, [0, 1], heatmaps, grid=3, batch_size=8, strategy="full")
+    second = IncrementalForward()
+    inc = evaluate_aopc(km, images, [0, 1], heatmaps, grid=3, batch_size=8, strategy=second)
+    assert second._fns is not first._fns
+    assert np.abs(inc.curves - full.curves).max() <= TOL
+    # changed again (a model whose weights keep changing): the rebuilt graphs read the variables,
+    # so they are reused, not rebuilt at every change, and stay exact
+    assert second._fns.weights == []
+    reinit(km, seed=3)
+    third = IncrementalForward()
+    inc = evaluate_aopc(km, images, [0, 1], heatmaps, grid=3, batch_size=8, strategy=third)
+    assert third._fns is second._fns
+    full = evaluate_aopc(km, images, [0, 1], heatmaps, grid=3, batch_size=8, strategy="full")
+    assert np.abs(inc.curves - full.curves).max() <= TOL

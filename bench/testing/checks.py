@@ -377,8 +377,8 @@ def metric_inputs(spec: Any, n: int = 5, *, model: Any = None, seed: int = 0,
 
     Curves (N, 10) that fall (MoRF) or stay high (LeRF, random); heatmaps (N, 8, 8); a box
     mask per declared name (N, 32, 32): with the metric's ``params``, the masks its
-    :attr:`~bench.MetricSpec.mask_params` name (a pointing game built with ``mask="lung"`` gets a
-    ``lung`` mask, as in a run); labels and targets in 0..3; uint8 images (N, 32, 32); the tiny
+    :attr:`~bench.MetricSpec.mask_params` name (a metric built to read another dataset mask gets
+    that mask, as in a run); labels and targets in 0..3; uint8 images (N, 32, 32); the tiny
     model (or ``model``) and a deterministic explainer where declared.
     """
     from bench.pipeline.metrics import metric_needs

@@ -20,3 +20,19 @@ def _isolated_keras_home(tmp_path_factory, monkeypatch):
     home.mkdir(exist_ok=True)
     monkeypatch.setenv("KERAS_HOME", str(home))
     yield
+
+
+@pytest.fixture()
+def extraction_calls(monkeypatch):
+    """The sizes of the splits ``bench.training.extract_features`` ran the backbone on, in order."""
+    from bench import training
+
+    calls: list[int] = []
+    real = training.extract_features
+
+    def counting(extractor, split, **kw):
+        calls.append(len(split))
+        return real(extractor, split, **kw)
+
+    monkeypatch.setattr(training, "extract_features", counting)
+    return calls

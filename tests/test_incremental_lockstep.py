@@ -120,16 +120,27 @@ def test_unchanged_rows_big_boxes_repeats_and_memory_cap(net: object) -> None:
     assert len(strat._states) <= 1
 
 
-def test_vgg16_small_lockstep_exact_and_layer_report() -> None:
-    model = bench.create("model", "vgg16", weights="none", input_shape=(64, 64, 3), num_classes=4, pool_size=2)
-    rng = np.random.default_rng(1)
+def _vgg64() -> object:
+    return bench.create("model", "vgg16", weights="none", input_shape=(64, 64, 3), num_classes=4, pool_size=2)
+
+
+def _vgg64_full_and(model, strategy, *, seed: int):
+    """(images, full-pass result, ``strategy``'s result) on 2 random 64 px images, 9x9 grid,
+    the weights re-drawn so that the curves move."""
+    rng = np.random.default_rng(seed)
     images = rng.uniform(0, 1, (2, 64, 64, 3)).astype("float32")
     heatmaps = rng.uniform(0, 1, (2, 9, 9)).astype("float32")
     reinit(model.keras)
     calibrate(model.keras, images)
     full = evaluate_aopc(model, images, None, heatmaps, grid=9, batch_size=40, strategy="full")
+    return images, full, evaluate_aopc(model, images, full.targets, heatmaps, grid=9, batch_size=40,
+                                       strategy=strategy)
+
+
+def test_vgg16_small_lockstep_exact_and_layer_report() -> None:
+    model = _vgg64()
     strat = IncrementalForward()
-    inc = evaluate_aopc(model, images, full.targets, heatmaps, grid=9, batch_size=40, strategy=strat)
+    images, full, inc = _vgg64_full_and(model, strat, seed=1)
     assert np.abs(inc.curves - full.curves).max() <= TOL
     report = strat.layer_report(images[:1])
     names = [r["layer"] for r in report]
@@ -250,20 +261,14 @@ def test_occlusion_outputs_auto_falls_back_with_reason_and_checks_inputs() -> No
 def test_prefix_split_is_chosen_by_the_cost_model_and_exact() -> None:
     """VGG16 at 64 px: the boxes of a 7-pixel region cover the 8x8 maps of block 4 and 5, so the
     cost model ends the incremental prefix earlier; the split run equals full passes."""
-    model = bench.create("model", "vgg16", weights="none", input_shape=(64, 64, 3), num_classes=4, pool_size=2)
+    model = _vgg64()
     plan = incremental.analyse_model(model.keras)
     n_ops, gain = incremental.best_prefix_split(plan)
     assert 0 < n_ops < len(plan.ops) and gain > incremental.estimate_gain(plan)
     split_plan = incremental.analyse_model(model.keras, max_ops=n_ops)
     assert len(split_plan.ops) == n_ops and split_plan.stop_reason == "split"
-    rng = np.random.default_rng(4)
-    images = rng.uniform(0, 1, (2, 64, 64, 3)).astype("float32")
-    heatmaps = rng.uniform(0, 1, (2, 9, 9)).astype("float32")
-    reinit(model.keras)
-    calibrate(model.keras, images)
-    full = evaluate_aopc(model, images, None, heatmaps, grid=9, batch_size=40, strategy="full")
     strat = IncrementalForward(split=True)
-    inc = evaluate_aopc(model, images, full.targets, heatmaps, grid=9, batch_size=40, strategy=strat)
+    _, full, inc = _vgg64_full_and(model, strat, seed=4)
     assert inc.strategy_info["prefix_split"]["layers"] == n_ops
     assert inc.strategy_info["prefix_layers"] == n_ops and "split" in inc.strategy_info["prefix_ends_at"]
     assert np.abs(inc.curves - full.curves).max() <= TOL

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import bench
-from bench import training
 from bench.config.loading import load_config
 from bench.data import DatasetSplits, Split
 from bench.pipeline.plan import make_plan, model_params
@@ -128,16 +127,9 @@ def test_demo_models_are_scratch_offline_and_explain_at_least_4x4(monkeypatch):
         assert min(int(d) for d in fmap.shape[1:3]) >= 4, (name, model.feature_layer, fmap.shape)
 
 
-def test_train_from_trains_the_upper_block_on_cached_features(tmp_path, monkeypatch):
+def test_train_from_trains_the_upper_block_on_cached_features(tmp_path, extraction_calls):
     splits = make_splits(n_train=16, n_val=8, n_test=8)
-    calls: list[int] = []
-    real = training.extract_features
-
-    def counting(extractor, split, **kw):
-        calls.append(len(split))
-        return real(extractor, split, **kw)
-
-    monkeypatch.setattr(training, "extract_features", counting)
+    calls = extraction_calls
     cache = Cache(tmp_path / "cache")
     model = vgg(train_from="block5_conv1")
     assert tuple(model.feature_extractor.output.shape[1:]) == (2, 2, 512)  # block4_pool at 32 px

@@ -157,16 +157,9 @@ def test_same_seed_same_weights_different_seed_different():
     assert any(not np.array_equal(x, y) for x, y in zip(_weights(a), _weights(c), strict=True))
 
 
-def test_frozen_backbone_features_computed_once_and_cached(tmp_path, monkeypatch):
+def test_frozen_backbone_features_computed_once_and_cached(tmp_path, extraction_calls):
     splits = make_splits(n_train=24, n_val=8, n_test=8)
-    calls: list[int] = []
-    real = training.extract_features
-
-    def counting(extractor, split, **kw):
-        calls.append(len(split))
-        return real(extractor, split, **kw)
-
-    monkeypatch.setattr(training, "extract_features", counting)
+    calls = extraction_calls
     cache = Cache(tmp_path / "cache")
     model = vgg()
     backbone_before = [np.asarray(w) for w in model.feature_extractor.weights]

@@ -381,12 +381,9 @@ def _union_boxes(order: np.ndarray, boxes: np.ndarray, complement: bool) -> np.n
     return out[:, ::-1] if complement else out
 
 
-def _build_batch(plan: _Plan, start: int, stop: int) -> ForwardBatch:
-    """Pairs ``start:stop`` (image-major, steps increasing) as one batch of x^(k)."""
+def _build_batch(plan: _Plan, img: np.ndarray, k: np.ndarray) -> ForwardBatch:
+    """The pairs ``(img[j], k[j])`` (``img`` non-decreasing: each image's rows contiguous) as one batch."""
     steps = plan.n_steps
-    pairs = np.arange(start, stop)
-    img = pairs // steps
-    k = pairs % steps
     i0, i1 = int(img[0]), int(img[-1]) + 1
     x0 = to_model_input(plan.images[i0:i1])  # originals of the images in this batch only
     local = img - i0
@@ -397,6 +394,8 @@ def _build_batch(plan: _Plan, start: int, stop: int) -> ForwardBatch:
     compare = np.greater_equal if plan.complement else np.less
     for j in range(i1 - i0):
         rows = slice(int(cuts[j]), int(cuts[j + 1]))
+        if rows.start == rows.stop:
+            continue
         rank_map = plan.rank[i0 + j][plan.labels]  # (H, W): position of each pixel's region
         compare(rank_map[None], k[rows, None, None], out=masks[rows])
     out = plan.perturb(originals, masks, plan.seeds[img])
@@ -408,7 +407,7 @@ def _build_batch(plan: _Plan, start: int, stop: int) -> ForwardBatch:
     clean = np.flatnonzero(k == (steps - 1 if plan.complement else 0))
     if clean.size:
         xk[clean] = x0[local[clean]]
-    boxes = np.zeros((len(pairs), 4), dtype=np.int64)
+    boxes = np.zeros((len(img), 4), dtype=np.int64)
     sel = k > 0
     if plan.local_steps or plan.union_boxes is None:
         boxes[sel] = plan.boxes[plan.order[img[sel], k[sel] - 1]]  # r_k: deleted or restored at step k
@@ -417,15 +416,41 @@ def _build_batch(plan: _Plan, start: int, stop: int) -> ForwardBatch:
     return ForwardBatch(images=xk, image_index=img, step=k, changed_box=boxes, targets=plan.targets[img])
 
 
-def _batches(plan: _Plan, total: int, batch_size: int, prefetch: bool) -> Iterator[ForwardBatch]:
-    bounds = [(s, min(s + batch_size, total)) for s in range(0, total, batch_size)]
-    if not prefetch or len(bounds) < 2:
-        for s, e in bounds:
-            yield _build_batch(plan, s, e)
+def batch_schedule(n_images: int, n_steps: int, batch_size: int, lockstep_images: int = 1) -> list[
+        tuple[np.ndarray, np.ndarray]]:
+    """The (image index, step) rows of every batch, in the order the engine sends them.
+
+    ``lockstep_images`` = 1: image-major (image 0 steps 0..L, image 1 ..., a batch may span images).
+    ``g`` > 1: images in groups of ``g``; each batch holds the same block of consecutive steps of
+    every image of its group (image-major inside the batch), the blocks balanced so that batches
+    are about equal and at most ``batch_size`` rows: an incremental strategy then updates ``g``
+    images' steps together and gives their step-0 rows one batched full pass.
+    """
+    bs = max(1, int(batch_size))
+    g = max(1, min(int(lockstep_images), bs, max(n_images, 1)))
+    total = n_images * n_steps
+    if g == 1:
+        pairs = [np.arange(s, min(s + bs, total)) for s in range(0, total, bs)]
+        return [(p // n_steps, p % n_steps) for p in pairs]
+    out = []
+    for i0 in range(0, n_images, g):
+        imgs = np.arange(i0, min(i0 + g, n_images))
+        blocks = -(-n_steps * len(imgs) // bs)
+        per = max(1, min(-(-n_steps // blocks), bs // len(imgs)))
+        for k0 in range(0, n_steps, per):
+            ks = np.arange(k0, min(k0 + per, n_steps))
+            out.append((np.repeat(imgs, len(ks)), np.tile(ks, len(imgs))))
+    return out
+
+
+def _batches(plan: _Plan, schedule: list[tuple[np.ndarray, np.ndarray]], prefetch: bool) -> Iterator[ForwardBatch]:
+    if not prefetch or len(schedule) < 2:
+        for img, k in schedule:
+            yield _build_batch(plan, img, k)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-aopc") as pool:
-        future = pool.submit(_build_batch, plan, *bounds[0])
-        for nxt in bounds[1:]:
+        future = pool.submit(_build_batch, plan, *schedule[0])
+        for nxt in schedule[1:]:
             batch = future.result()
             future = pool.submit(_build_batch, plan, *nxt)
             yield batch
@@ -544,7 +569,8 @@ def evaluate_aopc(
 
         bar = tqdm(total=total, desc=f"curves {order_name}", unit="pass")
     try:
-        for batch in _batches(plan, total, bs, prefetch):
+        group = int(getattr(fwd, "lockstep_images", 1) or 1)
+        for batch in _batches(plan, batch_schedule(n, n_regions + 1, bs, group), prefetch):
             probs = _check_probs(fwd.forward(batch), len(batch), num_classes, where)
             curves[batch.image_index, batch.step] = probs[np.arange(len(batch)), batch.targets]
             if bar is not None:

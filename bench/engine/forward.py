@@ -9,7 +9,12 @@ strategy (Krypton-style reuse of the previous step's activations) can plug in
 behind the same protocol without touching the engine.
 
 Rows arrive image-major, steps increasing (image 0 steps 0..L, image 1 steps
-0..L, ...), a batch may span several images and an image may span batches.
+0..L, ...), a batch may span several images and an image may span batches; a
+strategy whose ``lockstep_images`` attribute (read after ``prepare``) is ``g > 1``
+gets the images in groups of ``g`` instead, each batch the same block of
+consecutive steps of every image of its group (image-major inside the batch:
+see :func:`bench.engine.curves.batch_schedule`). Either way, each image's steps
+arrive in increasing order.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class ForwardStrategy(Protocol):
     """How the engine turns a :class:`ForwardBatch` into class probabilities."""
 
     name: str
+    # optional, so not a protocol member: ``lockstep_images`` (int, read after :meth:`prepare`;
+    # absent or 1: image-major rows), how many images the engine interleaves per batch
 
     def prepare(
         self,

@@ -101,6 +101,9 @@ CONFIDENT_GAIN = 4.0
 SPLIT_MIN_IMPROVEMENT = 1.05
 PROBE_ROWS = 8
 PROBE_MIN_GAIN = 0.6
+#: the most images the curve engine is asked to interleave per batch (their step-0 full passes
+#: then run as one batch; bounded further by the memory budget and the batch size)
+LOCKSTEP_IMAGES = 8
 
 
 @dataclass
@@ -686,11 +689,7 @@ def compiled_functions(keras_model: Any, plan: GraphPlan) -> _Functions:
                     var = getattr(op.layer, attr)
                     consts[attr] = np.array(keras.ops.convert_to_numpy(var), dtype=np.float32)
                     weights.append((var, consts[attr]))
-            fn = _box_fn(op, consts)
-            if op.kind == "merge":
-                boxes.append(tf.function(lambda *xs, fn=fn: fn(list(xs)), input_signature=sig))
-            else:
-                boxes.append(tf.function(fn, input_signature=sig))
+            boxes.append(tf.function(_BoxGraph(op, consts), input_signature=sig))
         consumers: dict[int, list[tuple[int, int]]] = {t: [] for t in plan.cached}
         for i, op in enumerate(ops):
             for j, t in enumerate(op.inputs):
@@ -774,6 +773,8 @@ class IncrementalForward:
         self.split = split
         self.name = mode
         self.info: dict[str, Any] = {}
+        #: images the curve engine interleaves per batch (set by :meth:`prepare`; 1 for full passes)
+        self.lockstep_images = 1
         self._plan: GraphPlan | None = None
         self._full: FullForward | None = None
         self._states: OrderedDict[int, _ImageState] = OrderedDict()
@@ -812,6 +813,7 @@ class IncrementalForward:
         if self.lockstep_rows is not None and int(self.lockstep_rows) < 1:
             raise ConfigError(f"lockstep_rows must be None or >= 1, got {self.lockstep_rows!r}")
         keras_model = getattr(model, "keras", model)
+        self.lockstep_images = 1
         self._states.clear()
         self._full = None
         self._plan = None
@@ -910,6 +912,8 @@ class IncrementalForward:
             return
         self._stats = [_LayerStats() for _ in plan.ops]
         self.totals = CallTiming()
+        self.lockstep_images = max(1, min(self._max_images, LOCKSTEP_IMAGES, rows))
+        info["lockstep_images"] = self.lockstep_images
         if self.mode == "incremental":
             self.name = "incremental"
             info["used"] = "incremental"
@@ -1006,7 +1010,7 @@ class IncrementalForward:
     def _sync_check(self) -> None:
         check = self._check
         assert check is not None
-        if check.current == "full":
+        if check.decision and check.current == "full":  # (before the decision, states feed the next try)
             self._states.clear()
         if check.decision and check.current != self.name:
             log.info("AOPC forward strategy auto: %s", check.decision)
@@ -1092,7 +1096,7 @@ class IncrementalForward:
                 outs = self._prefix_fn(tf.constant(images[rows]))
                 arrs = [np.asarray(v) for v in outs]
                 for j, r in enumerate(rows):
-                    full_acts[int(r)] = {t: np.array(a[j]) for t, a in zip(self._out_ids, arrs, strict=True)}
+                    full_acts[int(r)] = {t: a[j] for t, a in zip(self._out_ids, arrs, strict=True)}  # read-only views
             timing.full_rows += len(full_rows)
             timing.full_s += time.perf_counter() - t0
         cached_rows = np.flatnonzero(kind != _UNCACHED)
@@ -1114,12 +1118,21 @@ class IncrementalForward:
         bnd_pos = {int(r): j for j, r in enumerate(cached_rows)}
         bnd = {t: np.empty((len(cached_rows), *plan.cached[t]), np.float32) for t in plan.boundary}
 
+        parts = _replay_parts(cached_rows, img_of)
+
         def replay(t: int, written: dict[int, tuple[_Call, int]] | None) -> None:
             consumers = [(where[c], j) for c, j in self._consumers.get(t, ()) if where[c]]
             keep = bnd.get(t)
             if not consumers and keep is None and t == in_id:
                 return
-            for r in cached_rows:
+            if len(parts) > 1:  # images' states are disjoint: their rows replay in parallel
+                list(_replay_pool().map(lambda rows: replay_rows(t, written, consumers, keep, rows), parts))
+            else:
+                replay_rows(t, written, consumers, keep, cached_rows)
+
+        def replay_rows(t: int, written: dict[int, tuple[_Call, int]] | None, consumers: list[Any],
+                        keep: np.ndarray | None, rows: np.ndarray) -> None:
+            for r in rows:
                 r = int(r)
                 saved = None
                 if t == in_id:
@@ -1127,7 +1140,7 @@ class IncrementalForward:
                 else:
                     st = work[int(img_of[r])]
                     if kind[r] == _FULL:
-                        st[t] = full_acts[r][t]
+                        st[t] = np.array(full_acts[r][t])  # its own, writable copy (in the replay threads)
                     elif written and r in written:
                         call, q = written[r]
                         y0, x0 = call.origin[q]
@@ -1272,7 +1285,7 @@ class IncrementalForward:
         assert plan is not None
         outs = self._prefix_fn(tf.constant(images))
         vals = dict(zip(self._out_ids, outs, strict=True))
-        fns = [tf.function(_full_fn(op)) for op in plan.ops]
+        fns = [tf.function(_LayerGraph(op)) for op in plan.ops]
         best = [float("inf")] * len(plan.ops)
         for rep in range(repeats + 1):  # the first round traces
             for i, op in enumerate(plan.ops):
@@ -1466,21 +1479,76 @@ def _demote_unneeded_full_rows(kind: np.ndarray, img_of: np.ndarray) -> None:
         nxt[i] = r
 
 
+#: threads replaying rows of different images at once (NumPy releases the GIL in large copies)
+REPLAY_THREADS = 2
+_POOL: list[Any] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _replay_pool() -> Any:
+    """The process's replay threads (made at first use, daemon threads of one executor)."""
+    with _POOL_LOCK:
+        if not _POOL:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL.append(ThreadPoolExecutor(max_workers=REPLAY_THREADS, thread_name_prefix="bench-replay"))
+        return _POOL[0]
+
+
+def _replay_parts(rows: np.ndarray, img_of: np.ndarray) -> list[np.ndarray]:
+    """``rows`` split into at most :data:`REPLAY_THREADS` parts, whole images each (row order kept
+    within an image), balanced by row count; one part where the rows hold one image."""
+    if REPLAY_THREADS < 2 or not rows.size:
+        return [rows]
+    imgs, counts = np.unique(img_of[rows], return_counts=True)
+    if len(imgs) < 2:
+        return [rows]
+    load = [0] * REPLAY_THREADS
+    owner: dict[int, int] = {}
+    for i, c in sorted(zip(imgs.tolist(), counts.tolist(), strict=True), key=lambda ic: -ic[1]):
+        k = load.index(min(load))
+        owner[i] = k
+        load[k] += c
+    which = np.array([owner[int(i)] for i in img_of[rows]])
+    return [rows[which == k] for k in range(REPLAY_THREADS) if np.any(which == k)]
+
+
 def _slice_batch(batch: ForwardBatch, s: int, e: int) -> ForwardBatch:
     return ForwardBatch(images=batch.images[s:e], image_index=batch.image_index[s:e], step=batch.step[s:e],
                         changed_box=batch.changed_box[s:e], targets=batch.targets[s:e])
 
 
-def _box_fn(op: PrefixOp, consts: dict[str, np.ndarray] | None = None) -> Any:
-    # (TensorFlow counts traces per code object: these lambdas, one trace per layer, add up to its
-    # "N out of the last N calls ... triggered tf.function retracing" warning; each graph traces once)
-    if op.kind == "window":
-        return lambda x: _window_compute(op, x, consts)
-    return lambda x: _call(op.layer, x)
+class _BoxGraph:
+    """One prefix layer's box computation, the Python function of its ``tf.function``.
+
+    A callable object, not a closure: TensorFlow counts traces per code object (a function's
+    ``__code__``, else the callable itself), so ~20 per-layer closures sharing one code object,
+    each traced once, added up to its false "N out of the last N calls ... triggered
+    tf.function retracing" warning.
+    """
+
+    def __init__(self, op: PrefixOp, consts: dict[str, np.ndarray] | None = None):
+        self.op = op
+        self.consts = consts
+
+    def __call__(self, *xs: Any) -> Any:
+        op = self.op
+        if op.kind == "merge":
+            return _call(op.layer, list(xs))
+        if op.kind == "window":
+            return _window_compute(op, xs[0], self.consts)
+        return _call(op.layer, xs[0])
 
 
-def _full_fn(op: PrefixOp) -> Any:
-    return lambda x: _call(op.layer, x)
+class _LayerGraph:
+    """One prefix layer on full maps (:meth:`IncrementalForward.layer_report`'s timing; a callable
+    object for the reason :class:`_BoxGraph` is one)."""
+
+    def __init__(self, op: PrefixOp):
+        self.op = op
+
+    def __call__(self, x: Any) -> Any:
+        return _call(self.op.layer, x)
 
 
 def _window_compute(op: PrefixOp, x: Any, consts: dict[str, np.ndarray] | None = None) -> Any:
@@ -1518,8 +1586,9 @@ class RuntimeCheck:
 
     Starting incremental: after :data:`CHECK_CALLS` calls its cost per row (the rows that
     needed a full pass included) is compared with the full-pass cost per row measured on
-    those full-pass rows (free, but at batch size 1 or 2, where a pass costs up to ~3.5x more
-    per row than in a full batch on 2 cores): a measured gain of at least :data:`CONFIDENT_GAIN` keeps
+    those full-pass rows (free: the step-0 rows, batched per group of ``lockstep_images``
+    images; a smaller batch than the engine's, so a pass there may cost more per row than in a
+    full batch): a measured gain of at least :data:`CONFIDENT_GAIN` keeps
     incremental; below it, the next call gives :data:`PROBE_ROWS` rows a plain batched full
     pass (their results are used) to measure the full-pass cost exactly, and the faster
     strategy is kept. Starting full (a predicted gain below ``min_gain``): after one call,

@@ -272,9 +272,29 @@ def test_prefix_split_is_chosen_by_the_cost_model_and_exact() -> None:
     assert inc.strategy_info["prefix_split"]["layers"] == n_ops
     assert inc.strategy_info["prefix_layers"] == n_ops and "split" in inc.strategy_info["prefix_ends_at"]
     assert np.abs(inc.curves - full.curves).max() <= TOL
+    # the limit of a split (Amdahl): the share of multiply-adds in the prefix, counted here by hand
+    # over the convolutions and dense layers (the cost model also counts element-wise layers)
+    prefix_names = {op.layer.name for op in split_plan.ops}
+
+    def macs(layer: object) -> float:
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            return float(np.prod(layer.output.shape[1:3])) * kh * kw * cin * cout
+        if isinstance(layer, keras.layers.Dense):
+            return float(np.prod(layer.kernel.shape))
+        return 0.0
+
+    layers = [lay for lay in model.keras._flatten_layers() if not isinstance(lay, keras.Model)]
+    by_hand = sum(macs(lay) for lay in layers if lay.name in prefix_names) / sum(macs(lay) for lay in layers)
+    info = inc.strategy_info
+    assert info["prefix_mac_share"] == pytest.approx(by_hand, abs=0.02)
+    assert info["upper_bound_gain"] == pytest.approx(1 / (1 - info["prefix_mac_share"]), rel=1e-3)
+    assert f"at most {info['upper_bound_gain']:.2f}x" in info["limit"]
+    assert gain <= info["upper_bound_gain"]  # the cost model's prediction respects the bound
     whole = IncrementalForward()  # "incremental" keeps the whole local prefix unless asked
     whole.prepare(model, batch_size=40, image_shape=(64, 64, 3), mask_local=True)
     assert "prefix_split" not in whole.info and whole.info["prefix_layers"] == len(plan.ops)
+    assert whole.info["prefix_mac_share"] > 0.99 and "limit" not in whole.info
 
 
 # ---- tracing -------------------------------------------------------------------------------------

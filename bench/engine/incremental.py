@@ -885,6 +885,16 @@ class IncrementalForward:
         )
         if split_info:
             info["prefix_split"] = split_info
+        share = plan.full_cost / max(plan.full_cost + plan.suffix_cost, 1e-9)
+        info["prefix_mac_share"] = round(share, 4)
+        if share < 0.99:  # Amdahl: the suffix runs in full whatever the prefix costs
+            bound = 1.0 / (1.0 - share)
+            info["upper_bound_gain"] = round(bound, 3)
+            info["limit"] = (
+                f"the incremental prefix ({len(plan.ops)} layers, to {plan.ops[-1].layer.name if plan.ops else '-'}) "
+                f"holds {share:.0%} of the model's multiply-adds: even at no cost it gives at most {bound:.2f}x; "
+                f"the ideal box count over the whole network is {ideal:.2f}x"
+            )
         reason = ""
         probe = False
         if self.mode == "auto":

@@ -134,6 +134,8 @@ def test_incremental_vs_full(benchmark, case: str, name: str, size: int, n_image
               f"(used {results[s].strategy})")  # type: ignore[attr-defined]
     if "auto_vs_faster" in info:
         print(f"  auto / faster strategy = {info['auto_vs_faster']:.3f}; auto: {info['auto_info'].get('reason')}")
+        if info["auto_info"].get("limit"):
+            print(f"  limit: {info['auto_info']['limit']}")
     inc = objects.get("incremental")
     if isinstance(inc, IncrementalForward) and inc.info.get("prefix_layers"):
         table = inc.layer_report(images[: min(4, n_images)], repeats=2)

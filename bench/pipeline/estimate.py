@@ -15,9 +15,11 @@
 and, per model, its training (a frozen backbone: one forward pass per image of every split;
 end to end: per epoch a forward and a backward pass per training image, counted as
 :data:`BACKWARD_PASSES` forward passes each, and a forward pass per validation image; then the
-test split). Nothing is loaded or built: the explained images are the correctly classified
-test images capped by ``aopc.max_images``, known exactly when the model's evaluation is in the
-cache, else bounded by the cap (or the test split when the dataset is cached).
+test split). The split sizes come from the cached dataset, else from the dataset's optional
+``split_sizes()`` (cheap, without loading: :class:`bench.plugin.protocols.Dataset`); without
+either the training is *unknown*. Nothing is loaded or built: the explained images are the
+correctly classified test images capped by ``aopc.max_images``, known exactly when the model's
+evaluation is in the cache, else bounded by the cap (or the test split when its size is known).
 
 The cache is probed only where its keys cost nothing to compute: a dataset that reads no
 folder (its fingerprint is a hash of its parameters) and whose stored file says its classes
@@ -49,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from bench.config import loading as config_mod
+from bench.data import SPLIT_NAMES
 from bench.pipeline.keys import component_identity
 from bench.pipeline.plan import CellTask, Plan, dataset_params, declared_image_shape, model_params
 from bench.pipeline.record import CellRecord, CostEstimate
@@ -275,18 +278,64 @@ def calibrate_model(plan: Plan, name: str, image_shape: tuple[int, int], *,
 # --------------------------------------------------------------------------------------
 @dataclass
 class _DatasetFacts:
-    key: str
-    num_classes: int
+    """The split sizes; with ``key`` (and the classes) when they come from the cache, which can
+    then be probed downstream; without (None) when the dataset's ``split_sizes()`` said them."""
+
+    key: str | None
+    num_classes: int | None
     sizes: dict[str, int]
 
+    @property
+    def cached(self) -> bool:
+        return self.key is not None
 
-def _dataset_facts(plan: Plan, cache: Cache) -> _DatasetFacts | None:
-    """The cached dataset's classes and split sizes, when its key is free (no folder to hash)."""
+
+def _dataset_facts(plan: Plan, cache: Cache, problems: list[str] | None = None) -> _DatasetFacts | None:
+    """The cached dataset's classes and split sizes, when its key is free (no folder to hash);
+    else the dataset's declared ``split_sizes()`` (no key: nothing downstream is probed); else None."""
     try:
         params = dataset_params(plan)
-        if "root" in params:
-            return None  # its fingerprint hashes files: not free
-        component = create_component("dataset", plan.dataset, params)
+        component = create_component("dataset", plan.dataset, params)  # a constructor does no work
+    except Exception:  # noqa: BLE001 - an estimate never fails a dry run
+        return None
+    if "root" not in params:  # else its fingerprint hashes files: not free
+        facts = _cached_dataset_facts(plan, cache, params, component)
+        if facts is not None:
+            return facts
+    sizes = declared_split_sizes(component, plan.dataset, problems=problems)
+    return None if sizes is None else _DatasetFacts(key=None, num_classes=None, sizes=sizes)
+
+
+def declared_split_sizes(component: Any, name: str, *, problems: list[str] | None = None) -> dict[str, int] | None:
+    """The dataset's ``split_sizes()`` (``{"train": n, "val": n, "test": n}``, non-negative ints),
+    None when it has no such method, it raises or returns None (unknown), or it returns anything
+    else (then named in ``problems``). Never raises."""
+    method = getattr(component, "split_sizes", None)
+    if not callable(method):
+        return None
+    try:
+        value = method()
+    except Exception:  # noqa: BLE001 - e.g. a missing folder: load() reports it
+        return None
+    if value is None:
+        return None
+    try:
+        if isinstance(value, Mapping) and set(value) == set(SPLIT_NAMES) and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 0
+                for v in value.values()):
+            return {s: int(value[s]) for s in SPLIT_NAMES}
+        shown = repr(value)
+    except Exception:  # noqa: BLE001 - a mapping that cannot be read is garbage too
+        shown = f"a {type(value).__name__}"
+    if problems is not None:
+        problems.append(f"dataset {name!r}: split_sizes() returned {shown[:200]}, expected "
+                        "{'train': n, 'val': n, 'test': n} (integers >= 0): its training passes are not counted")
+    return None
+
+
+def _cached_dataset_facts(plan: Plan, cache: Cache, params: dict[str, Any], component: Any) -> _DatasetFacts | None:
+    """The classes and split sizes stored in the dataset's cache entry; None when there is none."""
+    try:
         key = component_key("dataset", "dataset", plan.dataset, params, component.fingerprint())
         path = cache.root / "datasets" / f"{key}.npz"
         if not path.exists():
@@ -594,11 +643,12 @@ def estimate_plan(plan: Plan, *, probe_cache: bool = True, image_shape: tuple[in
     grid = config_mod.grid_shape(cfg["aopc"]["grid"])
     steps = grid[0] * grid[1] + 1
     cap = int(cfg["aopc"]["max_images"] or 0)
-    data = _dataset_facts(plan, cache) if probe_cache and shape is not None else None
+    data = _dataset_facts(plan, cache, problems) if probe_cache else None
+    probed = data is not None and data.cached and shape is not None  # the model keys need the shape
     models: dict[str, ModelEstimate] = {}
     facts: dict[str, _ModelFacts | None] = {}
     for name in plan.models if only is None else [only.model]:
-        mf = _model_facts(plan, name, data, shape, cache) if data is not None and shape is not None else None
+        mf = _model_facts(plan, name, data, shape, cache) if probed else None
         facts[name] = mf
         if n_images is not None and name in n_images:
             images, exact = int(n_images[name]), True
@@ -644,7 +694,7 @@ def estimate_plan(plan: Plan, *, probe_cache: bool = True, image_shape: tuple[in
             _probe_cell(plan, cache, est, mf, shape, grid, seed)
         cells.append(est)
     return PlanEstimate(models=models, cells=cells, image_shape=shape, steps=steps,
-                        cache_probed=data is not None, problems=problems)
+                        cache_probed=probed, problems=problems)
 
 
 def _probe_cell(plan: Plan, cache: Cache, est: CellEstimate, mf: _ModelFacts, shape: Any, grid: tuple[int, int],

@@ -11,7 +11,9 @@ constructs every selected component with its parameters and calls its optional
 culprit, else the first parameter the message mentions). The error becomes a
 ``ConfigError`` naming the config key (``perturbations.params.gaussian-noise.sigma``).
 A dataset may also declare ``image_shape() -> (H, W) | None`` without loading, so
-the region grid and the models are checked against its images at plan time.
+the region grid and the models are checked against its images at plan time, and
+``split_sizes() -> {"train": n, "val": n, "test": n}`` (cheap, without loading), so
+``bench run --dry-run`` counts the training passes before the dataset is cached.
 """
 
 from __future__ import annotations
@@ -61,6 +63,15 @@ class Dataset(Component, Protocol):
         ...
 
     # optional: def image_shape(self) -> tuple[int, int] | None  (cheap, without loading)
+
+    # optional: def split_sizes(self) -> dict[str, int]
+    #   {"train": n, "val": n, "test": n}: how many images each split of ``load()`` will hold,
+    #   exactly (the same split rule as ``load()``), said without loading. It must be cheap:
+    #   no image decoded, nothing downloaded, no file content hashed; listing files is fine.
+    #   ``bench run --dry-run`` asks it for the training passes when the dataset is not in the
+    #   cache (or its cache key would mean hashing its files). It may raise (a missing folder,
+    #   say: ``load()`` reports it) or return None: then the training cost is unknown; anything
+    #   but the three keys with non-negative integers is ignored with a warning.
 
 
 @runtime_checkable

@@ -331,6 +331,50 @@ def _reason(exc: BaseException, path: str) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
+def choose_files(
+    params: dict[str, Any], layout: Layout, files: dict[str, list[FileEntry]]
+) -> tuple[dict[str, list[list[FileEntry]]], dict[str, list[FileEntry]]]:
+    """The chosen files of each class, per split (train, val, test; each sorted by relative path),
+    and each class's files left over (in the seeded order: the replacements of corrupt ones).
+
+    ``params``: the checked parameters. Raises :class:`DataError` when a class folder is empty
+    or holds fewer than ``per_class`` images. ``load()`` and ``split_sizes()`` both split with this.
+    """
+    per_class = params["per_class"]
+    for cls in CLASS_NAMES:
+        n = len(files[cls])
+        if n == 0:
+            raise DataError(
+                f"dataset {NAME!r}: class folder {str(layout.classes[cls].images_dir)!r} holds no images "
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
+            )
+        if per_class is not None and n < per_class:
+            smallest = min(len(v) for v in files.values())
+            raise DataError(
+                f"dataset {NAME!r}: class {cls!r} has {n} images in {str(layout.classes[cls].images_dir)!r}, "
+                f"fewer than per_class={per_class} (the current release has {RELEASE_COUNTS[cls]}). "
+                f"Lower per_class (at most {smallest} here) or set per_class = \"all\" for every "
+                f"image (--set dataset.params.per_class=all)."
+            )
+
+    # seeded choice per class, then a per-class split of the chosen files
+    plan: dict[str, list[list[FileEntry]]] = {}
+    reserves: dict[str, list[FileEntry]] = {}
+    for ci, cls in enumerate(CLASS_NAMES):
+        entries = files[cls]
+        k = len(entries) if per_class is None else per_class
+        rng = np.random.default_rng(np.random.SeedSequence([params["seed"], ci]))
+        order = rng.permutation(len(entries))
+        chosen = [entries[i] for i in order[:k]]
+        reserves[cls] = [entries[i] for i in order[k:]]
+        parts, start = [], 0
+        for count in split_counts(k, params["split"]):
+            parts.append(sorted(chosen[start : start + count], key=lambda f: f.rel))
+            start += count
+        plan[cls] = parts
+    return plan, reserves
+
+
 # ---------------------------------------------------------------------------------------
 # the dataset component
 # ---------------------------------------------------------------------------------------
@@ -461,41 +505,22 @@ class CovidRadiography:
         """
         return self._scan()[3]
 
+    def split_sizes(self) -> dict[str, int]:
+        """``{"train": n, "val": n, "test": n}``: the images of each split ``load()`` returns, from
+        the same choice and split of the listed files (:func:`choose_files`; nothing is opened,
+        decoded or hashed). Exact while every chosen file is readable: without ``skip_corrupt`` a
+        corrupt one fails the load; with it, one that no spare file of its class can replace
+        leaves its split one short. Raises :class:`DataError` where ``load()`` would on the folder.
+        """
+        params = self._checked()
+        layout = find_layout(self.root)
+        plan, _ = choose_files(params, layout, list_files(layout))
+        return {name: sum(len(plan[cls][si]) for cls in CLASS_NAMES) for si, name in enumerate(SPLIT_NAMES)}
+
     # -- loading ------------------------------------------------------------------------------
     def load(self) -> DatasetSplits:
         params, layout, files, fp = self._scan()
-        per_class = params["per_class"]
-        for cls in CLASS_NAMES:
-            n = len(files[cls])
-            if n == 0:
-                raise DataError(
-                    f"dataset {NAME!r}: class folder {str(layout.classes[cls].images_dir)!r} holds no images "
-                    f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
-                )
-            if per_class is not None and n < per_class:
-                smallest = min(len(v) for v in files.values())
-                raise DataError(
-                    f"dataset {NAME!r}: class {cls!r} has {n} images in {str(layout.classes[cls].images_dir)!r}, "
-                    f"fewer than per_class={per_class} (the current release has {RELEASE_COUNTS[cls]}). "
-                    f"Lower per_class (at most {smallest} here) or set per_class = \"all\" for every "
-                    f"image (--set dataset.params.per_class=all)."
-                )
-
-        # seeded choice per class, then a per-class split of the chosen files
-        plan: dict[str, list[list[FileEntry]]] = {}
-        reserves: dict[str, list[FileEntry]] = {}
-        for ci, cls in enumerate(CLASS_NAMES):
-            entries = files[cls]
-            k = len(entries) if per_class is None else per_class
-            rng = np.random.default_rng(np.random.SeedSequence([params["seed"], ci]))
-            order = rng.permutation(len(entries))
-            chosen = [entries[i] for i in order[:k]]
-            reserves[cls] = [entries[i] for i in order[k:]]
-            parts, start = [], 0
-            for count in split_counts(k, params["split"]):
-                parts.append(sorted(chosen[start : start + count], key=lambda f: f.rel))
-                start += count
-            plan[cls] = parts
+        plan, reserves = choose_files(params, layout, files)
 
         # slots: (split, class index, entry) in final array order
         slots: dict[str, list[tuple[int, FileEntry]]] = {name: [] for name in SPLIT_NAMES}

@@ -507,13 +507,17 @@ class SyntheticCXR:
         """Hash of the generator version and parameters (no image is drawn)."""
         return fingerprint_of({"dataset": NAME, "generator_version": GENERATOR_VERSION, **self._checked()})
 
+    def split_sizes(self) -> dict[str, int]:
+        """``{"train": n, "val": n, "test": n}``: the images of each split ``load()`` draws, from
+        the same split of the same labels (no image is drawn)."""
+        _, _, parts = _split_plan(self._checked())
+        return {name: int(len(parts[name])) for name in SPLIT_NAMES}
+
     # -- generation -------------------------------------------------------------------------
     def load(self) -> DatasetSplits:
         p = self._checked()
-        S, n = p["image_size"], p["per_class"]
-        labels = np.repeat(np.arange(len(CLASS_NAMES), dtype=np.int64), n)
-        index = np.tile(np.arange(n, dtype=np.int64), len(CLASS_NAMES))
-        parts = stratified_split(labels, p["split"], np.random.SeedSequence([p["seed"], 7_777_777]))
+        S = p["image_size"]
+        labels, index, parts = _split_plan(p)
 
         splits: dict[str, Split] = {}
         markers: dict[str, list[int]] = {}
@@ -560,6 +564,15 @@ class SyntheticCXR:
             fingerprint=self.fingerprint(),
             metadata=metadata,
         )
+
+
+def _split_plan(p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Every image's class and index within its class, and each split's rows (checked params ``p``)."""
+    n = p["per_class"]
+    labels = np.repeat(np.arange(len(CLASS_NAMES), dtype=np.int64), n)
+    index = np.tile(np.arange(n, dtype=np.int64), len(CLASS_NAMES))
+    parts = stratified_split(labels, p["split"], np.random.SeedSequence([p["seed"], 7_777_777]))
+    return labels, index, parts
 
 
 def _run_parallel(work: Any, n: int) -> None:

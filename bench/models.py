@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.engine.tracing import graph_function
 from bench.errors import BenchError, did_you_mean
 
 
@@ -360,7 +361,7 @@ class KerasModel:
 
         if self._predict_fn is None:
             self.keras  # noqa: B018 - build outside the trace
-            self._predict_fn = tf.function(lambda x: self.keras(x, training=False), reduce_retracing=True)
+            self._predict_fn = graph_function(lambda x: self.keras(x, training=False), reduce_retracing=True)
         out = []
         for start in range(0, len(images), batch_size):
             x = to_model_input(images[start : start + batch_size])

@@ -168,6 +168,21 @@ def test_runtime_check_keeps_a_clear_win_without_a_probe() -> None:
     assert s["full_rows_per_s"] and s["incremental_rows_per_s"] and s["predicted_gain"] == 3.0
 
 
+def test_runtime_check_trusts_a_smaller_free_gain_measured_in_batches() -> None:
+    """Step-0 rows run in batches (a lockstep group) cost about what a full batch costs per row, so a
+    2x free gain is trusted there; the same 2x from one-row passes (dearer per row) is probed."""
+    batched = RuntimeCheck(predicted_gain=3.0, start="incremental")
+    one_by_one = RuntimeCheck(predicted_gain=3.0, start="incremental")
+    for _ in range(2):  # 4 free rows at 0.5 s each, 60 incremental rows: 0.25 s per row in all
+        batched.observe_incremental(CallTiming(full_rows=4, full_s=2.0, full_calls=1, inc_rows=60, total_s=16.0))
+        one_by_one.observe_incremental(CallTiming(full_rows=4, full_s=2.0, full_calls=4, inc_rows=60,
+                                                  total_s=16.0))
+    assert batched.current == "incremental" and batched.decision.startswith("kept incremental")
+    assert batched.summary()["measured_gain"] == pytest.approx(2.0, rel=1e-3)
+    assert "in 2 call(s)" in batched.summary()["full_measured_on"]
+    assert not one_by_one.decision and one_by_one.next_path() == ("incremental", incremental.PROBE_ROWS)
+
+
 def test_runtime_check_probes_when_unsure_and_switches_to_full() -> None:
     chk = RuntimeCheck(predicted_gain=3.0, start="incremental")
     for _ in range(2):  # 1 s per row incremental, the free estimate 1.5 s: unsure
@@ -350,17 +365,21 @@ def test_box_graphs_follow_weights_changed_after_tracing() -> None:
 
 
 def test_box_graphs_raise_no_false_retracing_warning(caplog: pytest.LogCaptureFixture) -> None:
-    """~a dozen per-layer box graphs, each traced once, are not "frequent retracing" (TensorFlow counts
-    traces per Python function: they must not share one code object)."""
-    km = hand_built_net(33)
-    reinit(km, seed=4)
+    """~a dozen per-layer box graphs, and the prefix, suffix and full-pass graphs of six models, each
+    traced once, are not "frequent retracing" (TensorFlow counts traces per Python code object:
+    functions built per model or per layer must not share one)."""
     rng = np.random.default_rng(9)
     images = rng.uniform(0, 1, (3, 33, 33, 3)).astype("float32")
-    strat = IncrementalForward()
     with caplog.at_level("WARNING", logger="tensorflow"):
-        evaluate_aopc(km, images, [0, 1, 2], rng.uniform(0, 1, (3, 3, 3)), grid=3, batch_size=8, strategy=strat)
+        for seed in range(6):
+            km = hand_built_net(33)
+            reinit(km, seed=seed)
+            strat = IncrementalForward()
+            heat = rng.uniform(0, 1, (3, 3, 3))
+            evaluate_aopc(km, images, [0, 1, 2], heat, grid=3, batch_size=8, strategy=strat)
+            evaluate_aopc(km, images, [0, 1, 2], heat, grid=3, batch_size=8, strategy="full")
     assert len(strat._fns.boxes) >= 8  # enough graphs to have tripped TensorFlow's detector
-    assert all(g.experimental_get_tracing_count() == 1 for g in strat._fns.boxes)
+    assert all(g.experimental_get_tracing_count() == 1 for g in [strat._fns.prefix, *strat._fns.boxes])
     retracing = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
     assert not retracing, retracing[0]
 

@@ -26,6 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from bench.engine.tracing import graph_function
+
 
 @dataclass(frozen=True)
 class ForwardBatch:
@@ -157,6 +159,6 @@ def traced_call(keras_model: Any, input_shape: tuple[Any, ...], *, jit_compile: 
                 return model_ref()(x, training=False)  # type: ignore[misc]
 
             spec = tf.TensorSpec(tuple(input_shape), tf.float32)
-            fn = tf.function(call, input_signature=[spec], jit_compile=jit_compile or None)
+            fn = graph_function(call, input_signature=[spec], jit_compile=jit_compile or None)
             per_model[key] = fn
         return fn

@@ -105,3 +105,28 @@ def forget(keras_model: Any) -> None:
             _MEMO.pop(keras_model, None)
         except TypeError:
             pass
+
+
+class _OwnFunction:
+    """``fn`` behind an object of its own (see :func:`graph_function`); no ``__wrapped__`` on purpose."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+def graph_function(fn: Callable[..., Any], **tf_function_kwargs: Any) -> Any:
+    """``tf.function(fn, **kwargs)``, its traces counted for this function alone.
+
+    TensorFlow counts traces per *code object* (``fn.__code__``) to warn about frequent
+    retracing, so closures built once per model (a gradient, a CAM, an engine graph) that
+    are each traced once add up, over a few models, to a false "N out of the last N calls
+    ... triggered tf.function retracing" warning. Wrapped in an object of its own (which has
+    no ``__code__``), each function is counted on its own: a real retrace still warns.
+    """
+    import tensorflow as tf
+
+    return tf.function(_OwnFunction(fn), **tf_function_kwargs)

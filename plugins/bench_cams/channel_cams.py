@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from bench_gradcam.featuremap import FeatureMapExplainer
 
+from bench.engine.tracing import graph_function
+
 
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
@@ -49,10 +51,9 @@ class ChannelCAM(FeatureMapExplainer):
 
     def _forward(self, model: Any, image_shape: tuple[int, ...]) -> Any:
         """The traced ``images -> (A (N, h, w, K), logits (N, C))``: the model's only trace."""
-        import tensorflow as tf
 
         def build(source: Any) -> Any:
-            return tf.function(
+            return graph_function(
                 lambda x: source.features_and_logits(x),
                 input_signature=self._image_signature(image_shape)[:1],
             )
@@ -190,7 +191,7 @@ class ScoreCAM(ChannelCAM):
             spec = self._pair_signature(
                 tf.TensorSpec((None, *image_shape), tf.float32), tf.TensorSpec((None,) * 4, tf.float32)
             )
-            return tf.function(masked_images, input_signature=spec)
+            return graph_function(masked_images, input_signature=spec)
 
         return self._traced(model, image_shape, build, tag="masks")
 
@@ -289,7 +290,7 @@ class AblationCAM(ChannelCAM):
             spec = self._pair_signature(
                 tf.TensorSpec((None,) * 4, tf.float32), tf.TensorSpec((None,), tf.int32)
             )
-            return tf.function(ablated_scores, input_signature=spec)
+            return graph_function(ablated_scores, input_signature=spec)
 
         return self._traced(model, image_shape, build, tag="ablated")
 

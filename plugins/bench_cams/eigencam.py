@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from bench_gradcam.featuremap import FeatureMapExplainer
 
+from bench.engine.tracing import graph_function
+
 
 class EigenCAM(FeatureMapExplainer):
     """Eigen-CAM explainer (the target class is ignored: the map is the same for every class).
@@ -53,7 +55,7 @@ class EigenCAM(FeatureMapExplainer):
                 proj = tf.where(agree < 0, -proj, proj)
                 return tf.reshape(proj, shape[:3])
 
-            return tf.function(eigen, input_signature=self._image_signature(images.shape[1:]))
+            return graph_function(eigen, input_signature=self._image_signature(images.shape[1:]))
 
         fn = self._traced(model, tuple(images.shape[1:]), build)
         return fn(tf.constant(images), tf.constant(targets))

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.engine.tracing import traced
+from bench.engine.tracing import graph_function, traced
 
 #: How many traced functions an explainer lists as used (models x image sizes x functions).
 TRACE_CACHE_SIZE = 8
@@ -231,7 +231,7 @@ class GradientCAM(FeatureMapExplainer):
                 maps = self.combine(features, grads, y)
                 return tf.nn.relu(maps) if relu else maps
 
-            return tf.function(cam, input_signature=self._image_signature(image_shape))
+            return graph_function(cam, input_signature=self._image_signature(image_shape))
 
         return self._traced(model, image_shape, build)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bench.engine.regions import check_ids, derive_seed
-from bench.engine.tracing import traced, traces
+from bench.engine.tracing import graph_function, traced, traces
 
 #: the channel reductions an explainer may be asked for
 REDUCTIONS: tuple[str, ...] = ("sum", "abs-sum", "max-abs")
@@ -135,7 +135,7 @@ def gradient_function(model: Any, image_shape: tuple[int, ...]) -> Any:
             return tf.cast(g, tf.float32), tf.cast(y, tf.float32)
 
         spec = [tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None,), tf.int32)]
-        return tf.function(grad, input_signature=spec)
+        return graph_function(grad, input_signature=spec)
 
     return traced(model.keras, (TRACE_NAME, shape), build)
 

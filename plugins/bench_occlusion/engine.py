@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.engine.tracing import traced, traces
+from bench.engine.tracing import graph_function, traced, traces
 
 #: the scores a perturbation explainer may read off the model
 SCORES: tuple[str, ...] = ("probability", "logit")
@@ -55,7 +55,7 @@ def score_function(model: Any, image_shape: tuple[int, ...]) -> Any:
             return tf.gather(p, t, axis=1, batch_dims=1), tf.gather(z, t, axis=1, batch_dims=1)
 
         spec = [tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None,), tf.int32)]
-        return tf.function(scores, input_signature=spec)
+        return graph_function(scores, input_signature=spec)
 
     return traced(model.keras, (TRACE_NAME, shape), build)
 

@@ -893,7 +893,7 @@ class IncrementalForward:
             info["prefix_split"] = split_info
         share = plan.full_cost / max(plan.full_cost + plan.suffix_cost, 1e-9)
         info["prefix_mac_share"] = round(share, 4)
-        if share < 0.99:  # Amdahl: the suffix runs in full whatever the prefix costs
+        if plan.ops and share < 0.99:  # Amdahl: the suffix runs in full whatever the prefix costs
             bound = 1.0 / (1.0 - share)
             info["upper_bound_gain"] = round(bound, 3)
             info["limit"] = (

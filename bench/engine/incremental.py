@@ -695,7 +695,7 @@ def compiled_functions(keras_model: Any, plan: GraphPlan) -> _Functions:
                     var = getattr(op.layer, attr)
                     consts[attr] = np.array(keras.ops.convert_to_numpy(var), dtype=np.float32)
                     weights.append((var, consts[attr]))
-            boxes.append(tf.function(_BoxGraph(op, consts), input_signature=sig))
+            boxes.append(graph_function(_box_fn(op, consts), input_signature=sig))
         consumers: dict[int, list[tuple[int, int]]] = {t: [] for t in plan.cached}
         for i, op in enumerate(ops):
             for j, t in enumerate(op.inputs):
@@ -1303,7 +1303,7 @@ class IncrementalForward:
         assert plan is not None
         outs = self._prefix_fn(tf.constant(images))
         vals = dict(zip(self._out_ids, outs, strict=True))
-        fns = [tf.function(_LayerGraph(op)) for op in plan.ops]
+        fns = [graph_function(_layer_fn(op)) for op in plan.ops]
         best = [float("inf")] * len(plan.ops)
         for rep in range(repeats + 1):  # the first round traces
             for i, op in enumerate(plan.ops):
@@ -1538,37 +1538,18 @@ def _slice_batch(batch: ForwardBatch, s: int, e: int) -> ForwardBatch:
                         changed_box=batch.changed_box[s:e], targets=batch.targets[s:e])
 
 
-class _BoxGraph:
-    """One prefix layer's box computation, the Python function of its ``tf.function``.
-
-    A callable object, not a closure: TensorFlow counts traces per code object (a function's
-    ``__code__``, else the callable itself), so ~20 per-layer closures sharing one code object,
-    each traced once, added up to its false "N out of the last N calls ... triggered
-    tf.function retracing" warning.
-    """
-
-    def __init__(self, op: PrefixOp, consts: dict[str, np.ndarray] | None = None):
-        self.op = op
-        self.consts = consts
-
-    def __call__(self, *xs: Any) -> Any:
-        op = self.op
-        if op.kind == "merge":
-            return _call(op.layer, list(xs))
-        if op.kind == "window":
-            return _window_compute(op, xs[0], self.consts)
-        return _call(op.layer, xs[0])
+def _box_fn(op: PrefixOp, consts: dict[str, np.ndarray] | None = None) -> Any:
+    """One prefix layer's box computation on its input crops (traced by :func:`graph_function`)."""
+    if op.kind == "merge":
+        return lambda *xs: _call(op.layer, list(xs))
+    if op.kind == "window":
+        return lambda x: _window_compute(op, x, consts)
+    return lambda x: _call(op.layer, x)
 
 
-class _LayerGraph:
-    """One prefix layer on full maps (:meth:`IncrementalForward.layer_report`'s timing; a callable
-    object for the reason :class:`_BoxGraph` is one)."""
-
-    def __init__(self, op: PrefixOp):
-        self.op = op
-
-    def __call__(self, x: Any) -> Any:
-        return _call(self.op.layer, x)
+def _layer_fn(op: PrefixOp) -> Any:
+    """One prefix layer on full maps (:meth:`IncrementalForward.layer_report`'s timing)."""
+    return lambda x: _call(op.layer, x)
 
 
 def _window_compute(op: PrefixOp, x: Any, consts: dict[str, np.ndarray] | None = None) -> Any:
@@ -1652,17 +1633,14 @@ class RuntimeCheck:
     def observe_incremental(self, t: CallTiming) -> None:
         rows = t.full_rows + t.inc_rows
         suffix_per_row = t.suffix_s / rows if rows else 0.0
+        self.free_rows += t.full_rows
+        self.free_s += t.full_s + suffix_per_row * t.full_rows
+        self.free_calls += t.full_calls
         if not t.inc_rows and not t.probe_rows:  # only full passes (the targets' prediction): no news
-            self.free_rows += t.full_rows
-            self.free_s += t.full_s + suffix_per_row * t.full_rows
-            self.free_calls += t.full_calls
             return
         self.inc_calls += 1
         self.inc_rows += rows
         self.inc_s += t.total_s - t.probe_s
-        self.free_rows += t.full_rows
-        self.free_s += t.full_s + suffix_per_row * t.full_rows
-        self.free_calls += t.full_calls
         if t.probe_rows:
             self.full_rows += t.probe_rows
             self.full_s += t.probe_s

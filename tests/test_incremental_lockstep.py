@@ -448,7 +448,8 @@ def test_batch_schedule_covers_every_row_once_in_step_order(n: int, steps: int, 
             assert len(blocks) == 1 and len(members) <= g
 
 
-def test_replay_parts_keep_images_whole_and_in_order() -> None:
+def test_replay_parts_keep_images_whole_and_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(incremental, "REPLAY_THREADS", 2)  # (one on a single-CPU machine)
     rows = np.arange(12)
     img_of = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 0, 1])
     parts = incremental._replay_parts(rows, img_of)
@@ -458,3 +459,24 @@ def test_replay_parts_keep_images_whole_and_in_order() -> None:
     assert all(not (a & b) for i, a in enumerate(owners) for b in owners[i + 1:])  # an image in one part
     assert all(np.all(np.diff(p) > 0) for p in parts)  # row order kept
     assert [len(p) for p in incremental._replay_parts(rows, np.zeros(12, int))] == [12]
+
+
+def test_replay_threads_all_finish_before_an_error_is_raised() -> None:
+    import threading
+    import time
+
+    done: list[str] = []
+    gate = threading.Event()
+
+    def slow() -> None:
+        gate.wait(5)
+        time.sleep(0.05)
+        done.append("slow")
+
+    def fails() -> None:
+        gate.set()
+        raise ValueError("replay failed")
+
+    with pytest.raises(ValueError, match="replay failed"):
+        incremental._run_all([slow, fails])
+    assert done == ["slow"]  # the other task had ended when the error reached the caller

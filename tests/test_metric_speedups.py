@@ -194,3 +194,17 @@ def test_the_faithfulness_memo_keeps_no_model_alive():
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_faithfulness_counts_the_passes_it_ran_once_per_table():
+    """The first cell of a model runs N x (n_subsets + 1) passes, the next reuses them: it ran none.
+    The per-image ``forward-passes`` column keeps what the measure costs, whoever paid it."""
+    model = tiny_model(seed=33)
+    rng = np.random.default_rng(2)
+    spec, data = _data("faithfulness-correlation", model, heatmaps=rng.random((N, 8, 8)).astype(np.float32))
+    first, second = FaithfulnessCorrelation(n_subsets=6), FaithfulnessCorrelation(n_subsets=6)
+    a = compute_columns(first, spec, data)
+    b = compute_columns(second, spec, data)
+    assert first.forward_passes() == N * 7 and second.forward_passes() == 0.0
+    np.testing.assert_array_equal(a["forward-passes"], np.full(N, 7.0))
+    np.testing.assert_array_equal(b["forward-passes"], a["forward-passes"])

@@ -220,6 +220,12 @@ def test_backbone_layer_names_are_built_once_per_keras_version_and_remembered(tm
     transfer._layer_names.cache_clear()
     path.write_text("{not json")
     assert cls.backbone_layer_names() == live  # rebuilt and rewritten
+
+    class Edited(cls):  # the same backbone name, edited building code: its own file
+        def _backbone(self, inputs):
+            return cls._backbone(self, inputs)
+
+    assert transfer.layer_names_file(Edited) != path and transfer.layer_names_file(Edited).parent == path.parent
     monkeypatch.setenv("BENCH_DIGEST_MEMO", "off")
     assert transfer.layer_names_file(cls) is None
     transfer._layer_names.cache_clear()

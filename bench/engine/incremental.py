@@ -46,6 +46,7 @@ canary: :func:`check_keras_internals`, tests/test_incremental_canary.py).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -897,7 +898,7 @@ class IncrementalForward:
             bound = 1.0 / (1.0 - share)
             info["upper_bound_gain"] = round(bound, 3)
             info["limit"] = (
-                f"the incremental prefix ({len(plan.ops)} layers, to {plan.ops[-1].layer.name if plan.ops else '-'}) "
+                f"the incremental prefix ({len(plan.ops)} layers, to {plan.ops[-1].layer.name}) "
                 f"holds {share:.0%} of the model's multiply-adds: even at no cost it gives at most {bound:.2f}x; "
                 f"the ideal box count over the whole network is {ideal:.2f}x"
             )
@@ -1144,7 +1145,7 @@ class IncrementalForward:
             if not consumers and keep is None and t == in_id:
                 return
             if len(parts) > 1:  # images' states are disjoint: their rows replay in parallel
-                list(_replay_pool().map(lambda rows: replay_rows(t, written, consumers, keep, rows), parts))
+                _run_all([lambda rows=rows: replay_rows(t, written, consumers, keep, rows) for rows in parts])
             else:
                 replay_rows(t, written, consumers, keep, cached_rows)
 
@@ -1499,20 +1500,33 @@ def _demote_unneeded_full_rows(kind: np.ndarray, img_of: np.ndarray) -> None:
         nxt[i] = r
 
 
-#: threads replaying rows of different images at once (NumPy releases the GIL in large copies)
-REPLAY_THREADS = 2
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+#: threads replaying rows of different images at once (NumPy releases the GIL in large copies):
+#: two, or one where the process may use a single CPU (a Ray worker given one, a pinned job)
+REPLAY_THREADS = min(2, _usable_cpus())
 _POOL: list[Any] = []
 _POOL_LOCK = threading.Lock()
 
 
-def _replay_pool() -> Any:
-    """The process's replay threads (made at first use, daemon threads of one executor)."""
+def _run_all(tasks: list[Any]) -> None:
+    """Run ``tasks`` (callables) on the process's replay threads; return when every one has ended,
+    then raise the first error (no task is still writing into a state when the caller goes on)."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
     with _POOL_LOCK:
         if not _POOL:
-            from concurrent.futures import ThreadPoolExecutor
-
             _POOL.append(ThreadPoolExecutor(max_workers=REPLAY_THREADS, thread_name_prefix="bench-replay"))
-        return _POOL[0]
+        pool = _POOL[0]
+    futures = [pool.submit(task) for task in tasks]
+    wait(futures)
+    for f in futures:
+        f.result()
 
 
 def _replay_parts(rows: np.ndarray, img_of: np.ndarray) -> list[np.ndarray]:

@@ -252,7 +252,7 @@ def write_arrays(run_dir: Path, record: CellRecord, arts: CellArtifacts, *, cach
     write_npz(safe_child(run_dir, "metrics", f"{task.cell_id}.npz"), ids=ids, labels=labels,
               targets=targets, **columns)
     heat_file = safe_child(run_dir, "heatmaps", f"{task.cell_id}.npz")
-    if not (cache_file is not None and cache_file.is_file() and _same_heatmaps(cache_file, ids, heat.heatmaps)
+    if not (cache_file is not None and cache_file.is_file() and _is_heatmaps_file(cache_file)
             and share_file(cache_file, heat_file)):
         write_npz(heat_file, ids=ids, heatmaps=np.asarray(heat.heatmaps, np.float32))
     write_json(safe_child(run_dir, "models", f"{task.model_id}.json"), {
@@ -265,10 +265,12 @@ def write_arrays(run_dir: Path, record: CellRecord, arts: CellArtifacts, *, cach
     )
 
 
-def _same_heatmaps(path: Path, ids: np.ndarray, heatmaps: np.ndarray) -> bool:
-    """Whether the cache entry at ``path`` is the heatmaps artifact itself: its key is made of the
-    contents, so only its members are checked (``ids`` and ``heatmaps``, nothing else), from the
-    zip directory, without decompressing a pixel map (168 MB at 299 px)."""
+def _is_heatmaps_file(path: Path) -> bool:
+    """Whether the cache entry at ``path`` holds exactly a heatmaps artifact (``ids``, ``heatmaps``).
+
+    The entry is the one this cell's heatmaps key names, so it holds the maps the cell read from
+    it or just wrote to it (atomically); only its members are checked, from the zip directory,
+    without decompressing a pixel map (168 MB at 299 px)."""
     import zipfile
 
     try:

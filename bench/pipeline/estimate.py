@@ -38,6 +38,7 @@ calibration existed.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -103,7 +104,13 @@ def _version(*packages: str) -> str:
 
 
 def machine_fingerprint() -> dict[str, Any]:
-    """What makes this machine's throughput this machine's (read without importing TensorFlow)."""
+    """What makes this machine's throughput this machine's (read without importing TensorFlow;
+    once per process: every finished cell's estimate asks)."""
+    return dict(_machine_fingerprint())
+
+
+@functools.cache
+def _machine_fingerprint() -> dict[str, Any]:
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -160,7 +160,6 @@ def memoised_figure(path_param: str = "path") -> Callable[[F], F]:
                 _copy(out, memo)
             return out
 
-        wrapper.__wrapped_figure__ = fn  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate

@@ -109,12 +109,6 @@ def load_test_split(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return splits.test.images, splits.test.labels, splits.test.ids.astype(str), dict(splits.test.masks)
 
 
-def load_test_images(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images uint8 (N, H, W), labels, ids as str) of the test split of a saved DatasetSplits file."""
-    images, labels, ids, _ = load_test_split(path)
-    return images, labels, ids
-
-
 def first_per_class(ids: Sequence[str], id_labels: Mapping[str, int], per_class: int = 1) -> list[str]:
     """The first ``per_class`` ids (by id) of every class among ``ids``, in class order: the
     overlay figure's fixed rows (deterministic, every class that has an id)."""

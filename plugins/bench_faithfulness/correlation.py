@@ -184,13 +184,16 @@ class FaithfulnessCorrelation:
     def probabilities(self, data: Any, member: np.ndarray, pert: Any) -> np.ndarray:
         """float64 (N, n_subsets + 1): f(x) then f(x_{S_j}), memoised (see the module's docstring).
 
-        A read-only array: the same one serves every explainer cell of the model.
+        A read-only array: the same one serves every explainer cell of the model. The forward
+        passes this call ran (0 when it was memoised) are kept for :meth:`forward_passes`.
         """
         keras_model = data.model.keras
         key = self.probabilities_key(data, pert)
         probs = _memo_get(keras_model, key)
+        self._passes = 0.0
         if probs is None:
             probs = self._forward(data, member, pert)
+            self._passes = float(probs.size)
             probs.setflags(write=False)
             _memo_put(keras_model, key, probs)
         return probs
@@ -249,14 +252,15 @@ class FaithfulnessCorrelation:
         pert = bench.create("perturbation", self.perturbation, **dict(self.perturbation_params or {}))
         probs = self.probabilities(data, member, pert)
         drops = probs[:, :1] - probs[:, 1:]
-        self._passes = float(n * (s + 1))
         return {
             "faithfulness-correlation": pearson_rows(relevance, drops) if n else np.zeros(0),
             "forward-passes": np.full(n, s + 1.0),
         }
 
     def forward_passes(self) -> float | None:
-        """What the last ``compute`` cost: n_subsets + 1 forward passes per image."""
+        """What the last ``compute`` ran: n_subsets + 1 forward passes per image, 0 where another cell
+        of the model computed the same probabilities (the ``forward-passes`` column keeps what the
+        measure costs, n_subsets + 1 per image, whoever paid it)."""
         return self.__dict__.get("_passes")
 
     def planned_passes(self, *, n_images: int, passes_per_map: float | None = None) -> float | None:

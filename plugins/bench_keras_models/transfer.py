@@ -172,8 +172,20 @@ def layer_names_file(cls: type) -> Path | None:
     if os.environ.get("BENCH_DIGEST_MEMO", "").strip().lower() in ("0", "off", "none", "false"):
         return None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    name = f"{cls.backbone_name or cls.__name__}-keras-{keras.__version__}.json"
+    name = f"{cls.backbone_name or cls.__name__}-keras-{keras.__version__}-{_backbone_code(cls)}.json"
     return Path(base) / "bench" / "layer-names" / name
+
+
+def _backbone_code(cls: type) -> str:
+    """A digest of the code that builds ``cls``'s backbone (an edited ``_backbone`` names new layers)."""
+    import hashlib
+    import inspect
+
+    try:
+        source = inspect.getsource(cls._backbone)
+    except (OSError, TypeError):  # no source (a frozen build): the compiled code instead
+        source = repr(cls._backbone.__code__.co_code)
+    return hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
 @functools.cache

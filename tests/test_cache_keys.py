@@ -260,6 +260,31 @@ def test_code_digests_are_frozen_within_a_run_and_live_outside(tmp_path, monkeyp
     assert keys.code_digest(ref) != before  # outside: the edit shows
 
 
+def test_overlapping_runs_share_the_frozen_memo_until_the_last_ends():
+    """Two runs in threads of one process: the first to end must not unfreeze the other."""
+    import threading
+
+    entered, release_first, first_done = threading.Event(), threading.Event(), threading.Event()
+    states = []
+
+    def first():
+        with keys.frozen_code_digests():
+            entered.set()
+            release_first.wait(5)
+        first_done.set()
+
+    t = threading.Thread(target=first)
+    t.start()
+    entered.wait(5)
+    with keys.frozen_code_digests():
+        release_first.set()
+        first_done.wait(5)
+        states.append(keys._FROZEN_DIGESTS is not None)  # the first run ended: still frozen here
+    t.join(5)
+    assert states == [True]
+    assert keys._FROZEN_DIGESTS is None and keys._FROZEN_USERS == 0
+
+
 def test_bench_run_freezes_code_digests(monkeypatch, tmp_path):
     from _tiny_config import tiny
 
@@ -276,3 +301,17 @@ def test_bench_run_freezes_code_digests(monkeypatch, tmp_path):
     bench.run(tiny(tmp_path / "out"), quiet=True, leaderboard=False)
     assert seen and all(seen)
     assert keys._FROZEN_DIGESTS is None  # released after the run
+
+
+def test_a_run_in_another_results_folder_writes_its_own_cache(tmp_path):
+    """The in-process memo of datasets and models is per results folder: a second folder gets its
+    own cache entries (as a fresh process would write them), not a silent reuse of the first's."""
+    from _tiny_config import tiny
+
+    import bench
+
+    for name in ("a", "b"):
+        assert bench.run(tiny(tmp_path / name), quiet=True, leaderboard=False).ok
+    for sub in ("datasets", "models"):
+        first = sorted(p.name for p in (tmp_path / "a" / "cache" / sub).iterdir())
+        assert first and first == sorted(p.name for p in (tmp_path / "b" / "cache" / sub).iterdir()), sub

@@ -53,7 +53,7 @@ import numpy as np
 
 from bench.config import loading as config_mod
 from bench.data import SPLIT_NAMES
-from bench.pipeline.keys import component_identity
+from bench.pipeline.keys import component_identity, frozen_code_digests
 from bench.pipeline.plan import CellTask, Plan, dataset_params, declared_image_shape, model_params
 from bench.pipeline.record import CellRecord, CostEstimate
 from bench.pipeline.stages import (
@@ -635,6 +635,7 @@ def image_shape_of(plan: Plan) -> tuple[int, int] | None:
         return None
 
 
+@frozen_code_digests()  # thousands of keys: each package's code read once
 def estimate_plan(plan: Plan, *, probe_cache: bool = True, image_shape: tuple[int, int] | None = None,
                   n_images: Mapping[str, int] | None = None, only: CellTask | None = None) -> PlanEstimate:
     """The forward passes (and, calibrated, the time) of every cell and model of ``plan``.

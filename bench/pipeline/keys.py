@@ -259,6 +259,8 @@ def _locate(top: str) -> tuple[list[str], str | None]:
 
 #: package -> code digest while :func:`frozen_code_digests` is active (None: not active)
 _FROZEN_DIGESTS: dict[str, str] | None = None
+_FROZEN_USERS = 0  # how many frozen_code_digests() blocks are open (nested or in other threads)
+_FROZEN_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -268,16 +270,20 @@ def frozen_code_digests() -> Any:
     source file is edited while it runs (an imported module does not change), and a cached
     rerun does not walk every package's files for each of its thousands of keys. Nested use
     shares the outer memo; outside it every call reads the files (an edit shows at once).
-    Also a decorator."""
-    global _FROZEN_DIGESTS
-    if _FROZEN_DIGESTS is not None:
-        yield
-        return
-    _FROZEN_DIGESTS = {}
+    Also a decorator. Runs that overlap in one process (threads) share the memo until the last
+    one ends."""
+    global _FROZEN_DIGESTS, _FROZEN_USERS
+    with _FROZEN_LOCK:
+        if _FROZEN_USERS == 0:
+            _FROZEN_DIGESTS = {}
+        _FROZEN_USERS += 1
     try:
         yield
     finally:
-        _FROZEN_DIGESTS = None
+        with _FROZEN_LOCK:
+            _FROZEN_USERS -= 1
+            if _FROZEN_USERS == 0:
+                _FROZEN_DIGESTS = None
 
 
 def code_digest(factory: Any) -> str:

@@ -56,8 +56,16 @@ from bench.plugin.specs import CURVE_ORDERS, PerturbationSpec
 #: Every stage key also holds bench's version and the code digest of its plugin.
 STAGE_VERSION = {"dataset": 2, "model": 2, "evaluation": 2, "heatmaps": 3, "curves": 4, "metric": 1}
 
-#: In-process memo of loaded stage outputs (dataset, model), keyed by content key.
-_MEMO: dict[str, Any] = {}
+#: In-process memo of loaded stage outputs (dataset, model), keyed by results cache and content key
+#: (a run in another results folder writes its own cache entries, as a fresh process would).
+_MEMO: dict[tuple[str, str], Any] = {}
+
+
+def _remember(memo_key: tuple[str, str], artifact: Any) -> None:
+    """Memoise ``artifact``, forgetting other results folders' (one folder's models in memory)."""
+    for other in [k for k in _MEMO if k[0] != memo_key[0]]:
+        del _MEMO[other]
+    _MEMO[memo_key] = artifact
 
 
 def clear_memo() -> None:
@@ -282,8 +290,9 @@ class Stages:
         component = create_component("dataset", name, params)
         fingerprint = component.fingerprint()
         key = component_key("dataset", "dataset", name, params, fingerprint)
-        if key in _MEMO:
-            return _MEMO[key]
+        memo_key = (str(self.cache.root), key)  # per results folder: each gets its own cache files
+        if memo_key in _MEMO:
+            return _MEMO[memo_key]
         from bench.data import DatasetSplits
 
         path = self.cache.path("datasets", key, ".npz")
@@ -299,7 +308,7 @@ class Stages:
                 )
             splits.save(path)
         artifact = DatasetArtifact(splits=splits, key=key, file=path, params=component_params(component) or params)
-        _MEMO[key] = artifact
+        _remember(memo_key, artifact)
         return artifact
 
     # ---- model: train (cached) + evaluate on test (cached) -----------------------------
@@ -312,8 +321,9 @@ class Stages:
         tcfg = self.plan.config["training"]
         seed = self.plan.config["run"]["seed"]
         key = component_key("model", "model", name, params, data.key, tcfg, seed)
-        if key in _MEMO:
-            return _MEMO[key]
+        memo_key = (str(self.cache.root), key)  # per results folder: each gets its own cache files
+        if memo_key in _MEMO:
+            return _MEMO[memo_key]
         if self.cached_only and (
             self.cache.get_json("models", key) is None
             or not self.cache.exists("models", key, ".keras")
@@ -381,7 +391,7 @@ class Stages:
             labels=arrays["labels"],
             ids=arrays["ids"],
         )
-        _MEMO[key] = artifact
+        _remember(memo_key, artifact)
         return artifact
 
     def explained_subset(self, data: DatasetArtifact, model: ModelArtifact) -> np.ndarray:

@@ -480,3 +480,49 @@ def test_replay_threads_all_finish_before_an_error_is_raised() -> None:
     with pytest.raises(ValueError, match="replay failed"):
         incremental._run_all([slow, fails])
     assert done == ["slow"]  # the other task had ended when the error reached the caller
+
+
+def test_buffer_arena_reuses_one_aligned_block_and_never_overlaps_within_a_batch() -> None:
+    arena = incremental._BufferArena()
+    shapes = [(3, 5, 7, 2), (1, 9, 9, 64), (2, 4, 4, 3)]
+
+    def batch() -> list[np.ndarray]:
+        return [arena.take(s) for s in shapes]
+
+    arena.reset(max_bytes=2**20)
+    first = batch()  # the first batch has no block yet: fresh buffers, and the block is sized for next time
+    assert all(b.dtype == np.float32 and b.shape == s for b, s in zip(first, shapes, strict=True))
+    assert arena.nbytes == 0
+    arena.reset(max_bytes=2**20)
+    assert arena.nbytes >= sum(int(np.prod(s)) * 4 for s in shapes)
+    second = batch()
+    for b in second:
+        assert b.ctypes.data % 64 == 0 and b.flags.c_contiguous
+        assert np.shares_memory(b, arena._block)  # carved from the block, not allocated
+    for k, b in enumerate(second):  # disjoint: writing one leaves the others as they were
+        b.fill(float(k))
+    assert [float(b.min()) for b in second] == [float(b.max()) for b in second] == [0.0, 1.0, 2.0]
+    arena.reset(max_bytes=2**20)
+    assert [b.ctypes.data for b in batch()] == [b.ctypes.data for b in second]  # the same memory again
+    big = arena.take((1024, 1024))  # beyond the block: a fresh buffer, still aligned
+    assert not np.shares_memory(big, arena._block) and big.ctypes.data % 64 == 0
+    arena.reset(max_bytes=2**20)  # 4 MiB wanted > 1 MiB allowed: the block stays small
+    assert arena.nbytes < 2**20
+    arena.reset(max_bytes=16)  # a lower bound than the block held: the block is dropped
+    assert arena.nbytes == 0
+
+
+def test_arena_pool_keeps_the_largest_idle_arena_and_release_buffers_frees_it() -> None:
+    pool = incremental._ArenaPool()
+    a, b = pool.acquire(), pool.acquire()
+    assert a is not b  # two batches at once get two arenas
+    for arena, n in ((a, 1000), (b, 10)):
+        arena.reset(2**20)
+        arena.take((n,))
+        arena.reset(2**20)
+    pool.release(b)
+    pool.release(a)
+    assert pool.acquire() is a  # the larger block is the one kept
+    pool.release(a)
+    pool.clear()
+    assert pool.acquire() not in (a, b)

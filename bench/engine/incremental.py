@@ -150,6 +150,8 @@ class GraphPlan:
     aliases: dict[int, list[int]] = field(default_factory=dict)  # canonical id -> nested-model ids
     output_id: int = 0
     max_ops: int | None = None  # the prefix was cut after this many layers (see analyse_model)
+    #: :func:`propagate`'s answers, per changed input box (the same regions recur for every image)
+    reach: dict[Box, dict[int, Box | None]] = field(default_factory=dict, repr=False, compare=False)
 
 
 def _flatten_nodes(model: Any, canon: dict[int, int]) -> Any:
@@ -471,11 +473,16 @@ def out_box(op: PrefixOp, box: Box) -> Box | None:
 
 
 def propagate(plan: GraphPlan, box: Box) -> dict[int, Box | None]:
-    """The changed box of every prefix tensor when ``box`` of the input changed."""
+    """The changed box of every prefix tensor when ``box`` of the input changed (do not mutate it)."""
+    known = plan.reach.get(box)
+    if known is not None:
+        return known
     boxes: dict[int, Box | None] = {plan.input_id: box}
     for op in plan.ops:
         b = _union([boxes.get(t) for t in op.inputs])
         boxes[op.output] = None if b is None else out_box(op, b)
+    if len(plan.reach) < 4096:
+        plan.reach[box] = boxes
     return boxes
 
 
@@ -752,7 +759,8 @@ class IncrementalForward:
         images' caches are kept at once (at least one; the engine's image-major
         order needs one, a call spanning two images holds both while it runs: VGG16
         at 299 caches ~104 MiB per image, DenseNet201 ~505 MiB). What it used is in
-        ``info["cached_images"]``.
+        ``info["cached_images"]``. The layers' input crops, reused from batch to batch
+        (VGG16 at 299, 64 rows: ~330 MiB), are kept within the same bound.
     estimate_grid: region grid assumed by the gain estimate.
     lockstep_rows: the most rows updated by one call per layer (``None``: the whole
         batch; ``1``: one row at a time, the pre-lockstep behaviour, for comparisons).
@@ -1040,6 +1048,17 @@ class IncrementalForward:
     def _lockstep(
         self, batch: ForwardBatch, probe_rows: int = 0, *, siblings: bool = False
     ) -> tuple[np.ndarray, CallTiming]:
+        """:meth:`_lockstep_rows` with a reused block for the layers' input crops."""
+        arena = _ARENAS.acquire()
+        try:
+            arena.reset(float(self.memory_budget_mb) * 2**20)
+            return self._lockstep_rows(batch, probe_rows, siblings=siblings, arena=arena)
+        finally:
+            _ARENAS.release(arena)
+
+    def _lockstep_rows(
+        self, batch: ForwardBatch, probe_rows: int, *, siblings: bool, arena: _BufferArena
+    ) -> tuple[np.ndarray, CallTiming]:
         """All rows of ``batch`` at once: full passes where no predecessor is cached, boxes elsewhere.
 
         ``probe_rows``: the first that many incremental rows get full passes instead, timed on
@@ -1131,7 +1150,7 @@ class IncrementalForward:
         calls: list[list[_Call]] = []
         for op in plan.ops:
             rows_i = [r for r, bs in box_of.items() if bs.get(op.output) is not None]
-            cs = _make_calls(op, rows_i, [box_of[r][op.output] for r in rows_i], plan) if rows_i else []  # type: ignore[misc]
+            cs = _make_calls(op, rows_i, [box_of[r][op.output] for r in rows_i], plan, arena) if rows_i else []  # type: ignore[misc]
             calls.append(cs)
             where.append({r: (c, q) for c in cs for q, r in enumerate(c.rows)})
         bnd_pos = {int(r): j for j, r in enumerate(cached_rows)}
@@ -1375,8 +1394,9 @@ class _Call:
         self.patches: np.ndarray | None = None
 
     @classmethod
-    def make(cls, op: PrefixOp, rows: list[int], bs: list[Box], plan: GraphPlan | None) -> _Call:
-        """``plan=None``: sizes only, no input buffers (for the gain estimate)."""
+    def make(cls, op: PrefixOp, rows: list[int], bs: list[Box], plan: GraphPlan | None,
+             arena: _BufferArena | None = None) -> _Call:
+        """``plan=None``: sizes only, no input buffers (for the gain estimate); buffers from ``arena``."""
         oh, ow = op.out_hw
         bh = min(oh, max(b[1] - b[0] for b in bs))
         bw = min(ow, max(b[3] - b[2] for b in bs))
@@ -1389,7 +1409,7 @@ class _Call:
                 shape = ((bh - 1) * op.s[0] + op.k[0], (bw - 1) * op.s[1] + op.k[1], c)
             else:
                 shape = (bh, bw, c)
-            bufs.append(_aligned_empty((len(rows), *shape)))
+            bufs.append(arena.take((len(rows), *shape)) if arena is not None else _aligned_empty((len(rows), *shape)))
         return cls(op, rows, bs, bh, bw, origin, bufs, exact)
 
     def read(self, slot: int, q: int, src: np.ndarray) -> None:
@@ -1429,6 +1449,85 @@ def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
     return raw[off : off + n].view(np.float32).reshape(shape)
 
 
+class _BufferArena:
+    """Aligned float32 buffers carved from one block that is reused batch after batch.
+
+    A lockstep batch needs a few hundred MiB of input crops (VGG16 at 299 px, 64 rows: ~330 MiB).
+    Fresh ``np.empty`` buffers of that size are new pages on every batch, and faulting them in
+    cost more than the copies into them (the crop reads of 4 images x 82 steps: 1.40 s with fresh
+    buffers, 0.40 s in a reused block, summed over the replay threads). :meth:`reset` starts a
+    batch; :meth:`take` hands out the next buffer, from the block while it lasts, else a fresh one
+    (and the next batch's block is made that much larger, up to ``max_bytes``). A buffer is valid
+    until the next :meth:`reset`.
+    """
+
+    def __init__(self) -> None:
+        self.max_bytes = 0.0
+        self._block = np.empty(0, np.uint8)
+        self._start = 0
+        self._used = 0
+        self._wanted = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._block.size)
+
+    def reset(self, max_bytes: float) -> None:
+        self.max_bytes = max_bytes
+        if self._block.size > max_bytes + _ALIGN:
+            self._block, self._start = np.empty(0, np.uint8), 0
+        if self._block.size - self._start < self._wanted <= max_bytes:
+            self._block = np.empty(0, np.uint8)  # drop the old block before making the larger one
+            self._block = np.empty(self._wanted + _ALIGN, np.uint8)
+            self._start = (-self._block.ctypes.data) % _ALIGN
+        self._used = self._start
+        self._wanted = 0
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        n = int(np.prod(shape)) * 4
+        size = -(-n // _ALIGN) * _ALIGN  # every buffer starts on an aligned offset
+        self._wanted += size
+        if self._used + size > self._block.size:
+            return _aligned_empty(shape)
+        view = self._block[self._used : self._used + n]
+        self._used += size
+        return view.view(np.float32).reshape(shape)
+
+
+class _ArenaPool:
+    """The process's idle :class:`_BufferArena` (at most one is kept), handed to one batch at a time.
+
+    Kept across strategy objects, as a caching allocator keeps freed memory: a run that makes a
+    new strategy per evaluation (each curve cell, each benchmark round) would otherwise fault
+    its crop memory in again. :func:`release_buffers` gives the memory back.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_BufferArena] = []
+
+    def acquire(self) -> _BufferArena:
+        with self._lock:
+            return self._idle.pop() if self._idle else _BufferArena()
+
+    def release(self, arena: _BufferArena) -> None:
+        with self._lock:
+            if not self._idle or self._idle[0].nbytes < arena.nbytes:
+                self._idle = [arena]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._idle = []
+
+
+_ARENAS = _ArenaPool()
+
+
+def release_buffers() -> None:
+    """Free the reusable input-crop memory that incremental inference keeps between batches."""
+    _ARENAS.clear()
+
+
 def _as_tensor(a: np.ndarray) -> Any:
     """A TensorFlow tensor for ``a``, sharing its memory where that is safe (no copy), else copied."""
     import tensorflow as tf
@@ -1441,8 +1540,11 @@ def _as_tensor(a: np.ndarray) -> Any:
     return tf.constant(a)
 
 
-def _make_calls(op: PrefixOp, rows: list[int], boxes: list[Box], plan: GraphPlan | None) -> list[_Call]:
+def _make_calls(op: PrefixOp, rows: list[int], boxes: list[Box], plan: GraphPlan | None,
+                arena: _BufferArena | None = None) -> list[_Call]:
     """The calls that update one layer: rows grouped by box size, each group padded to its largest.
+
+    ``plan=None``: sizes only (no input buffers); ``arena``: where the input buffers come from.
 
     Groups of equal box shapes are merged greedily while the pixels added by padding cost
     less than another call (:data:`CALL_OVERHEAD_MACS` at the layer's cost per pixel).
@@ -1456,7 +1558,7 @@ def _make_calls(op: PrefixOp, rows: list[int], boxes: list[Box], plan: GraphPlan
     out = []
     for members in merged:
         qs = [q for gi in members for q in groups[gi]]
-        out.append(_Call.make(op, [rows[q] for q in qs], [boxes[q] for q in qs], plan))
+        out.append(_Call.make(op, [rows[q] for q in qs], [boxes[q] for q in qs], plan, arena))
     return out
 
 

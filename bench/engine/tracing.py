@@ -17,27 +17,23 @@ is that memo, so no plugin keeps one of its own:
   and whose other items are everything the function depends on (image shape, layer,
   parameters). Two different functions never share a key, so they never share a trace.
 * **Thread-safe**: lookups and builds run under one lock (building a ``tf.function``
-  object is cheap; tracing happens at its first call, outside the lock).
+  object is cheap; tracing happens at its first call, outside the lock), so each key is
+  built once.
 
-A model that cannot be weakly referenced gets a fresh function every time (correct, not
-memoised). :func:`traces` lists a model's traces (for tests and tools); :func:`forget`
-drops them.
+The memo is a :class:`bench.engine.memo.ModelMemo` (unbounded, stamped with
+:func:`structure`). A model that cannot be weakly referenced gets a fresh function every
+time (correct, not memoised). :func:`traces` lists a model's traces (for tests and tools);
+:func:`forget` drops them.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+from .memo import ModelMemo
 
-#: Keras model -> (its structure when the traces were made, {key: function})
-_MEMO: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], dict[tuple[Hashable, ...], Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-_LOCK = threading.RLock()
+T = TypeVar("T")
 
 
 def structure(keras_model: Any) -> tuple[int, ...]:
@@ -63,6 +59,10 @@ def check_key(key: Any) -> tuple[Hashable, ...]:
     return key
 
 
+#: Keras model (weakly) -> {key: function}, dropped when the model's structure changes
+_MEMO: ModelMemo[Any] = ModelMemo(stamp=structure)
+
+
 def traced(keras_model: Any, key: tuple[Hashable, ...], build: Callable[[], T]) -> T:
     """The function ``build()`` made for ``keras_model`` under ``key``, built at the first call.
 
@@ -70,41 +70,17 @@ def traced(keras_model: Any, key: tuple[Hashable, ...], build: Callable[[], T]) 
     model (shapes, layer, parameters). ``build()`` must not hold ``keras_model`` strongly
     (see the module's docstring).
     """
-    key = check_key(key)
-    shape = structure(keras_model)
-    with _LOCK:
-        try:
-            entry = _MEMO.get(keras_model)
-            if entry is None or entry[0] != shape:
-                entry = (shape, {})
-                _MEMO[keras_model] = entry
-        except TypeError:  # not weakly referenceable (or unhashable): correct, just not memoised
-            return build()
-        functions = entry[1]
-        if key not in functions:
-            functions[key] = build()
-        return functions[key]
+    return _MEMO.get_or_build(keras_model, check_key(key), build)
 
 
 def traces(keras_model: Any, name: str | None = None) -> dict[tuple[Hashable, ...], Any]:
     """A copy of the model's traces by key (only those whose key starts with ``name``, if given)."""
-    with _LOCK:
-        try:
-            entry = _MEMO.get(keras_model)
-        except TypeError:
-            return {}
-        if entry is None or entry[0] != structure(keras_model):
-            return {}
-        return {k: fn for k, fn in entry[1].items() if name is None or k[0] == name}
+    return {k: fn for k, fn in _MEMO.entries(keras_model).items() if name is None or k[0] == name}
 
 
 def forget(keras_model: Any) -> None:
     """Drop every trace of ``keras_model`` (the next call traces afresh)."""
-    with _LOCK:
-        try:
-            _MEMO.pop(keras_model, None)
-        except TypeError:
-            pass
+    _MEMO.forget(keras_model)
 
 
 class _OwnFunction:

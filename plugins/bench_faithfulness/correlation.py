@@ -19,29 +19,30 @@ map: every subset sums the same) gives 0, no association.
 Cost: n_subsets + 1 forward passes per image, streamed in batches of ``batch_size``
 (image, subset) rows through one traced model call; no heatmap is recomputed. The
 probabilities do not depend on the heatmap, so they are computed once for every explainer
-cell of a model: memoised per Keras model (weakly) under a digest of everything they depend
-on (the model's layers and current weights, the images, targets, ids, grid, subsets, the
-perturbation and its parameters, the seed and the batch size; :func:`probabilities_key`).
+cell of a model: memoised per Keras model (weakly; a :class:`bench.engine.memo.ModelMemo`, at
+most :data:`PROBS_MEMO_SIZE` tables per model, the least recently used dropped first) under
+a digest of everything they depend on (the model's layers and current weights, the images,
+targets, ids, grid, subsets, the perturbation and its parameters, the seed and the batch
+size; :func:`probabilities_key`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import numbers
-import threading
-import weakref
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from bench.engine.memo import ModelMemo
+
 #: The most probability tables kept per model (each (N, n_subsets + 1) floats).
 PROBS_MEMO_SIZE = 16
 
-#: Keras model (weakly) -> {probabilities_key: read-only (N, n_subsets + 1) probabilities}
-_PROBS: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[Any, ...], np.ndarray]] = weakref.WeakKeyDictionary()
-_PROBS_LOCK = threading.Lock()
+#: Keras model (weakly) -> {probabilities_key: read-only (N, n_subsets + 1) probabilities}, at most
+#: PROBS_MEMO_SIZE per model, the least recently used dropped first
+_PROBS: ModelMemo[np.ndarray] = ModelMemo(per_model=PROBS_MEMO_SIZE)
 
 
 def array_digest(*arrays: Any) -> str:
@@ -59,42 +60,14 @@ def weights_digest(keras_model: Any) -> str:
     return array_digest(*(np.asarray(v.numpy()) for v in keras_model.weights))
 
 
-def _memo_get(keras_model: Any, key: tuple[Any, ...]) -> np.ndarray | None:
-    with _PROBS_LOCK:
-        try:
-            table = _PROBS.get(keras_model)
-        except TypeError:  # not weakly referenceable: not memoised
-            return None
-        if table is None or key not in table:
-            return None
-        table.move_to_end(key)
-        return table[key]
-
-
-def _memo_put(keras_model: Any, key: tuple[Any, ...], probs: np.ndarray) -> None:
-    with _PROBS_LOCK:
-        try:
-            table = _PROBS.setdefault(keras_model, OrderedDict())
-        except TypeError:
-            return
-        table[key] = probs
-        while len(table) > PROBS_MEMO_SIZE:
-            table.popitem(last=False)
-
-
 def clear_memo() -> None:
     """Forget every memoised probability table (the next call runs the model again)."""
-    with _PROBS_LOCK:
-        _PROBS.clear()
+    _PROBS.clear()
 
 
 def memoised_tables(keras_model: Any) -> int:
     """How many probability tables are memoised for ``keras_model`` (for tests and tools)."""
-    with _PROBS_LOCK:
-        try:
-            return len(_PROBS.get(keras_model, ()))
-        except TypeError:
-            return 0
+    return len(_PROBS.entries(keras_model))
 
 
 class FaithfulnessCorrelation:
@@ -189,13 +162,13 @@ class FaithfulnessCorrelation:
         """
         keras_model = data.model.keras
         key = self.probabilities_key(data, pert)
-        probs = _memo_get(keras_model, key)
+        probs = _PROBS.get(keras_model, key)
         self._passes = 0.0
         if probs is None:
             probs = self._forward(data, member, pert)
             self._passes = float(probs.size)
             probs.setflags(write=False)
-            _memo_put(keras_model, key, probs)
+            _PROBS.put(keras_model, key, probs)
         return probs
 
     def _forward(self, data: Any, member: np.ndarray, pert: Any) -> np.ndarray:

@@ -28,25 +28,26 @@ re-drawn by its layer's own initializer (``kernel`` by ``kernel_initializer``, `
 of the trained values' mean and standard deviation.
 
 One clone per model. The 22 explainer cells of a model share its trained model, blocks and
-seed, so the clone is memoised (:func:`randomised_copy`): per trained Keras model (weakly:
-the memo never keeps a model alive), its layer structure, feature layer, blocks and seed, at
-most :data:`COPY_MEMO_SIZE` clones in the process. Each cascade copies the trained model's
-current weights into it again and re-initialises its blocks from values drawn once, so a
-cascade gives what a fresh clone gives, to the bit, and the explainers' traces of the clone
-(:mod:`bench.engine.tracing`, keyed by the Keras model) serve every cell of the model.
+seed, so the clone is memoised (:func:`randomised_copy`, a :class:`bench.engine.memo.ModelMemo`):
+per trained Keras model (weakly: the memo never keeps a model alive), its layer structure,
+feature layer, blocks and seed, at most :data:`COPY_MEMO_SIZE` clones in the process. Each
+cascade copies the trained model's current weights into it again and re-initialises its
+blocks from values drawn once, so a cascade gives what a fresh clone gives, to the bit, and
+the explainers' traces of the clone (:mod:`bench.engine.tracing`, keyed by the Keras model)
+serve every cell of the model.
 """
 
 from __future__ import annotations
 
 import numbers
 import threading
-import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from bench.engine.memo import ModelMemo
 
 from .similarity import max_normalised, spearman_rows, ssim_rows
 
@@ -249,11 +250,9 @@ class RandomisedCopy:
 #: The most randomised copies kept in the process (each about two models' worth of weights).
 COPY_MEMO_SIZE = 2
 
-#: trained Keras model (weakly) -> {(structure, feature layer, name, blocks, seed): copy}
-_COPIES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], RandomisedCopy]] = weakref.WeakKeyDictionary()
-#: (weak reference to the trained Keras model, key) of every copy kept, least recently used first
-_COPY_ORDER: OrderedDict[tuple[Any, tuple[Any, ...]], None] = OrderedDict()
-_COPIES_LOCK = threading.Lock()
+#: trained Keras model (weakly) -> {(structure, feature layer, name, blocks, seed): copy}, at most
+#: COPY_MEMO_SIZE copies over every model, the least recently used dropped first
+_COPIES: ModelMemo[RandomisedCopy] = ModelMemo(total=COPY_MEMO_SIZE)
 
 
 def _copy_key(model: Any, blocks: list[Block], seed: int) -> tuple[Any, ...]:
@@ -262,65 +261,39 @@ def _copy_key(model: Any, blocks: list[Block], seed: int) -> tuple[Any, ...]:
     return (structure(model.keras), str(model.feature_layer), getattr(model, "name", None), tuple(blocks), int(seed))
 
 
-def _remember(keras_model: Any, key: tuple[Any, ...], entry: RandomisedCopy) -> None:
-    """Keep ``entry`` (under ``_COPIES_LOCK``), dropping the least recently used beyond :data:`COPY_MEMO_SIZE`."""
-    _COPIES.setdefault(keras_model, {})[key] = entry
-    token = (weakref.ref(keras_model), key)
-    _COPY_ORDER[token] = None
-    _COPY_ORDER.move_to_end(token)
-    for dead in [t for t in _COPY_ORDER if t[0]() is None]:
-        del _COPY_ORDER[dead]
-    while len(_COPY_ORDER) > COPY_MEMO_SIZE:
-        (ref, old), _ = _COPY_ORDER.popitem(last=False)
-        owner = ref()
-        if owner is not None:
-            _COPIES.get(owner, {}).pop(old, None)
-
-
 def randomised_copy(model: Any, blocks: list[Block], seed: int) -> tuple[RandomisedCopy, bool]:
     """(the randomised copy of ``model`` for ``blocks`` and ``seed``, whether it is the memoised one).
 
     Memoised per trained Keras model (weakly: the memo never keeps a model alive), its layer
     structure, feature layer, name, blocks and seed, at most :data:`COPY_MEMO_SIZE` copies
-    in all. The memoised copy is returned with its ``lock`` held by the caller; where it is
-    in use (another cascade of it in progress) or the model cannot be weakly referenced, a
-    fresh copy that nobody else sees is returned instead (correct, not memoised).
+    in all (:class:`bench.engine.memo.ModelMemo`). The memoised copy is returned with its
+    ``lock`` held by the caller; where it is in use (another cascade of it in progress) or the
+    model cannot be weakly referenced, a fresh copy that nobody else sees is returned instead
+    (correct, not memoised).
     """
     keras_model = model.keras
     key = _copy_key(model, blocks, seed)
-    with _COPIES_LOCK:
-        try:
-            entry = _COPIES.get(keras_model, {}).get(key)
-        except TypeError:  # not weakly referenceable: correct, just not memoised
-            return RandomisedCopy(model, seed), False
-        if entry is not None and not entry.fits(keras_model):
-            entry = None
-        if entry is not None:
-            _COPY_ORDER.move_to_end((weakref.ref(keras_model), key))
-            if entry.lock.acquire(blocking=False):
-                return entry, True
-            return RandomisedCopy(model, seed), False
-    entry = RandomisedCopy(model, seed)  # cloned outside the lock (seconds for a large model)
+    entry = _COPIES.get(keras_model, key, valid=lambda copy: copy.fits(keras_model))
+    if entry is not None:
+        if entry.lock.acquire(blocking=False):
+            return entry, True
+        return RandomisedCopy(model, seed), False
+    entry = RandomisedCopy(model, seed)  # cloned outside the memo's lock (seconds for a large model)
     entry.lock.acquire()
-    with _COPIES_LOCK:
-        _remember(keras_model, key, entry)
+    if not _COPIES.put(keras_model, key, entry):  # not weakly referenceable: correct, just not memoised
+        entry.lock.release()
+        return entry, False
     return entry, True
 
 
 def clear_copies() -> None:
     """Forget every memoised randomised copy (the next cascade clones afresh)."""
-    with _COPIES_LOCK:
-        _COPIES.clear()
-        _COPY_ORDER.clear()
+    _COPIES.clear()
 
 
 def memoised_copies(model: Any) -> list[Any]:
     """The bench models of ``model``'s memoised randomised copies (for tests and tools)."""
-    with _COPIES_LOCK:
-        try:
-            return [entry.copy for entry in _COPIES.get(model.keras, {}).values()]
-        except TypeError:
-            return []
+    return [entry.copy for entry in _COPIES.entries(model.keras).values()]
 
 
 def cascade(model: Any, blocks: list[Block], seed: int) -> Iterator[tuple[Block, Any]]:

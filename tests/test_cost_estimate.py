@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _tiny_config import tiny
 
@@ -25,6 +26,7 @@ from bench.pipeline.estimate import (
     read_calibration,
 )
 from bench.pipeline.record import CellRecord, CostEstimate
+from bench.plugin.specs import MetricInputs, MetricSpec
 
 GRID = 2
 STEPS = GRID * GRID + 1  # regions + the unperturbed image
@@ -190,3 +192,133 @@ def test_a_calibrated_run_records_both_and_a_dry_run_then_sees_it_cached(tmp_pat
 
     train, val, test = (4 * s for s in (16, 2, 2))  # 4 classes x 20 images, split 80/10/10
     assert est.models["simple-cnn"].train_passes == 3 * (train * (1 + BACKWARD_PASSES) + val) + test
+
+
+# --------------------------------------------------------------------------------------
+# the dry run's cache probe uses the run's own keys (bench.pipeline.Stages' key-only methods)
+# --------------------------------------------------------------------------------------
+class _PerturbationReader:
+    """A metric keyed on the cell's perturbation and its parameters (it reads no curves)."""
+
+    def get_params(self):
+        return {}
+
+    def compute(self, data):
+        return {"t-estimate-perturbation": np.zeros(len(data))}
+
+
+class _ReaderPlugin:
+    @bench.hookimpl
+    def bench_register_metrics(self):
+        return [MetricSpec(name="t-estimate-perturbation", factory=_PerturbationReader,
+                           inputs=MetricInputs(perturbation=True))]
+
+
+#: every branch of the keys: curves under the cell's perturbation (morf, lerf) and under another
+#: (insertion-auc's blur curves), a budgeted metric (lerf-aopc: its curves budgeted too) and a
+#: metric keyed on the cell's perturbation parameters
+PROBE_METRICS = ["aopc", "lerf-aopc", "insertion-auc", "t-estimate-perturbation"]
+
+
+def _probe_plan(out: Path, *, metric_budget: int = 2, **sections):
+    sections.setdefault("explainers", {"names": ["random", "gradcam"]})
+    return _plan(out, metrics={"names": PROBE_METRICS, "max_images": {"lerf-aopc": metric_budget}}, **sections)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished tiny run of :func:`_probe_plan`'s grid (its results folder)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+    bench.register_plugin(_ReaderPlugin(), name="cost-estimate-test-plugin")
+    try:
+        results = tmp_path_factory.mktemp("probe") / "r"
+        result = bench.run(_probe_plan(results).config, quiet=True)
+        assert result.ok and all(c.ok for c in result.cells)
+        yield results
+    finally:
+        bench.unregister_plugin("cost-estimate-test-plugin")
+        mp.undo()
+
+
+def _cached(plan) -> dict[str, bool]:
+    """stage -> whether the dry run reports it cached (``<explainer> <stage>`` per cell)."""
+    est = estimate_plan(plan)
+    assert est.cache_probed and not est.problems, est.problems
+    out = {"training": est.models["simple-cnn"].train_cached}
+    for c in est.cells:
+        e = c.task.explainer
+        out[f"{e} heatmaps"] = c.explain_cached
+        out.update({f"{e} {x.order}@{x.perturbation}": x.cached for x in c.curves})
+        out.update({f"{e} {m}": c.metrics_cached.get(m, False) for m in c.metrics})
+    return out
+
+
+def _stale(plan) -> set[str]:
+    return {stage for stage, cached in _cached(plan).items() if not cached}
+
+
+def test_the_dry_run_probes_the_keys_the_run_caches_under(finished):
+    """Right after a run every stage is cached; a parameter that feeds a key makes exactly the
+    stages downstream of it not cached (were the estimate's keys not the run's, this fails)."""
+    stages = _cached(_probe_plan(finished))
+    per_cell = ["heatmaps", "morf@gaussian-noise", "lerf@gaussian-noise", "insertion@blur", *PROBE_METRICS]
+    assert set(stages) == {"training"} | {f"{e} {s}" for e in ("random", "gradcam") for s in per_cell}
+    assert all(stages.values()), stages
+    both = ("random", "gradcam")
+    # the cell's perturbation: its curves and the metrics that read them or its parameters
+    assert _stale(_probe_plan(finished, perturbations={"params": {"gaussian-noise": {"sigma": 0.2}}})) == {
+        f"{e} {s}" for e in both for s in ("morf@gaussian-noise", "lerf@gaussian-noise", "aopc", "lerf-aopc",
+                                           "t-estimate-perturbation")}
+    # a perturbation only a metric's curves use: those curves and that metric
+    assert _stale(_probe_plan(finished, perturbations={"params": {"blur": {"sigma": 2.0}}})) == {
+        f"{e} {s}" for e in both for s in ("insertion@blur", "insertion-auc")}
+    # one explainer's parameter: everything of its cells, nothing of the others
+    assert _stale(_probe_plan(finished, explainers={"names": ["random", "gradcam"],
+                                                    "params": {"gradcam": {"relu": False}}})) == {
+        f"gradcam {s}" for s in per_cell}
+    # a metric's image budget: its budgeted curves and itself
+    assert _stale(_probe_plan(finished, metric_budget=1)) == {
+        f"{e} {s}" for e in both for s in ("lerf@gaussian-noise", "lerf-aopc")}
+    # the training: the model and everything after it
+    assert _stale(_probe_plan(finished, training={"epochs": 2})) == set(stages)
+
+
+def test_a_probe_that_fails_is_named_and_the_rest_still_probed(finished, monkeypatch):
+    from bench.pipeline.stages import Stages
+
+    real = Stages.curves_key
+
+    def failing(self, name, order, heatmaps_key):
+        if name == "blur":
+            raise RuntimeError("no blur today")
+        return real(self, name, order, heatmaps_key)
+
+    monkeypatch.setattr(Stages, "curves_key", failing)
+    est = estimate_plan(_probe_plan(finished))
+    assert any("curves key of perturbation 'blur'" in p and "RuntimeError: no blur today" in p
+               for p in est.problems), est.problems
+    assert len(est.problems) == 1  # said once, not once per cell, nor again for the metric reading them
+    for cell in est.cells:  # only what needs that key is counted as not cached
+        assert {c.order: c.cached for c in cell.curves} == {"morf": True, "lerf": True, "insertion": False}
+        assert {m for m in cell.metrics if not cell.metrics_cached.get(m)} == {"insertion-auc"}
+        assert cell.explain_cached
+
+
+def test_a_failing_declared_cost_is_named_and_the_dry_run_completes(tmp_path, capsys, monkeypatch):
+    from bench.plugin.registry import registry
+
+    def boom(self, **kwargs):
+        raise RuntimeError("cost unknowable")
+
+    monkeypatch.setattr(registry().get("explainer", "gradcam").load_factory(), "passes_per_map", boom)
+    est = estimate_plan(_plan(tmp_path / "a"))
+    (problem,) = [p for p in est.problems if "gradcam" in p]
+    assert "explainer 'gradcam'" in problem and "passes_per_map" in problem
+    assert "RuntimeError: cost unknowable" in problem
+    cells = _cells(est)
+    assert cells["gradcam"].explain_passes is None and "explainer gradcam" in cells["gradcam"].unknown
+    assert cells["occlusion"].explain_passes is not None  # the other explainers are still counted
+    out, err = _dry(capsys, tmp_path / "b", "--set", 'explainers.names=["random", "gradcam"]')
+    assert "bench: warning: explainer 'gradcam'" in err and "cost unknowable" in err
+    assert re.search(r"simple-cnn\s+gradcam\s+gaussian-noise", out), out  # the table is still printed

@@ -24,7 +24,18 @@ evaluation is in the cache, else bounded by the cap (or the test split when its 
 The cache is probed only where its keys cost nothing to compute: a dataset that reads no
 folder (its fingerprint is a hash of its parameters) and whose stored file says its classes
 and splits. Then a trained model, heatmaps, curves and metrics already in the cache are
-"cached" and cost 0. Elsewhere nothing is said about the cache (everything counted).
+"cached" and cost 0. Elsewhere nothing is said about the cache (everything counted). The keys
+and files probed are those the run uses: the key-only methods of the stages
+(:class:`bench.pipeline.stages.Stages`: ``dataset_key``, ``model_key``, ``heatmaps_key``,
+``curves_key``, ``metric_key``, ``is_cached``). The heatmaps of an explainer that reads masks
+are not probed (their key holds the masks' contents); its curves and metrics are then counted.
+
+An estimate never fails a dry run: whatever cannot be computed (a component that cannot be
+constructed, a declared cost that raises, a cache entry that cannot be read, a key that cannot
+be made) is left unknown or not cached, and said in :attr:`PlanEstimate.problems` (what failed,
+naming the plugin, stage or file, and the exception), which ``bench run --dry-run`` prints as
+warnings. (A dataset's ``split_sizes()`` that raises is the exception: it may, by its contract,
+and the training is then just unknown.)
 
 Time: ``passes / passes_per_second`` of a :class:`Calibration`, the model's measured
 full-batch forward throughput at the run's image size and ``aopc.batch_size`` on this machine
@@ -57,15 +68,14 @@ from bench.pipeline.keys import component_identity, frozen_code_digests
 from bench.pipeline.plan import CellTask, Plan, dataset_params, declared_image_shape, model_params
 from bench.pipeline.record import CellRecord, CostEstimate
 from bench.pipeline.stages import (
+    Stages,
     cell_curves,
-    component_key,
-    component_params,
     create_component,
     curve_image_cap,
     declared_cost,
+    error_text,
     evaluation_key,
     metric_needs_in,
-    stratified_sample,
 )
 from bench.pipeline.store import Cache, atomic_write_text, content_key, to_json
 from bench.plugin.specs import curve_key
@@ -297,16 +307,24 @@ class _DatasetFacts:
         return self.key is not None
 
 
-def _dataset_facts(plan: Plan, cache: Cache, problems: list[str] | None = None) -> _DatasetFacts | None:
+def _note(problems: list[str] | None, text: str) -> None:
+    """Add ``text`` to ``problems`` once (``None``: the caller keeps no list)."""
+    if problems is not None and text not in problems:
+        problems.append(text)
+
+
+def _dataset_facts(plan: Plan, stages: Stages, problems: list[str] | None = None) -> _DatasetFacts | None:
     """The cached dataset's classes and split sizes, when its key is free (no folder to hash);
     else the dataset's declared ``split_sizes()`` (no key: nothing downstream is probed); else None."""
     try:
         params = dataset_params(plan)
         component = create_component("dataset", plan.dataset, params)  # a constructor does no work
-    except Exception:  # noqa: BLE001 - an estimate never fails a dry run
+    except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+        _note(problems, f"dataset {plan.dataset!r} could not be constructed ({error_text(exc)}): its split "
+                        "sizes are unknown and the cache is not probed")
         return None
     if "root" not in params:  # else its fingerprint hashes files: not free
-        facts = _cached_dataset_facts(plan, cache, params, component)
+        facts = _cached_dataset_facts(plan, stages, problems)
         if facts is not None:
             return facts
     sizes = declared_split_sizes(component, plan.dataset, problems=problems)
@@ -322,7 +340,7 @@ def declared_split_sizes(component: Any, name: str, *, problems: list[str] | Non
         return None
     try:
         value = method()
-    except Exception:  # noqa: BLE001 - e.g. a missing folder: load() reports it
+    except Exception:  # noqa: BLE001 - allowed by its contract (a missing folder, say: load() reports it)
         return None
     if value is None:
         return None
@@ -332,28 +350,32 @@ def declared_split_sizes(component: Any, name: str, *, problems: list[str] | Non
                 for v in value.values()):
             return {s: int(value[s]) for s in SPLIT_NAMES}
         shown = repr(value)
-    except Exception:  # noqa: BLE001 - a mapping that cannot be read is garbage too
-        shown = f"a {type(value).__name__}"
+    except Exception as exc:  # noqa: BLE001 - a mapping that cannot be read is garbage too
+        shown = f"a {type(value).__name__} that cannot be read ({error_text(exc)})"
     if problems is not None:
         problems.append(f"dataset {name!r}: split_sizes() returned {shown[:200]}, expected "
                         "{'train': n, 'val': n, 'test': n} (integers >= 0): its training passes are not counted")
     return None
 
 
-def _cached_dataset_facts(plan: Plan, cache: Cache, params: dict[str, Any], component: Any) -> _DatasetFacts | None:
-    """The classes and split sizes stored in the dataset's cache entry; None when there is none."""
+def _cached_dataset_facts(plan: Plan, stages: Stages, problems: list[str] | None = None) -> _DatasetFacts | None:
+    """The classes and split sizes stored in the dataset's cache entry; None when there is none
+    (or it cannot be read: then said in ``problems``)."""
+    step = "computing its cache key"
     try:
-        key = component_key("dataset", "dataset", plan.dataset, params, component.fingerprint())
-        path = cache.root / "datasets" / f"{key}.npz"
+        key = stages.dataset_key()
+        path = stages.cache_file("dataset", key)
         if not path.exists():
             return None
         import json
 
+        step = f"reading its cache entry {str(path)!r}"
         with np.load(path, allow_pickle=False) as npz:  # only the small members are read
             meta = json.loads(bytes(npz["meta.json"]).decode())
-            sizes = {s: int(len(npz[f"{s}/labels"])) for s in ("train", "val", "test")}
+            sizes = {s: int(len(npz[f"{s}/labels"])) for s in SPLIT_NAMES}
         return _DatasetFacts(key=key, num_classes=len(meta["class_names"]), sizes=sizes)
-    except Exception:  # noqa: BLE001 - an estimate never fails a dry run
+    except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+        _note(problems, f"dataset {plan.dataset!r}: {step} failed ({error_text(exc)}): the cache is not probed")
         return None
 
 
@@ -365,25 +387,28 @@ class _ModelFacts:
     labels: np.ndarray | None = None
 
 
-def _model_facts(plan: Plan, name: str, data: _DatasetFacts, image_shape: tuple[int, int],
-                 cache: Cache) -> _ModelFacts | None:
+def _model_facts(plan: Plan, stages: Stages, name: str, data: _DatasetFacts, image_shape: tuple[int, int],
+                 problems: list[str] | None = None) -> _ModelFacts | None:
+    """Model ``name``'s key, whether it is trained and evaluated in the cache and, evaluated, the
+    images a cell explains; None (said in ``problems``) when that cannot be found out."""
+    step = "computing its cache key"
     try:
-        params = model_params(plan, name, image_shape, data.num_classes)
-        key = component_key("model", "model", name, params, data.key, plan.config["training"],
-                            plan.config["run"]["seed"])
-        trained = cache.exists("models", key, ".json") and cache.exists("models", key, ".keras")
-        facts = _ModelFacts(key=key, trained=trained)
-        epath = cache.root / "evaluation" / f"{evaluation_key(key)}.npz"
-        if epath.exists():
+        assert data.key is not None
+        key = stages.model_key(name, data.key, image_shape, data.num_classes)
+        facts = _ModelFacts(key=key, trained=stages.is_cached("model", key))
+        ekey = evaluation_key(key)
+        evaluated = stages.is_cached("evaluation", ekey)
+        if evaluated:
+            epath = stages.cache_file("evaluation", ekey, ".npz")
+            step = f"reading its evaluation {str(epath)!r}"
             with np.load(epath, allow_pickle=False) as npz:
                 ids, labels, pred = (np.asarray(npz[k]) for k in ("ids", "labels", "predictions"))
-            correct = np.flatnonzero(pred == labels)
-            index = stratified_sample(correct, labels[correct], int(plan.config["aopc"]["max_images"]),
-                                      seed=plan.config["run"]["seed"])
+            index = stages.explained_index(pred, labels)
             facts.ids, facts.labels = ids[index].astype(str), labels[index]
-        facts.trained = facts.trained and epath.exists()
+        facts.trained = facts.trained and evaluated
         return facts
-    except Exception:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+        _note(problems, f"model {name!r}: {step} failed ({error_text(exc)}): its stages are counted as not cached")
         return None
 
 
@@ -569,54 +594,75 @@ class PlanEstimate:
                 "machine": machine_id()}
 
 
-def planned_passes_per_map(explainer: Any, image_shape: tuple[int, int] | None) -> float | None:
+def planned_passes_per_map(explainer: Any, image_shape: tuple[int, int] | None, *, name: str = "",
+                           problems: list[str] | None = None) -> float | None:
     """The explainer's declared passes per map before it ran (asked with ``image_shape`` when it
-    needs it); None when it says nothing (or cannot before it ran)."""
+    needs it: it raised a ValueError or TypeError without); None when it says nothing (or cannot
+    before it ran). Never raises: a failure is said in ``problems``, naming the explainer
+    (``name``, default its class)."""
+    label = name or type(explainer).__name__
     try:
         return declared_cost(explainer, "passes_per_map", "explainer")
     except (ValueError, TypeError):
         if image_shape is None:
             return None
+        shape = tuple(image_shape)
         try:
-            return declared_cost(explainer, "passes_per_map", "explainer", image_shape=tuple(image_shape))
-        except Exception:  # noqa: BLE001 - an estimate never fails a dry run
+            return declared_cost(explainer, "passes_per_map", "explainer", image_shape=shape)
+        except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+            _note(problems, f"explainer {label!r}: passes_per_map(image_shape={shape}) failed "
+                            f"({error_text(exc)}): its maps are not counted")
             return None
-    except Exception:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+        _note(problems, f"explainer {label!r}: passes_per_map() failed ({error_text(exc)}): its maps are not counted")
         return None
 
 
 def planned_metric_passes(plan: Plan, name: str, *, n_images: int | None = None,
-                          passes_per_map: float | None = None) -> float | None:
+                          passes_per_map: float | None = None, problems: list[str] | None = None) -> float | None:
     """Metric ``name``'s cost in one cell before it ran: 0 when it is given neither the model nor
     the explainer (it cannot run one); its ``planned_passes(n_images=, passes_per_map=)`` where it
     has one (the images it will see: the cell's, within its ``metrics.max_images`` budget; the
-    explainer's declared passes per map), else its declared ``forward_passes()``; None when unknown."""
+    explainer's declared passes per map), else its declared ``forward_passes()``; None when unknown.
+    Never raises: a failure, or a planned cost that is not a finite number >= 0, is said in
+    ``problems``."""
+    step = "resolving what it reads"
     try:
         needs = metric_needs_in(plan, name)
         if not (needs.inputs.model or needs.inputs.explainer):
             return 0.0
+        step = "constructing it"
         metric = create_component("metric", name, dict(plan.config["metrics"]["params"].get(name, {})))
         planned = getattr(metric, "planned_passes", None)
         if callable(planned) and n_images is not None:
             budget = (plan.config["metrics"].get("max_images") or {}).get(name)
             images = min(int(n_images), int(budget)) if budget else int(n_images)
+            step = f"planned_passes(n_images={images}, passes_per_map={passes_per_map})"
             value = planned(n_images=images, passes_per_map=passes_per_map)
             if value is not None:
-                value = float(value)
-                return value if math.isfinite(value) and value >= 0 else None
+                passes = float(value)
+                if math.isfinite(passes) and passes >= 0:
+                    return passes
+                _note(problems, f"metric {name!r}: {step} returned {value!r}, expected a finite number >= 0: "
+                                "its passes are not counted")
+                return None
+        step = "forward_passes()"
         return declared_cost(metric, "forward_passes", "metric")
-    except Exception:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+        _note(problems, f"metric {name!r}: {step} failed ({error_text(exc)}): its passes are not counted")
         return None
 
 
 def _train_passes(plan: Plan, name: str, image_shape: tuple[int, int] | None,
-                  sizes: Mapping[str, int] | None) -> tuple[float | None, bool | None]:
+                  sizes: Mapping[str, int] | None,
+                  problems: list[str] | None = None) -> tuple[float | None, bool | None]:
     frozen: bool | None = None
     try:
         model = create_component("model", name, model_params(plan, name, image_shape, None))
         frozen = bool(getattr(model, "frozen_backbone", False))
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+        _note(problems, f"model {name!r} could not be constructed ({error_text(exc)}): its training passes are "
+                        "not counted")
     if sizes is None or frozen is None:
         return None, frozen
     n_train, n_val, n_test = sizes["train"], sizes["val"], sizes["test"]
@@ -626,12 +672,15 @@ def _train_passes(plan: Plan, name: str, image_shape: tuple[int, int] | None,
     return float(epochs * (n_train * (1.0 + BACKWARD_PASSES) + n_val) + n_test), frozen
 
 
-def image_shape_of(plan: Plan) -> tuple[int, int] | None:
-    """The dataset's declared image size (None when it says nothing before loading)."""
+def image_shape_of(plan: Plan, *, problems: list[str] | None = None) -> tuple[int, int] | None:
+    """The dataset's declared image size (None when it says nothing before loading, or asking
+    fails: then said in ``problems``)."""
     try:
         component = create_component("dataset", plan.dataset, dataset_params(plan))
         return declared_image_shape(component, plan.dataset)
-    except Exception:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+        _note(problems, f"dataset {plan.dataset!r}: its image size could not be read ({error_text(exc)}): "
+                        "the cache is not probed")
         return None
 
 
@@ -643,20 +692,21 @@ def estimate_plan(plan: Plan, *, probe_cache: bool = True, image_shape: tuple[in
     Nothing is loaded or built (see the module docs). ``n_images``: model -> the number of
     explained images when it is known (a finished cell's); ``image_shape``: the images' size
     when known (else the dataset's declared one); ``only``: that cell (and its model) alone.
+    Never raises for a component or cache entry it cannot read: what failed is in ``problems``.
     """
     cfg = plan.config
-    cache = Cache(plan.results_dir / "cache")
+    stages = Stages(plan, cache=Cache(plan.results_dir / "cache"), quiet=True)
     problems: list[str] = []
-    shape = image_shape or image_shape_of(plan)
+    shape = image_shape or image_shape_of(plan, problems=problems)
     grid = config_mod.grid_shape(cfg["aopc"]["grid"])
     steps = grid[0] * grid[1] + 1
     cap = int(cfg["aopc"]["max_images"] or 0)
-    data = _dataset_facts(plan, cache, problems) if probe_cache else None
+    data = _dataset_facts(plan, stages, problems) if probe_cache else None
     probed = data is not None and data.cached and shape is not None  # the model keys need the shape
     models: dict[str, ModelEstimate] = {}
     facts: dict[str, _ModelFacts | None] = {}
     for name in plan.models if only is None else [only.model]:
-        mf = _model_facts(plan, name, data, shape, cache) if probed else None
+        mf = _model_facts(plan, stages, name, data, shape, problems) if probed and data is not None else None
         facts[name] = mf
         if n_images is not None and name in n_images:
             images, exact = int(n_images[name]), True
@@ -665,13 +715,12 @@ def estimate_plan(plan: Plan, *, probe_cache: bool = True, image_shape: tuple[in
         else:
             bound = [v for v in (cap or None, data.sizes["test"] if data else None) if v]
             images, exact = (min(bound) if bound else None), False
-        train, frozen = _train_passes(plan, name, shape, data.sizes if data else None)
+        train, frozen = _train_passes(plan, name, shape, data.sizes if data else None, problems)
         models[name] = ModelEstimate(
             name=name, train_passes=train, train_cached=bool(mf and mf.trained), images=images, images_exact=exact,
             calibration=find_calibration(plan, name, shape, problems=problems), frozen_backbone=frozen)
     per_map: dict[str, float | None] = {}
-    metric_passes = {m: planned_metric_passes(plan, m) for m in plan.metrics}
-    seed = cfg["run"]["seed"]
+    metric_passes = {m: planned_metric_passes(plan, m, problems=problems) for m in plan.metrics}
     caps: dict[tuple[str, str], int] = {}
     cells = []
     for task in plan.cells if only is None else [only]:
@@ -681,9 +730,13 @@ def estimate_plan(plan: Plan, *, probe_cache: bool = True, image_shape: tuple[in
             try:
                 explainer = create_component("explainer", plan.registered_explainer(task.explainer),
                                              dict(cfg["explainers"]["params"].get(task.explainer, {})))
-                per_map[task.explainer] = planned_passes_per_map(explainer, shape)
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+                _note(problems, f"explainer {task.explainer!r} could not be constructed ({error_text(exc)}): "
+                                "its maps are not counted")
                 per_map[task.explainer] = None
+            else:
+                per_map[task.explainer] = planned_passes_per_map(explainer, shape, name=task.explainer,
+                                                                 problems=problems)
         est = CellEstimate(task=task, images=n, images_exact=m.images_exact, passes_per_map=per_map[task.explainer],
                            calibration=m.calibration)
         for order, pert in cell_curves(plan, task):
@@ -696,69 +749,53 @@ def estimate_plan(plan: Plan, *, probe_cache: bool = True, image_shape: tuple[in
             est.metrics[name] = metric_passes[name]
             if est.metrics[name] is None and n is not None:
                 est.metrics[name] = planned_metric_passes(plan, name, n_images=n,
-                                                          passes_per_map=per_map[task.explainer])
+                                                          passes_per_map=per_map[task.explainer], problems=problems)
         mf = facts[task.model]
         if mf is not None and mf.ids is not None:
-            _probe_cell(plan, cache, est, mf, shape, grid, seed)
+            _probe_cell(plan, stages, est, mf, problems)
         cells.append(est)
     return PlanEstimate(models=models, cells=cells, image_shape=shape, steps=steps,
                         cache_probed=probed, problems=problems)
 
 
-def _probe_cell(plan: Plan, cache: Cache, est: CellEstimate, mf: _ModelFacts, shape: Any, grid: tuple[int, int],
-                seed: Any) -> None:
-    """Mark the stages of ``est`` already in the cache (keys as :class:`bench.pipeline.Stages` makes them)."""
-    cfg = plan.config
+def _probe_cell(plan: Plan, stages: Stages, est: CellEstimate, mf: _ModelFacts, problems: list[str]) -> None:
+    """Mark the stages of ``est`` already in the cache, under the keys the run computes them under
+    (the key-only methods of :class:`bench.pipeline.stages.Stages`). A key that cannot be made is
+    said in ``problems`` (the stage and the plugin) and its stage counted as not cached; heatmaps
+    of an explainer reading masks are not probed (their key holds the masks' contents)."""
     task = est.task
-    try:
-        registered = plan.registered_explainer(task.explainer)
-        if plan.explainer_spec(task.explainer).masks:
-            return  # its key holds the masks' digest: reading them is loading data
-        params = dict(cfg["explainers"]["params"].get(task.explainer, {}))
-        explainer = create_component("explainer", registered, params)
-        resolved = component_params(explainer) or params
-        assert mf.ids is not None and mf.labels is not None
-        hkey = component_key("heatmaps", "explainer", registered, resolved, mf.key, content_key(list(mf.ids)))
-        est.explain_cached = cache.exists("heatmaps", hkey, ".npz") and cache.exists("heatmaps", hkey, ".json")
-        if not est.explain_cached:
-            return
-        pkeys: dict[str, tuple[str, dict[str, Any]]] = {}
-        ckeys: dict[str, str] = {}  # curve name (order or order@perturbation) -> key
-        for c in est.curves:
-            if c.perturbation not in pkeys:
-                pp = dict(cfg["perturbations"]["params"].get(c.perturbation, {}))
-                pert = create_component("perturbation", c.perturbation, pp)
-                pkeys[c.perturbation] = (c.perturbation, component_params(pert) or pp)
-            budget = [{"max_images": cap}] if (cap := curve_image_cap(plan, c.order, c.perturbation)) else []
-            ckey = component_key("curves", "perturbation", c.perturbation, pkeys[c.perturbation][1], hkey,
-                                 list(grid), c.order, seed, *budget)
-            c.cached = cache.exists("curves", ckey, ".npz") and cache.exists("curves", ckey, ".json")
-            ckeys[curve_key(c.order, c.perturbation, task.perturbation)] = ckey
-        for name in est.metrics:
-            spec = plan.metric_spec(name)
-            mparams = dict(cfg["metrics"]["params"].get(name, {}))
-            metric = create_component("metric", name, mparams)
-            mresolved = component_params(metric) or mparams
-            from bench.pipeline.metrics import metric_needs
+    assert mf.ids is not None
 
-            needs = metric_needs(spec, mresolved)
-            names = needs.curve_keys(task.perturbation)
-            if any(n not in ckeys for n in names.values()):
-                continue
-            upstream: list[Any] = [hkey, {e: ckeys[n] for e, n in names.items()}, needs.inputs.to_dict()]
-            mcap = plan.metric_image_cap(name)
-            if mcap and mcap < len(mf.ids):
-                upstream.append({"max_images": mcap})
-            if needs.inputs.perturbation:
-                if task.perturbation not in pkeys:
-                    pp = dict(cfg["perturbations"]["params"].get(task.perturbation, {}))
-                    pert = create_component("perturbation", task.perturbation, pp)
-                    pkeys[task.perturbation] = (task.perturbation, component_params(pert) or pp)
-                upstream.append({"perturbation": task.perturbation, "params": dict(pkeys[task.perturbation][1])})
-            mkey = component_key("metric", "metric", name, mresolved, *upstream)
-            est.metrics_cached[name] = cache.exists("metrics", mkey, ".json") and cache.exists("metrics", mkey, ".npz")
-    except Exception:  # noqa: BLE001 - an estimate never fails a dry run
+    def failed(stage: str, what: str, exc: Exception) -> None:
+        _note(problems, f"cache probe: the {stage} key of {what} could not be computed ({error_text(exc)}): "
+                        "counted as not cached")
+
+    try:
+        if plan.explainer_spec(task.explainer).masks:
+            return  # reading the masks is loading data
+        hkey = stages.heatmaps_key(task.explainer, mf.key, mf.ids)
+    except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+        failed("heatmaps", f"explainer {task.explainer!r}", exc)
         return
+    est.explain_cached = stages.is_cached("heatmaps", hkey)
+    ckeys: dict[str, str] = {}  # curve name (order or order@perturbation) -> key
+    for c in est.curves:
+        try:
+            ckey = stages.curves_key(c.perturbation, c.order, hkey)
+        except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+            failed("curves", f"perturbation {c.perturbation!r} ({c.order})", exc)
+            continue
+        c.cached = stages.is_cached("curves", ckey)
+        ckeys[curve_key(c.order, c.perturbation, task.perturbation)] = ckey
+    for name in est.metrics:
+        try:
+            mkey = stages.metric_key(name, heatmaps_key=hkey, curve_keys=ckeys, n_images=len(mf.ids),
+                                     cell_perturbation=task.perturbation)
+        except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
+            failed("metric", f"metric {name!r}", exc)
+            continue
+        # no key: a curve it reads has none (said above): not cached
+        est.metrics_cached[name] = mkey is not None and stages.is_cached("metric", mkey)
 
 
 # --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,18 @@ from bench.plugin.specs import CURVE_ORDERS, PerturbationSpec
 #: Bumped when a stage's stored format or semantics change (invalidates caches).
 #: Every stage key also holds bench's version and the code digest of its plugin.
 STAGE_VERSION = {"dataset": 2, "model": 2, "evaluation": 2, "heatmaps": 3, "curves": 4, "metric": 1}
+
+#: Where each stage's result lies in the cache: its folder under ``results/cache/`` and the
+#: suffixes of the files that together hold it (as the stage methods, and the trainer for a
+#: model, write them). :meth:`Stages.is_cached` reads it.
+STAGE_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dataset": ("datasets", (".npz",)),
+    "model": ("models", (".json", ".keras")),
+    "evaluation": ("evaluation", (".npz", ".json")),
+    "heatmaps": ("heatmaps", (".npz", ".json")),
+    "curves": ("curves", (".npz", ".json")),
+    "metric": ("metrics", (".json", ".npz")),
+}
 
 #: In-process memo of loaded stage outputs (dataset, model), keyed by results cache and content key
 #: (a run in another results folder writes its own cache entries, as a fresh process would).
@@ -259,6 +272,13 @@ class Stages:
     from results computed elsewhere. ``compute_final=True`` exempts the final (metric)
     stage: metrics missing from the cache are then computed, from the cached inputs, where
     the record is written.
+
+    Key-only methods (:meth:`dataset_key`, :meth:`model_key`, :meth:`heatmaps_key`,
+    :meth:`curves_key`, :meth:`metric_key`, with :meth:`cache_file` and :meth:`is_cached`) give
+    the key a stage caches its result under, and where, without computing or loading anything:
+    they construct components (a constructor does no work) and hash what the key holds. The
+    stage methods compute their keys through the same code, so a probe of the cache
+    (``bench run --dry-run``) says "cached" exactly where a run would reuse a result.
     """
 
     def __init__(
@@ -283,13 +303,34 @@ class Stages:
     def _not_cached(self, stage: str, key: str) -> NotCached:
         return NotCached(stage, key, self.missing_hint)
 
+    # ---- where results lie ----------------------------------------------------------------
+    def cache_file(self, stage: str, key: str, suffix: str | None = None) -> Path:
+        """The file of ``stage``'s result under ``key`` (``suffix`` default: its first file,
+        :data:`STAGE_FILES`); no folder is created."""
+        folder, suffixes = STAGE_FILES[stage]
+        return self.cache.root / folder / f"{key}{suffix or suffixes[0]}"
+
+    def is_cached(self, stage: str, key: str) -> bool:
+        """Whether every file of ``stage``'s result under ``key`` exists (:data:`STAGE_FILES`;
+        a damaged file is found, set aside and recomputed by the stage that reads it)."""
+        folder, suffixes = STAGE_FILES[stage]
+        return all(self.cache.exists(folder, key, s) for s in suffixes)
+
     # ---- dataset ---------------------------------------------------------------------
-    def dataset(self) -> DatasetArtifact:
+    def _dataset_setup(self) -> tuple[dict[str, Any], Any, str]:
         params = dataset_params(self.plan)
+        component = create_component("dataset", self.plan.dataset, params)
+        key = component_key("dataset", "dataset", self.plan.dataset, params, component.fingerprint())
+        return params, component, key
+
+    def dataset_key(self) -> str:
+        """The dataset stage's key; nothing is loaded, but the dataset's ``fingerprint()`` is
+        asked (for a dataset reading a folder, that hashes its files)."""
+        return self._dataset_setup()[2]
+
+    def dataset(self) -> DatasetArtifact:
         name = self.plan.dataset
-        component = create_component("dataset", name, params)
-        fingerprint = component.fingerprint()
-        key = component_key("dataset", "dataset", name, params, fingerprint)
+        params, component, key = self._dataset_setup()
         memo_key = (str(self.cache.root), key)  # per results folder: each gets its own cache files
         if memo_key in _MEMO:
             return _MEMO[memo_key]
@@ -312,6 +353,17 @@ class Stages:
         return artifact
 
     # ---- model: train (cached) + evaluate on test (cached) -----------------------------
+    def _model_key(self, name: str, params: Mapping[str, Any], dataset_key: str) -> str:
+        cfg = self.plan.config
+        return component_key("model", "model", name, params, dataset_key, cfg["training"], cfg["run"]["seed"])
+
+    def model_key(self, name: str, dataset_key: str, image_shape: tuple[int, ...] | None,
+                  num_classes: int | None) -> str:
+        """Model ``name``'s key (its training; its evaluation's is :func:`evaluation_key` of it) on
+        the dataset of ``dataset_key`` whose images are ``image_shape`` (H, W) in ``num_classes``
+        classes. Nothing is built."""
+        return self._model_key(name, model_params(self.plan, name, image_shape, num_classes), dataset_key)
+
     def model(self, name: str, data: DatasetArtifact) -> ModelArtifact:
         from bench.evaluation import evaluate_classification
         from bench.training import TrainingConfig, train
@@ -320,7 +372,7 @@ class Stages:
         params = model_params(self.plan, name, splits.image_shape, splits.num_classes)
         tcfg = self.plan.config["training"]
         seed = self.plan.config["run"]["seed"]
-        key = component_key("model", "model", name, params, data.key, tcfg, seed)
+        key = self._model_key(name, params, data.key)
         memo_key = (str(self.cache.root), key)  # per results folder: each gets its own cache files
         if memo_key in _MEMO:
             return _MEMO[memo_key]
@@ -401,9 +453,15 @@ class Stages:
         seeded sample: classes take turns, so a cap never explains only the first
         class of a test split sorted by class. Returned in test-split order.
         """
-        correct = np.flatnonzero(model.predictions == model.labels)
+        return self.explained_index(model.predictions, model.labels)
+
+    def explained_index(self, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """:meth:`explained_subset` from the test split's predictions and labels (a model's
+        evaluation) alone."""
+        predictions, labels = np.asarray(predictions), np.asarray(labels)
+        correct = np.flatnonzero(predictions == labels)
         cap = self.plan.config["aopc"]["max_images"]
-        return stratified_sample(correct, model.labels[correct], cap, seed=self.plan.config["run"]["seed"])
+        return stratified_sample(correct, labels[correct], cap, seed=self.plan.config["run"]["seed"])
 
     # ---- heatmaps -----------------------------------------------------------------------
     def explainer_masks(self, name: str, data: DatasetArtifact, index: np.ndarray) -> dict[str, np.ndarray] | None:
@@ -422,6 +480,32 @@ class Stages:
                              + ": this cell cannot run; choose a dataset that carries it")
         return {m: available[m][index] for m in declared}
 
+    def _explainer(self, name: str) -> tuple[str, Any, dict[str, Any]]:
+        """(registered explainer, the component, its resolved parameters) of explainer ``name``."""
+        params = dict(self.plan.config["explainers"]["params"].get(name, {}))
+        registered = self.plan.registered_explainer(name)  # a variant label -> its explainer
+        explainer = create_component("explainer", registered, params)
+        return registered, explainer, component_params(explainer) or params
+
+    @staticmethod
+    def _heatmaps_key(registered: str, resolved: Mapping[str, Any], model_key: str, ids: Any,
+                      masks: Mapping[str, np.ndarray] | None) -> str:
+        upstream: list[Any] = [model_key, content_key(list(np.asarray(ids).astype(str)))]
+        if masks is not None:
+            upstream.append(masks_digest(masks))
+        return component_key("heatmaps", "explainer", registered, resolved, *upstream)
+
+    def heatmaps_key(self, name: str, model_key: str, ids: Sequence[str] | np.ndarray,
+                     masks: Mapping[str, np.ndarray] | None = None) -> str:
+        """The key of explainer ``name``'s heatmaps of the test images ``ids`` (in order) under the
+        model of ``model_key``. An explainer whose spec declares masks needs ``masks`` (name ->
+        those images' masks: their contents are in the key); without them a :class:`BenchError`
+        says so. Nothing is computed."""
+        if masks is None and self.plan.explainer_spec(name).masks:
+            raise BenchError(f"explainer {name!r} reads masks: its heatmaps key needs their contents")
+        registered, _, resolved = self._explainer(name)
+        return self._heatmaps_key(registered, resolved, model_key, ids, masks)
+
     def heatmaps(
         self, name: str, data: DatasetArtifact, model: ModelArtifact, index: np.ndarray | None = None
     ) -> HeatmapsArtifact:
@@ -436,17 +520,11 @@ class Stages:
             raise BenchError(
                 f"model {model.record.get('model', '?')!r} classified no test image correctly: nothing to explain"
             )
-        params = dict(self.plan.config["explainers"]["params"].get(name, {}))
-        registered = self.plan.registered_explainer(name)  # a variant label -> its explainer
-        explainer = create_component("explainer", registered, params)
-        resolved = component_params(explainer) or params
+        registered, explainer, resolved = self._explainer(name)
         test = data.splits.test
         ids = test.ids[index].astype(str)
         masks = self.explainer_masks(name, data, index)
-        upstream: list[Any] = [model.key, content_key(list(ids))]
-        if masks is not None:
-            upstream.append(masks_digest(masks))
-        key = component_key("heatmaps", "explainer", registered, resolved, *upstream)
+        key = self._heatmaps_key(registered, resolved, model.key, ids, masks)
 
         def artifact(maps: np.ndarray, seconds: float, passes: float | None) -> HeatmapsArtifact:
             return HeatmapsArtifact(explainer=name, heatmaps=maps, key=key, params=resolved, index=index,
@@ -488,13 +566,21 @@ class Stages:
         perturbation = create_component("perturbation", name, params)
         return perturbation, component_params(perturbation) or params
 
-    def _curves_setup(self, name: str, order: str, heat: HeatmapsArtifact) -> tuple[Any, dict[str, Any], str]:
-        perturbation, resolved = self.perturbation(name)
+    def _curves_key(self, name: str, resolved: Mapping[str, Any], order: str, heatmaps_key: str) -> str:
         grid = config_mod.grid_shape(self.plan.config["aopc"]["grid"])
         seed = self.plan.config["run"]["seed"]
         budget = [{"max_images": cap}] if (cap := curve_image_cap(self.plan, order, name)) else []
-        key = component_key("curves", "perturbation", name, resolved, heat.key, list(grid), order, seed, *budget)
-        return perturbation, resolved, key
+        return component_key("curves", "perturbation", name, resolved, heatmaps_key, list(grid), order, seed,
+                             *budget)
+
+    def curves_key(self, name: str, order: str, heatmaps_key: str) -> str:
+        """The key of the ``order`` curves under perturbation ``name`` of the heatmaps of
+        ``heatmaps_key`` (their image budget: :func:`curve_image_cap`). Nothing is computed."""
+        return self._curves_key(name, self.perturbation(name)[1], order, heatmaps_key)
+
+    def _curves_setup(self, name: str, order: str, heat: HeatmapsArtifact) -> tuple[Any, dict[str, Any], str]:
+        perturbation, resolved = self.perturbation(name)
+        return perturbation, resolved, self._curves_key(name, resolved, order, heat.key)
 
     def curve_positions(self, name: str, order: str, heat: HeatmapsArtifact, model: ModelArtifact | None
                         ) -> np.ndarray | None:
@@ -650,6 +736,37 @@ class Stages:
         return artifact
 
     # ---- metrics --------------------------------------------------------------------------
+    @staticmethod
+    def _metric_key(name: str, resolved: Mapping[str, Any], needs: MetricNeeds, heatmaps_key: str,
+                    used: Mapping[str, str], budget: int, cell_perturbation: str,
+                    perturbation_params: Mapping[str, Any] | None) -> str:
+        upstream: list[Any] = [heatmaps_key, dict(used), needs.inputs.to_dict()]
+        if budget:
+            upstream.append({"max_images": budget})
+        if needs.inputs.perturbation:  # only where declared: other metrics' keys stay as they were
+            upstream.append({"perturbation": cell_perturbation, "params": dict(perturbation_params or {})})
+        return component_key("metric", "metric", name, resolved, *upstream)
+
+    def metric_key(self, name: str, *, heatmaps_key: str, curve_keys: Mapping[str, str], n_images: int,
+                   cell_perturbation: str) -> str | None:
+        """The key of metric ``name``'s columns on a cell whose perturbation is ``cell_perturbation``,
+        of the ``n_images`` explained images of the heatmaps of ``heatmaps_key``; ``curve_keys``:
+        curve name (``morf``, ``morf@<perturbation>``: :func:`bench.plugin.specs.curve_key`) -> that
+        curves stage's key, for (at least) the curves the metric reads; None when one it reads is
+        absent. Nothing is computed."""
+        spec = self.plan.metric_spec(name)
+        params = dict(self.plan.config["metrics"]["params"].get(name, {}))
+        resolved = component_params(create_component("metric", name, params)) or params
+        needs = metric_needs(spec, resolved)
+        names = needs.curve_keys(cell_perturbation)
+        if any(n not in curve_keys for n in names.values()):
+            return None
+        cap = self.plan.metric_image_cap(name)
+        budget = cap if cap and cap < int(n_images) else 0  # as budget_positions: a budget below the images
+        pparams = self.perturbation(cell_perturbation)[1] if needs.inputs.perturbation else None
+        return self._metric_key(name, resolved, needs, heatmaps_key, {e: curve_keys[n] for e, n in names.items()},
+                                budget, cell_perturbation, pparams)
+
     def metric(self, name: str, inputs: Mapping[str, Any], *, heatmaps_key: str,
                curves: Mapping[str, CurvesArtifact], cell_perturbation: str = "",
                curve_failures: Mapping[str, str] | None = None) -> MetricOutput:
@@ -690,12 +807,8 @@ class Stages:
         given = budget_inputs(inputs, curves, positions, needed=set(names.values()), metric=name)
         data = metric_data(spec, needs=needs, perturbation=cell_perturbation, **given)
         used = {entry: curves[n].key for entry, n in names.items()}
-        upstream: list[Any] = [heatmaps_key, used, needs.inputs.to_dict()]
-        if positions is not None:
-            upstream.append({"max_images": cap})
-        if needs.inputs.perturbation:  # only where declared: other metrics' keys stay as they were
-            upstream.append({"perturbation": cell_perturbation, "params": dict(inputs.get("perturbation_params") or {})})
-        key = component_key("metric", "metric", name, resolved, *upstream)
+        key = self._metric_key(name, resolved, needs, heatmaps_key, used, cap if positions is not None else 0,
+                               cell_perturbation, inputs.get("perturbation_params"))
         read = {n: curves[n] for n in dict.fromkeys(names.values())}
         curve_cost = {"curve_passes": sum(int(c.forward_passes) for c in read.values()),
                       "curve_seconds": sum(float(c.seconds) for c in read.values()),
@@ -883,6 +996,7 @@ def stratified_sample(index: np.ndarray, labels: np.ndarray, cap: int, *, seed: 
 
 
 __all__ = [
+    "STAGE_FILES",
     "STAGE_VERSION",
     "LazyExplainer",
     "NotCached",

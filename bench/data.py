@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.errors import did_you_mean
 from bench.plugin.names import NAME_RULE, name_problem
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -226,7 +227,8 @@ class DatasetSplits:
         """Read a file written by :meth:`save`, whole (every member's CRC-32 checked).
 
         A truncated, bit-flipped or incomplete file raises
-        :class:`~bench.pipeline.store.CorruptFileError` naming it.
+        :class:`~bench.pipeline.store.CorruptFileError` naming it. To read one split alone,
+        see :meth:`load_split`.
         """
         from bench.pipeline.store import CorruptFileError, read_npz
 
@@ -238,29 +240,65 @@ class DatasetSplits:
             raise CorruptFileError(path, f"not a complete dataset file ({type(exc).__name__}: {exc})") from exc
 
     @classmethod
+    def load_split(cls, path: str | Path, name: str) -> Split:
+        """Split ``name`` (``"train"``, ``"val"`` or ``"test"``) of a file written by :meth:`save`,
+        reading only that split's members and ``meta.json`` (the test split without reading,
+        nor decompressing, the training images).
+
+        The same :class:`Split` as ``load_file(path).<name>``: images, labels, ids and masks in
+        the file's order, the older ``<split>/<mask>_masks`` layout included. Every member read
+        is CRC-32 checked; a damaged member, or a split (of :data:`SPLIT_NAMES`) the file lacks
+        whole or in part, raises :class:`~bench.pipeline.store.CorruptFileError` naming the file.
+        Any other ``name`` raises ``ValueError`` naming the file and the splits it holds.
+        """
+        from bench.pipeline.store import CorruptFileError, npz_names, read_npz
+
+        path = Path(path)
+        heads = {m.partition("/")[0] for m in npz_names(path) if "/" in m}
+        held = [s for s in SPLIT_NAMES if s in heads] + sorted(heads - set(SPLIT_NAMES))
+        if name not in held:
+            holds = f"it holds {', '.join(repr(s) for s in held) or 'no split'}"
+            if name in SPLIT_NAMES:
+                raise CorruptFileError(path, f"not a complete dataset file: no split {name!r} ({holds})")
+            raise ValueError(f"{path}: no split {name!r}{did_you_mean(str(name), held)}; {holds}")
+        arrays = read_npz(path, keep=lambda m: m == "meta.json" or m.startswith(f"{name}/"))
+        try:
+            meta = json.loads(bytes(arrays["meta.json"]).decode())
+            return cls._split_from(arrays, meta, name)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CorruptFileError(
+                path, f"not a complete dataset file, split {name!r} ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    @staticmethod
+    def _split_from(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], split_name: str) -> Split:
+        """Split ``split_name`` from a file's members (``arrays``; others may be there too) and its
+        ``meta.json``: masks (bit-packed along the width) in the order ``meta["masks"]`` gives
+        (sorted by name where it gives none), the schema-1 ``<split>/<name>_masks`` members too."""
+        images = arrays[f"{split_name}/images"]
+        width = images.shape[2]
+        keys: dict[str, str] = {}  # mask name -> member
+        order = (meta.get("masks") or {}).get(split_name)
+        for key in arrays:
+            head, sep, rest = key.partition("/")
+            if head != split_name or not sep:
+                continue
+            if rest.startswith(MASKS_PREFIX):
+                keys[rest[len(MASKS_PREFIX):]] = key
+            elif rest.endswith(LEGACY_MASK_SUFFIX):  # schema 1: "<split>/<name>_masks"
+                keys.setdefault(rest[: -len(LEGACY_MASK_SUFFIX)], key)
+        names = [n for n in order if n in keys] if order else sorted(keys)
+        return Split(
+            images=images,
+            labels=arrays[f"{split_name}/labels"],
+            ids=arrays[f"{split_name}/ids"],
+            masks={n: np.unpackbits(arrays[keys[n]], axis=-1, count=width).astype(bool) for n in names},
+        )
+
+    @classmethod
     def _from_arrays(cls, arrays: dict[str, np.ndarray]) -> DatasetSplits:
         meta = json.loads(bytes(arrays["meta.json"]).decode())
-        splits = {}
-        for split_name in SPLIT_NAMES:
-            images = arrays[f"{split_name}/images"]
-            width = images.shape[2]
-            keys: dict[str, str] = {}  # mask name -> member
-            order = meta.get("masks", {}).get(split_name)
-            for key in arrays:
-                head, sep, rest = key.partition("/")
-                if head != split_name or not sep:
-                    continue
-                if rest.startswith(MASKS_PREFIX):
-                    keys[rest[len(MASKS_PREFIX):]] = key
-                elif rest.endswith(LEGACY_MASK_SUFFIX):  # schema 1: "<split>/<name>_masks"
-                    keys.setdefault(rest[: -len(LEGACY_MASK_SUFFIX)], key)
-            names = [n for n in order if n in keys] if order else sorted(keys)
-            splits[split_name] = Split(
-                images=images,
-                labels=arrays[f"{split_name}/labels"],
-                ids=arrays[f"{split_name}/ids"],
-                masks={n: np.unpackbits(arrays[keys[n]], axis=-1, count=width).astype(bool) for n in names},
-            )
+        splits = {split_name: cls._split_from(arrays, meta, split_name) for split_name in SPLIT_NAMES}
         metadata = dict(meta["metadata"])
         if LEGACY_POSITIVE_KEY in meta:  # schema 1 kept the positive classes beside the metadata
             metadata.setdefault(POSITIVE_CLASSES_KEY, list(meta[LEGACY_POSITIVE_KEY]))

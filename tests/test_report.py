@@ -232,3 +232,65 @@ def test_non_finite_per_image_values_are_left_out_without_a_warning(tmp_path):
     x = df[df.explainer == "x"].iloc[0]
     assert x["aopc_n_excluded"] == 1 and x["aopc_n"] == 3
     assert "1 non-finite value(s) left out" in paths["md"].read_text()
+
+
+def test_overlay_figure_reads_only_the_test_split_of_a_legacy_dataset_file(tmp_path, monkeypatch):
+    """The overlay figure asks ``DatasetSplits.load_split`` for the test split: a schema-1 file
+    ('<split>/<name>_masks', no mask order) whose train members are gone still draws, masks
+    included, in the order ``load_file`` gives (by name)."""
+    import io
+    import json
+    import zipfile
+
+    from _fake_runs import make_splits
+
+    from bench.data import DatasetSplits, Split
+    from bench.publish import figures as fg
+    from bench.publish.report import make_figures
+
+    base = make_splits("covid")
+    t = base.test
+    yy, _ = np.mgrid[: t.images.shape[1], : t.images.shape[2]]
+    masks = {"lung": np.stack([yy < 10] * len(t)), "lesion": np.stack([yy > 20] * len(t))}
+    splits = DatasetSplits(name="covid", class_names=base.class_names, train=base.train, val=base.val,
+                           test=Split(images=t.images, labels=t.labels, ids=t.ids, masks=masks),
+                           fingerprint=base.fingerprint)
+    run_dir = write_run(tmp_path, "r", [FakeCell("covid", "vgg16", "gradcam", per_image=A)], splits=splits)
+    path = run_dir / "covid.npz"
+    legacy = tmp_path / "legacy.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(legacy, "w") as dst:
+        for info in src.infolist():
+            name = info.filename
+            if name.startswith("train/"):
+                continue  # no training members at all
+            data = src.read(info)
+            if name == "meta.json.npy":
+                with src.open(info) as fh:
+                    meta = json.loads(bytes(np.lib.format.read_array(fh)).decode())
+                meta.pop("masks")
+                buf = io.BytesIO()
+                np.save(buf, np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+                data = buf.getvalue()
+            elif "/masks/" in name:
+                split, _, mask = name.removesuffix(".npy").partition("/masks/")
+                name = f"{split}/{mask}_masks.npy"
+            dst.writestr(name, data)
+    legacy.replace(path)
+    calls = []
+    real = fg.plot_overlays
+
+    def spy(images, heatmaps, out, **kw):
+        calls.append(kw)
+        return real(images, heatmaps, out, **kw)
+
+    monkeypatch.setattr(fg, "plot_overlays", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a figure that failed would only warn
+        figs = make_figures(collect(tmp_path), tmp_path / "figures")
+    assert len(figs["Heatmap overlays"]) == 1 and len(calls) == 1
+    assert list(calls[0]["masks"]) == ["lesion", "lung"]
+    test = DatasetSplits.load_split(path, "test")
+    chosen = [int(title.split("test-")[1]) for title in calls[0]["image_titles"]]
+    for name, m in calls[0]["masks"].items():
+        np.testing.assert_array_equal(m, masks[name][chosen])
+        np.testing.assert_array_equal(test.masks[name], masks[name])

@@ -141,15 +141,30 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an NPZ, each member read to its end (CRC-32 checked); no pickle.
+def read_npz(path: Path, keep: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
+    """Every array of an NPZ (or those whose name ``keep`` accepts: the others are neither read
+    nor decompressed), each member read to its end (CRC-32 checked); no pickle.
 
     A truncated or bit-flipped file raises :class:`CorruptFileError` naming it.
     """
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
-            return {_array_name(path, info): _read_member(zf, info) for info in zf.infolist()}
+            named = [(_array_name(path, info), info) for info in zf.infolist()]
+            return {name: _read_member(zf, info) for name, info in named if keep is None or keep(name)}
+    except CorruptFileError:
+        raise
+    except _DAMAGE as exc:
+        raise CorruptFileError(path, _reason(exc)) from exc
+
+
+def npz_names(path: Path) -> list[str]:
+    """The names of an NPZ's arrays, from its directory alone (nothing decompressed); a file that
+    is not a zip of arrays raises :class:`CorruptFileError` naming it."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [_array_name(path, info) for info in zf.infolist()]
     except CorruptFileError:
         raise
     except _DAMAGE as exc:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.data import DatasetSplits, Split
 from bench.pipeline.store import atomic_write_text
 from bench.publish.analysis import Analysis, options_from_manifests, safe_analyse
 from bench.publish.classification import classification_tables
@@ -82,31 +83,6 @@ def find_dataset_file(dataset: str, df: pd.DataFrame, manifests: Mapping[str, An
             if cand.exists():
                 return cand
     return None
-
-
-def load_test_split(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(images uint8 (N, H, W), labels, ids as str, masks ``{name: bool (N, H, W)}`` in the
-    dataset's order) of the test split of a saved DatasetSplits file; only the test members
-    are read."""
-    from bench.data import LEGACY_MASK_SUFFIX, MASKS_PREFIX
-
-    with np.load(Path(path), allow_pickle=False) as z:
-        legacy = any(k.startswith("test/") and k.endswith(LEGACY_MASK_SUFFIX) for k in z.files)
-        if "test/images" in z.files and "meta.json" in z.files and not legacy:
-            import json
-
-            meta = json.loads(bytes(z["meta.json"]).decode())
-            images = z["test/images"]
-            prefix = f"test/{MASKS_PREFIX}"
-            stored = [k[len(prefix):] for k in z.files if k.startswith(prefix)]
-            order = (meta.get("masks") or {}).get("test") or sorted(stored)
-            masks = {n: np.unpackbits(z[prefix + n], axis=-1, count=images.shape[2]).astype(bool)
-                     for n in order if n in stored}
-            return images, z["test/labels"], z["test/ids"].astype(str), masks
-    from bench.data import DatasetSplits
-
-    splits = DatasetSplits.load_file(path)
-    return splits.test.images, splits.test.labels, splits.test.ids.astype(str), dict(splits.test.masks)
 
 
 def first_per_class(ids: Sequence[str], id_labels: Mapping[str, int], per_class: int = 1) -> list[str]:
@@ -317,7 +293,7 @@ def overlay_figures(dataset: str, group: pd.DataFrame, df: pd.DataFrame, out: st
         warnings.warn(f"overlay figure for dataset {dataset!r} skipped: its dataset file (manifest "
                       "dataset.file) was not found", stacklevel=3)
         return []
-    split: tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None
+    split: Split | None = None  # the test split, read (alone) at the first figure that needs it
     paths: list[Path] = []
     for (model, weights), rows in group.groupby(["model", "weights"], sort=False):
         model_label = model_with_weights(rows.iloc[0])
@@ -341,8 +317,9 @@ def overlay_figures(dataset: str, group: pd.DataFrame, df: pd.DataFrame, out: st
             continue
         try:
             if split is None:
-                split = load_test_split(data_file)
-            images, labels, ids, masks = split
+                split = DatasetSplits.load_split(data_file, "test")
+            images, labels, masks = split.images, split.labels, split.masks
+            ids = split.ids.astype(str)
             id_pos = {str(i): k for k, i in enumerate(ids)}
             common = set(id_pos)
             for pos, _ in maps.values():

@@ -9,6 +9,13 @@ per model and image size (Score-CAM's masked images go through the same traced
 forward pass as the images themselves), so memory is bounded by the batch however
 many channels (1,920 for DenseNet201) there are, and no Python loop runs per image.
 ``L = ReLU(sum_k w_k A^k)`` over the scored channels, at the feature map's resolution.
+
+Cost (``passes_per_map``, in forward-pass equivalents): Score-CAM runs the whole model on
+each masked image, so a scored channel costs a pass. Ablation-CAM runs, per scored channel,
+only the layers after the feature layer (the suffix), so a channel costs the suffix's share
+of the model's multiply-adds (:func:`suffix_share`, counted on the traced graphs by
+:func:`multiply_adds`): a dense head after a backbone's output costs almost nothing per
+channel, a backbone's last block (DenseNet201 explained at ``pool4_relu``) a good part of a pass.
 """
 
 from __future__ import annotations
@@ -17,9 +24,110 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from bench_gradcam.featuremap import FeatureMapExplainer
+from bench_gradcam.featuremap import FeatureMapExplainer, feature_source
 
+from bench.engine.memo import ModelMemo
 from bench.engine.tracing import graph_function
+
+#: Keras model (weakly) -> {(feature layer, image shape): :func:`suffix_share`'s answer (numbers only)}
+_SUFFIX_COSTS: ModelMemo[dict[str, Any]] = ModelMemo(per_model=16)
+#: ops that call a function or run control flow: :func:`multiply_adds` cannot see into them
+OPAQUE_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall", "While", "StatelessWhile",
+                        "If", "StatelessIf", "Case", "StatelessCase"})
+
+
+def _dims(tensor: Any) -> list[int] | None:
+    """The static shape of ``tensor`` as ints, None where any dimension is unknown."""
+    shape = tensor.shape
+    if shape.rank is None:
+        return None
+    dims = shape.as_list()
+    return None if any(d is None for d in dims) else [int(d) for d in dims]
+
+
+def _op_multiply_adds(op: Any) -> float | None:
+    """Multiply-adds of one op of a traced graph (0 for an op that does none we count), None
+    where its shapes are unknown or its kind cannot be counted."""
+    kind = op.type
+    if kind in OPAQUE_OPS:
+        return None
+    if kind in ("Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput"):
+        # Conv2DBackpropInput (a transposed convolution): (input_sizes, filter, out_backprop)
+        data = op.inputs[2] if kind == "Conv2DBackpropInput" else op.outputs[0]
+        out, kernel = _dims(data), _dims(op.inputs[1])
+        if out is None or kernel is None:
+            return None
+        per_output = np.prod(kernel[:2]) if kind == "DepthwiseConv2dNative" else np.prod(kernel[:-1])
+        return float(np.prod(out)) * float(per_output)
+    if kind == "MatMul" or kind.startswith("BatchMatMul"):
+        a, out = _dims(op.inputs[0]), _dims(op.outputs[0])
+        if a is None or out is None:
+            return None
+        flip = op.get_attr("transpose_a") if kind == "MatMul" else op.get_attr("adj_x")
+        return float(np.prod(out)) * float(a[-2] if flip else a[-1])
+    if kind == "Einsum":
+        equation = op.get_attr("equation")
+        equation = equation.decode() if isinstance(equation, bytes) else str(equation)
+        terms = equation.replace(" ", "").split("->")[0].split(",")
+        if "." in equation or len(terms) != len(op.inputs):
+            return None
+        sizes: dict[str, int] = {}
+        for term, t in zip(terms, op.inputs, strict=True):
+            dims = _dims(t)
+            if dims is None or len(dims) != len(term):
+                return None
+            sizes.update(zip(term, dims, strict=True))
+        return float(np.prod(list(sizes.values()))) if len(terms) > 1 else 0.0
+    return 0.0
+
+
+def multiply_adds(graph: Any) -> float | None:
+    """Multiply-adds of one run of a traced ``tf.Graph`` whose shapes are all known (traced at
+    batch 1): its convolutions (plain, depthwise, transposed, 3-D), matrix products and
+    einsums; the element-wise ops, poolings and copies (a small share of a network's work) are
+    not counted. None where it cannot count: an unknown shape, or an op that calls a function or
+    runs control flow (:data:`OPAQUE_OPS`), whose work it cannot see."""
+    total = 0.0
+    for op in graph.get_operations():
+        macs = _op_multiply_adds(op)
+        if macs is None:
+            return None
+        total += macs
+    return total
+
+
+def suffix_share(source: Any, image_shape: tuple[int, ...], feature_shape: tuple[int, ...]) -> dict[str, Any]:
+    """What one pass of the layers after the feature layer costs, as a share of a forward pass.
+
+    ``source``: a bench model (``features_and_logits``, ``logits_from_features``); both are traced
+    at batch 1 (images ``image_shape``, feature maps ``feature_shape``) and their multiply-adds
+    counted (:func:`multiply_adds`). Returns ``{"suffix_share", "suffix_multiply_adds",
+    "model_multiply_adds", "measured", "reason"}``: where the count fails, ``suffix_share`` is 1.0
+    (a suffix pass counted as a full pass, an upper bound), ``measured`` False and ``reason`` why.
+    """
+    import tensorflow as tf
+
+    def count(fn: Any, shape: tuple[int, ...]) -> float | None:
+        spec = tf.TensorSpec((1, *(int(d) for d in shape)), tf.float32)
+        return multiply_adds(graph_function(fn).get_concrete_function(spec).graph)
+
+    info: dict[str, Any] = {"suffix_share": 1.0, "suffix_multiply_adds": None, "model_multiply_adds": None,
+                            "measured": False, "reason": ""}
+    try:
+        model_macs = count(lambda x: source.features_and_logits(x), image_shape)
+        suffix_macs = count(lambda a: source.logits_from_features(a, training=False), feature_shape)
+    except Exception as exc:  # noqa: BLE001 - a cost estimate never fails the maps
+        info["reason"] = f"the graphs could not be traced for counting ({type(exc).__name__}: {exc})"
+        return info
+    info.update(suffix_multiply_adds=suffix_macs, model_multiply_adds=model_macs)
+    if model_macs is None or suffix_macs is None:
+        info["reason"] = "the multiply-adds could not be counted (an unknown shape or an opaque op)"
+    elif model_macs <= 0:
+        info["reason"] = "the model does no multiply-adds that are counted"
+    else:
+        info.update(suffix_share=min(1.0, suffix_macs / model_macs), measured=True,
+                    reason="the suffix's share of the model's multiply-adds")
+    return info
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -233,6 +341,10 @@ class AblationCAM(ChannelCAM):
     feature layer (``model.logits_from_features``): a model whose head also reads
     tensors from before the feature layer (a skip connection around it) raises an error.
 
+    Cost (:meth:`passes_per_map`): one forward pass per image (the feature map and ``y^c``), then
+    one pass of the suffix per ablated channel, each counted at the suffix's share of the model's
+    multiply-adds (:func:`suffix_share`); :attr:`cost_info_` says what the last call counted.
+
     Parameters
     ----------
     layer, relu:
@@ -260,10 +372,23 @@ class AblationCAM(ChannelCAM):
         return {"layer": self.layer, "relu": self.relu, "max_channels": self.max_channels,
                 "batch_size": self.batch_size}
 
-    def passes_per_map(self) -> float:
-        """Forward-pass equivalents per map: one full forward pass (the feature map); the K
-        ablated passes run only the layers after the feature layer (the head) and are not counted."""
-        return 1.0
+    def passes_per_map(self) -> float | None:
+        """Forward-pass equivalents per map, as the last ``explain`` call ran them: 1 (the forward
+        pass giving the feature map and ``y^c``) + ``K' * s``, ``K'`` the ablated channels per image
+        and ``s`` the share of a forward pass that one pass of the layers after the feature layer
+        costs (its multiply-adds over the model's; 1 where they cannot be counted: an upper
+        bound). Before any call: unknown (None); both ``K'`` and ``s`` depend on the model."""
+        measured = self.__dict__.get("_passes_per_map")
+        return None if measured is None else float(measured)
+
+    @property
+    def cost_info_(self) -> dict[str, Any] | None:
+        """What the last call's :meth:`passes_per_map` counted: ``channels`` (``K'``), ``images``,
+        ``suffix_passes`` (suffix passes run, one per (image, channel)), ``suffix_batches`` (the
+        calls they took) and :func:`suffix_share`'s ``suffix_share``, ``suffix_multiply_adds``,
+        ``model_multiply_adds``, ``measured``, ``reason``; None before any call."""
+        info = self.__dict__.get("_cost_info")
+        return None if info is None else dict(info)
 
     def validate(self) -> None:
         _positive_int(self.batch_size, "Ablation-CAM batch_size")
@@ -303,7 +428,22 @@ class AblationCAM(ChannelCAM):
         features, logits = self._features(model, images)
         channels = self.select_channels(features)
         ablated = self._stream(fn, channels, features, tf.constant(targets))
+        self._count_cost(model, shape, tuple(features.shape[1:]), channels)
         y = np.asarray(logits, dtype=np.float64)[np.arange(len(images)), targets][:, None]
         safe = np.where(y != 0, y, 1.0)
         weights = np.where(y != 0, (y - ablated) / safe, 0.0)
         return self._weighted_map(features, channels, weights)
+
+    def _count_cost(self, model: Any, image_shape: tuple[int, ...], feature_shape: tuple[int, ...],
+                    channels: np.ndarray) -> None:
+        """Record what the call ran: N forward passes, N * K' suffix passes at their share of a pass."""
+        # the share depends on the model, layer and image size only: measured once, memoised weakly
+        # in the Keras model (the entry holds numbers only, never the model)
+        key = (self._layer_name(model), tuple(int(d) for d in image_shape))
+        entry = _SUFFIX_COSTS.get_or_build(
+            model.keras, key, lambda: suffix_share(feature_source(model, self.layer), image_shape, feature_shape))
+        n, k = channels.shape
+        batch = _positive_int(self.batch_size, "batch_size")
+        self.__dict__["_cost_info"] = {**entry, "channels": int(k), "images": int(n),
+                                       "suffix_passes": int(n * k), "suffix_batches": -(-n * k // batch)}
+        self.__dict__["_passes_per_map"] = 1.0 + k * float(entry["suffix_share"]) if n else 1.0

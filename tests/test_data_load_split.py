@@ -1,0 +1,168 @@
+"""``DatasetSplits.load_split``: one split of a saved file, the same as ``load_file``'s, read alone."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.data import SPLIT_NAMES, DatasetSplits, Split
+from bench.pipeline.store import CorruptFileError
+
+SIZE = 6
+
+
+def _split(n: int, seed: int, masks: tuple[str, ...]) -> Split:
+    rng = np.random.default_rng(seed)
+    return Split(
+        images=rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8),
+        labels=np.arange(n) % 2,
+        ids=np.array([f"img-{seed}-{i}" for i in range(n)]),
+        masks={name: rng.random((n, SIZE, SIZE)) > 0.5 for name in masks},
+    )
+
+
+def current_file(path: Path, masks: tuple[str, ...] = ("zeta", "alpha", "a-b_c.d")) -> DatasetSplits:
+    """A file as :meth:`DatasetSplits.save` writes it (masks in a non-sorted order)."""
+    ds = DatasetSplits(
+        name="toy", class_names=("neg", "pos"), train=_split(5, 1, masks), val=_split(2, 2, masks),
+        test=_split(4, 3, masks), fingerprint="fp", metadata={"positive_classes": ["pos"]},
+    )
+    ds.save(path)
+    return ds
+
+
+def legacy_file(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """A schema-1 file: masks as '<split>/<name>_masks', no mask order in meta.json."""
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {}
+    masks: dict[str, dict[str, np.ndarray]] = {}
+    for k, split_name in enumerate(SPLIT_NAMES):
+        n = 2 + k
+        arrays[f"{split_name}/images"] = rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8)
+        arrays[f"{split_name}/labels"] = (np.arange(n) % 2).astype(np.int64)
+        arrays[f"{split_name}/ids"] = np.array([f"{split_name}-{i}" for i in range(n)])
+        lung, lesion = rng.random((n, SIZE, SIZE)) > 0.5, rng.random((n, SIZE, SIZE)) > 0.8
+        arrays[f"{split_name}/lung_masks"] = np.packbits(lung, axis=-1)
+        arrays[f"{split_name}/lesion_masks"] = np.packbits(lesion, axis=-1)
+        masks[split_name] = {"lung": lung, "lesion": lesion}
+    meta = {"name": "old", "class_names": ["a", "b"], "fingerprint": "f0",
+            "disease_classes": ["b"], "metadata": {"note": 1}}
+    arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)
+    return masks
+
+
+def assert_same_split(got: Split, want: Split) -> None:
+    assert isinstance(got, Split)
+    for field in ("images", "labels", "ids"):
+        a, b = getattr(got, field), getattr(want, field)
+        assert a.dtype == b.dtype, field
+        np.testing.assert_array_equal(a, b, err_msg=field)
+    assert list(got.masks) == list(want.masks)  # the same masks in the same order
+    for name, m in want.masks.items():
+        assert got.masks[name].dtype == np.bool_
+        np.testing.assert_array_equal(got.masks[name], m, err_msg=name)
+
+
+@pytest.mark.parametrize("name", SPLIT_NAMES)
+def test_one_split_is_what_load_file_gives_current_layout(tmp_path, name):
+    path = tmp_path / "d.npz"
+    ds = current_file(path)
+    got = DatasetSplits.load_split(path, name)
+    assert_same_split(got, DatasetSplits.load_file(path).splits()[name])
+    assert_same_split(got, ds.splits()[name])
+    assert list(got.masks) == ["zeta", "alpha", "a-b_c.d"]
+
+
+@pytest.mark.parametrize("name", SPLIT_NAMES)
+def test_one_split_is_what_load_file_gives_legacy_layout(tmp_path, name):
+    path = tmp_path / "old.npz"
+    masks = legacy_file(path)
+    got = DatasetSplits.load_split(path, name)
+    assert_same_split(got, DatasetSplits.load_file(path).splits()[name])
+    assert list(got.masks) == ["lesion", "lung"]  # no order stored: by name, as load_file
+    for mask_name, m in masks[name].items():
+        np.testing.assert_array_equal(got.masks[mask_name], m)
+
+
+def test_a_split_without_masks(tmp_path):
+    path = tmp_path / "plain.npz"
+    current_file(path, masks=())
+    got = DatasetSplits.load_split(path, "test")
+    assert got.masks == {}
+    assert_same_split(got, DatasetSplits.load_file(path).test)
+
+
+def _flip_a_byte_of(path: Path, payload: bytes) -> None:
+    """Flip one byte in the middle of ``payload``'s (stored, uncompressed) bytes in ``path``."""
+    blob = bytearray(path.read_bytes())
+    at = blob.find(payload)
+    assert at >= 0 and blob.find(payload, at + 1) < 0
+    blob[at + len(payload) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+
+
+def test_the_train_members_are_not_read(tmp_path):
+    """A bit flip in the training images fails load_file (CRC-32) but not the test split alone."""
+    path = tmp_path / "d.npz"
+    ds = current_file(path)
+    want = DatasetSplits.load_file(path).test
+    _flip_a_byte_of(path, ds.train.images.tobytes())
+    with pytest.raises(CorruptFileError, match="d.npz"):
+        DatasetSplits.load_file(path)
+    assert_same_split(DatasetSplits.load_split(path, "test"), want)
+    assert_same_split(DatasetSplits.load_split(path, "val"), ds.val)
+    with pytest.raises(CorruptFileError, match="d.npz"):  # the damaged split itself is checked
+        DatasetSplits.load_split(path, "train")
+
+
+def test_a_file_without_train_members_still_gives_its_test_split(tmp_path):
+    path = tmp_path / "d.npz"
+    ds = current_file(path)
+    stripped = tmp_path / "no-train.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(stripped, "w") as dst:
+        for info in src.infolist():
+            if not info.filename.startswith("train/"):
+                dst.writestr(info, src.read(info))
+    with pytest.raises(CorruptFileError, match="no-train.npz"):
+        DatasetSplits.load_file(stripped)
+    assert_same_split(DatasetSplits.load_split(stripped, "test"), ds.test)
+    with pytest.raises(CorruptFileError, match=r"no-train\.npz.*no split 'train'.*holds 'val', 'test'"):
+        DatasetSplits.load_split(stripped, "train")
+
+
+def test_an_unknown_split_names_the_file_and_the_splits_it_holds(tmp_path):
+    path = tmp_path / "d.npz"
+    current_file(path)
+    with pytest.raises(ValueError, match=r"d\.npz: no split 'tset' \(did you mean 'test'\?\); "
+                                         r"it holds 'train', 'val', 'test'") as info:
+        DatasetSplits.load_split(path, "tset")
+    assert not isinstance(info.value, CorruptFileError)
+    with pytest.raises(ValueError, match="no split 'holdout'"):
+        DatasetSplits.load_split(path, "holdout")
+
+
+def test_damage_in_the_split_read_is_named(tmp_path):
+    path = tmp_path / "d.npz"
+    ds = current_file(path)
+    _flip_a_byte_of(path, ds.test.images.tobytes())
+    with pytest.raises(CorruptFileError, match=r"d\.npz is corrupt"):
+        DatasetSplits.load_split(path, "test")
+
+    missing = tmp_path / "no-labels.npz"
+    current_file(path)
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(missing, "w") as dst:
+        for info in src.infolist():
+            if info.filename != "test/labels.npy":
+                dst.writestr(info, src.read(info))
+    with pytest.raises(CorruptFileError, match=r"no-labels\.npz.*not a complete dataset file.*test/labels"):
+        DatasetSplits.load_split(missing, "test")
+
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CorruptFileError, match=r"cut\.npz"):
+        DatasetSplits.load_split(truncated, "test")

@@ -267,3 +267,14 @@ def test_missing_data_folder_is_a_clear_error_before_any_cell(tmp_path, capsys):
     manifest = read_json(run_dir / "manifest.json")
     assert manifest["status"] == "error" and str(missing) in manifest["error"]
     assert not (run_dir / "cells").exists()
+
+
+def test_a_run_gives_back_the_incremental_engines_buffers(tmp_path, monkeypatch):
+    from bench.engine import incremental
+
+    released = []
+    monkeypatch.setattr(incremental, "release_buffers", lambda: released.append(True))
+    from _tiny_config import tiny as tiny_cfg
+
+    bench.run(tiny_cfg(tmp_path / "out"), quiet=True, leaderboard=False)
+    assert released == [True]  # once, at the end of the run, whatever strategy the cells used

@@ -51,7 +51,9 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -151,7 +153,7 @@ class GraphPlan:
     output_id: int = 0
     max_ops: int | None = None  # the prefix was cut after this many layers (see analyse_model)
     #: :func:`propagate`'s answers, per changed input box (the same regions recur for every image)
-    reach: dict[Box, dict[int, Box | None]] = field(default_factory=dict, repr=False, compare=False)
+    reach: dict[Box, Mapping[int, Box | None]] = field(default_factory=dict, repr=False, compare=False)
 
 
 def _flatten_nodes(model: Any, canon: dict[int, int]) -> Any:
@@ -472,18 +474,29 @@ def out_box(op: PrefixOp, box: Box) -> Box | None:
     return (y0, y1, x0, x1)
 
 
-def propagate(plan: GraphPlan, box: Box) -> dict[int, Box | None]:
-    """The changed box of every prefix tensor when ``box`` of the input changed (do not mutate it)."""
-    known = plan.reach.get(box)
+#: the most prefix-tensor entries :func:`propagate` keeps per plan, over all its boxes (~100 bytes
+#: each: VGG16's 20-op prefix keeps 4096 boxes, ~8 MiB; DenseNet201's 706 ops ~370, ~32 MiB)
+REACH_MEMO_ENTRIES = 2**18
+
+
+def propagate(plan: GraphPlan, box: Sequence[int]) -> Mapping[int, Box | None]:
+    """The changed box of every prefix tensor when ``box`` ``(y0, y1, x0, x1)`` of the input changed.
+
+    Memoised on the plan per box (read-only answers, up to :data:`REACH_MEMO_ENTRIES` entries;
+    the same regions recur for every image).
+    """
+    key: Box = (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
+    known = plan.reach.get(key)
     if known is not None:
         return known
-    boxes: dict[int, Box | None] = {plan.input_id: box}
+    boxes: dict[int, Box | None] = {plan.input_id: key}
     for op in plan.ops:
         b = _union([boxes.get(t) for t in op.inputs])
         boxes[op.output] = None if b is None else out_box(op, b)
-    if len(plan.reach) < 4096:
-        plan.reach[box] = boxes
-    return boxes
+    answer = MappingProxyType(boxes)
+    if len(plan.reach) < min(4096, REACH_MEMO_ENTRIES // max(len(plan.ops) + 1, 1)):
+        plan.reach[key] = answer
+    return answer
 
 
 def estimate_gain(
@@ -759,8 +772,9 @@ class IncrementalForward:
         images' caches are kept at once (at least one; the engine's image-major
         order needs one, a call spanning two images holds both while it runs: VGG16
         at 299 caches ~104 MiB per image, DenseNet201 ~505 MiB). What it used is in
-        ``info["cached_images"]``. The layers' input crops, reused from batch to batch
-        (VGG16 at 299, 64 rows: ~330 MiB), are kept within the same bound.
+        ``info["cached_images"]``. The layers' input crops of a batch (VGG16 at 299, 64 rows:
+        ~330 MiB) come from one block reused from batch to batch and kept between calls
+        (at most this much again; :func:`release_buffers` frees it).
     estimate_grid: region grid assumed by the gain estimate.
     lockstep_rows: the most rows updated by one call per layer (``None``: the whole
         batch; ``1``: one row at a time, the pre-lockstep behaviour, for comparisons).
@@ -1145,7 +1159,7 @@ class IncrementalForward:
                 work[i] = self._states[i].acts if i in self._states else {}
 
         # per layer: the rows that recompute it, their boxes padded to a few common sizes
-        box_of: dict[int, dict[int, Box | None]] = {r: propagate(plan, b) for r, b in in_box.items()}
+        box_of: dict[int, Mapping[int, Box | None]] = {r: propagate(plan, b) for r, b in in_box.items()}
         where: list[dict[int, tuple[_Call, int]]] = []
         calls: list[list[_Call]] = []
         for op in plan.ops:
@@ -1457,12 +1471,12 @@ class _BufferArena:
     cost more than the copies into them (the crop reads of 4 images x 82 steps: 1.40 s with fresh
     buffers, 0.40 s in a reused block, summed over the replay threads). :meth:`reset` starts a
     batch; :meth:`take` hands out the next buffer, from the block while it lasts, else a fresh one
-    (and the next batch's block is made that much larger, up to ``max_bytes``). A buffer is valid
-    until the next :meth:`reset`.
+    (and the next batch's block is made as large as this batch wanted, at most ``max_bytes``). A
+    buffer is valid until the next :meth:`reset`.
     """
 
     def __init__(self) -> None:
-        self.max_bytes = 0.0
+        self.max_bytes = 0.0  # set by reset
         self._block = np.empty(0, np.uint8)
         self._start = 0
         self._used = 0
@@ -1476,9 +1490,10 @@ class _BufferArena:
         self.max_bytes = max_bytes
         if self._block.size > max_bytes + _ALIGN:
             self._block, self._start = np.empty(0, np.uint8), 0
-        if self._block.size - self._start < self._wanted <= max_bytes:
+        size = int(min(self._wanted, max_bytes))
+        if self._block.size - self._start < size:  # the last batch outgrew the block
             self._block = np.empty(0, np.uint8)  # drop the old block before making the larger one
-            self._block = np.empty(self._wanted + _ALIGN, np.uint8)
+            self._block = np.empty(size + _ALIGN, np.uint8)
             self._start = (-self._block.ctypes.data) % _ALIGN
         self._used = self._start
         self._wanted = 0
@@ -1499,7 +1514,9 @@ class _ArenaPool:
 
     Kept across strategy objects, as a caching allocator keeps freed memory: a run that makes a
     new strategy per evaluation (each curve cell, each benchmark round) would otherwise fault
-    its crop memory in again. :func:`release_buffers` gives the memory back.
+    its crop memory in again. The block (at most a strategy's ``memory_budget_mb``, on top of its
+    cached activations) stays until :func:`release_buffers` gives it back (``bench run`` does at
+    its end).
     """
 
     def __init__(self) -> None:
@@ -2041,4 +2058,5 @@ __all__ = [
     "predicted_gain",
     "propagate",
     "out_box",
+    "release_buffers",
 ]

@@ -12,6 +12,7 @@ recomputes nothing it already finished.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -188,6 +189,13 @@ class RunResult:
 
 
 @frozen_code_digests()
+def _release_engine_buffers() -> None:
+    """Give back the memory the incremental engine keeps between calls (where it ran at all)."""
+    engine = sys.modules.get("bench.engine.incremental")
+    if engine is not None:
+        engine.release_buffers()
+
+
 def run(
     config: str | Path | Mapping[str, Any] | None = None,
     *,
@@ -306,6 +314,7 @@ def run(
         raise
     finally:
         _restore_sigterm(previous_sigterm)
+        _release_engine_buffers()
         manifest["failed"] = [c.cell_id for c in result.failed]
         manifest["finished"] = now()
         if "error" in manifest:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _dataset_files import random_split, write_legacy_dataset
 
 from bench.data import SPLIT_NAMES, DatasetSplits, Split
 from bench.pipeline.store import CorruptFileError
@@ -16,13 +16,7 @@ SIZE = 6
 
 
 def _split(n: int, seed: int, masks: tuple[str, ...]) -> Split:
-    rng = np.random.default_rng(seed)
-    return Split(
-        images=rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8),
-        labels=np.arange(n) % 2,
-        ids=np.array([f"img-{seed}-{i}" for i in range(n)]),
-        masks={name: rng.random((n, SIZE, SIZE)) > 0.5 for name in masks},
-    )
+    return random_split(n, SIZE, seed=seed, masks=masks)
 
 
 def current_file(path: Path, masks: tuple[str, ...] = ("zeta", "alpha", "a-b_c.d")) -> DatasetSplits:
@@ -37,23 +31,7 @@ def current_file(path: Path, masks: tuple[str, ...] = ("zeta", "alpha", "a-b_c.d
 
 def legacy_file(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """A schema-1 file: masks as '<split>/<name>_masks', no mask order in meta.json."""
-    rng = np.random.default_rng(0)
-    arrays: dict[str, np.ndarray] = {}
-    masks: dict[str, dict[str, np.ndarray]] = {}
-    for k, split_name in enumerate(SPLIT_NAMES):
-        n = 2 + k
-        arrays[f"{split_name}/images"] = rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8)
-        arrays[f"{split_name}/labels"] = (np.arange(n) % 2).astype(np.int64)
-        arrays[f"{split_name}/ids"] = np.array([f"{split_name}-{i}" for i in range(n)])
-        lung, lesion = rng.random((n, SIZE, SIZE)) > 0.5, rng.random((n, SIZE, SIZE)) > 0.8
-        arrays[f"{split_name}/lung_masks"] = np.packbits(lung, axis=-1)
-        arrays[f"{split_name}/lesion_masks"] = np.packbits(lesion, axis=-1)
-        masks[split_name] = {"lung": lung, "lesion": lesion}
-    meta = {"name": "old", "class_names": ["a", "b"], "fingerprint": "f0",
-            "disease_classes": ["b"], "metadata": {"note": 1}}
-    arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(path, **arrays)
-    return masks
+    return write_legacy_dataset(path, SIZE)
 
 
 def assert_same_split(got: Split, want: Split) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
+from _dataset_files import random_split, write_legacy_dataset
 
 from bench.data import DatasetSplits, Split
 from bench.pipeline.store import CorruptFileError
@@ -14,13 +13,7 @@ SIZE = 6
 
 
 def _split(n: int, *, seed: int = 0, masks: tuple[str, ...] = ("roi", "organ.left")) -> Split:
-    rng = np.random.default_rng(seed)
-    return Split(
-        images=rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8),
-        labels=np.arange(n) % 2,
-        ids=np.array([f"img-{seed}-{i}" for i in range(n)]),
-        masks={name: rng.random((n, SIZE, SIZE)) > 0.5 for name in masks},
-    )
+    return random_split(n, SIZE, seed=seed, masks=masks)
 
 
 def _splits(**kw) -> DatasetSplits:
@@ -53,22 +46,7 @@ def test_round_trip_keeps_every_mask_and_its_order(tmp_path):
 
 def test_an_old_dataset_file_is_still_read(tmp_path):
     """Files written before masks were a mapping: '<split>/lung_masks', 'disease_classes' in meta."""
-    rng = np.random.default_rng(0)
-    arrays: dict[str, np.ndarray] = {}
-    expected: dict[str, dict[str, np.ndarray]] = {}
-    for k, split_name in enumerate(("train", "val", "test")):
-        n = 2 + k
-        arrays[f"{split_name}/images"] = rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8)
-        arrays[f"{split_name}/labels"] = (np.arange(n) % 2).astype(np.int64)
-        arrays[f"{split_name}/ids"] = np.array([f"{split_name}-{i}" for i in range(n)])
-        lung, lesion = rng.random((n, SIZE, SIZE)) > 0.5, rng.random((n, SIZE, SIZE)) > 0.8
-        arrays[f"{split_name}/lung_masks"] = np.packbits(lung, axis=-1)
-        arrays[f"{split_name}/lesion_masks"] = np.packbits(lesion, axis=-1)
-        expected[split_name] = {"lung": lung, "lesion": lesion}
-    meta = {"name": "old", "class_names": ["a", "b"], "fingerprint": "f0",
-            "disease_classes": ["b"], "metadata": {"note": 1}}
-    arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(tmp_path / "old.npz", **arrays)
+    expected = write_legacy_dataset(tmp_path / "old.npz", SIZE)
 
     back = DatasetSplits.load_file(tmp_path / "old.npz")
     assert set(back.mask_names) == {"lung", "lesion"}

@@ -19,14 +19,13 @@ arrive in increasing order.
 
 from __future__ import annotations
 
-import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from bench.engine.tracing import graph_function
+from bench.engine.tracing import graph_function, traced
 
 
 @dataclass(frozen=True)
@@ -135,30 +134,22 @@ class FullForward:
         return np.asarray(out, dtype=np.float32)[:n]
 
 
-_TRACED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
-_TRACED_LOCK = threading.Lock()
-
-
 def traced_call(keras_model: Any, input_shape: tuple[Any, ...], *, jit_compile: bool = False) -> Any:
     """``tf.function(lambda x: keras_model(x, training=False))`` for one input signature.
 
-    Memoised per Keras model (weakly: the cache never keeps a model alive), so
-    repeated evaluations of the same model (every explainer, order and
-    perturbation of a run) trace once.
+    Memoised per Keras model (weakly: the memo never keeps a model alive;
+    :func:`bench.engine.tracing.traced`), so repeated evaluations of the same model (every
+    explainer, order and perturbation of a run) trace once.
     """
     import tensorflow as tf
 
-    key = (tuple(input_shape), bool(jit_compile))
-    with _TRACED_LOCK:
-        per_model = _TRACED.setdefault(keras_model, {})
-        fn = per_model.get(key)
-        if fn is None:
-            model_ref = weakref.ref(keras_model)
+    def build() -> Any:
+        model_ref = weakref.ref(keras_model)
 
-            def call(x: Any) -> Any:
-                return model_ref()(x, training=False)  # type: ignore[misc]
+        def call(x: Any) -> Any:
+            return model_ref()(x, training=False)  # type: ignore[misc]
 
-            spec = tf.TensorSpec(tuple(input_shape), tf.float32)
-            fn = graph_function(call, input_signature=[spec], jit_compile=jit_compile or None)
-            per_model[key] = fn
-        return fn
+        spec = tf.TensorSpec(tuple(input_shape), tf.float32)
+        return graph_function(call, input_signature=[spec], jit_compile=jit_compile or None)
+
+    return traced(keras_model, ("bench.engine.forward.traced_call", tuple(input_shape), bool(jit_compile)), build)

@@ -188,7 +188,6 @@ class RunResult:
         return pd.concat([frame, pd.DataFrame(extra, index=frame.index)], axis=1)
 
 
-@frozen_code_digests()
 def _release_engine_buffers() -> None:
     """Give back the memory the incremental engine keeps between calls (where it ran at all)."""
     engine = sys.modules.get("bench.engine.incremental")
@@ -196,6 +195,7 @@ def _release_engine_buffers() -> None:
         engine.release_buffers()
 
 
+@frozen_code_digests()
 def run(
     config: str | Path | Mapping[str, Any] | None = None,
     *,

@@ -41,7 +41,12 @@ import numpy as np
 from bench.data import DatasetSplits, Split, to_model_input
 from bench.errors import BenchError, ConfigError, did_you_mean
 from bench.pipeline.keys import bench_version, code_digest
-from bench.pipeline.store import Cache, content_key
+from bench.pipeline.store import STAGE_FILES, Cache, content_key
+
+#: The model stage's cache folder and its files, the report (JSON, :meth:`Cache.put_json`) and the
+#: ``.keras`` archive, as :data:`bench.pipeline.store.STAGE_FILES` lists them (the cache probe reads
+#: the same table). The frozen-part weights lie beside them (``<key>-trained.npz``).
+_MODEL_FOLDER, (_REPORT_SUFFIX, _ARCHIVE_SUFFIX) = STAGE_FILES["model"]
 
 SELECTION_RULES: tuple[str, ...] = (
     "disease_recall",
@@ -312,8 +317,8 @@ def _fingerprint(model: Any, splits: DatasetSplits, config: TrainingConfig) -> s
 
 
 def _load_cached(model: Any, cache: Cache, key: str, fingerprint: str) -> TrainingReport | None:
-    stored = cache.get_json("models", key)
-    model_path = cache.root / "models" / f"{key}.keras"
+    stored = cache.get_json(_MODEL_FOLDER, key)
+    model_path = cache.root / _MODEL_FOLDER / f"{key}{_ARCHIVE_SUFFIX}"
     if stored is None or not cache.check_zip(model_path):
         return None  # missing, or damaged (then set aside): retrain
     if stored.get("fingerprint") != fingerprint:
@@ -343,7 +348,7 @@ def _load_trained_part(model: Any, cache: Cache, key: str, frozen_digest: str) -
     False (load the whole ``.keras`` file instead) otherwise."""
     if not frozen_digest or not getattr(model, "frozen_backbone", False):
         return False
-    arrays = cache.get_npz("models", _trained_part_key(key))
+    arrays = cache.get_npz(_MODEL_FOLDER, _trained_part_key(key))
     if arrays is None or weights_digest(model.feature_extractor.weights) != frozen_digest:
         return False
     head = model.head
@@ -433,14 +438,14 @@ def train(
         frozen_digest=frozen_digest,
     )
     if cache is not None and key:
-        model_path = cache.path("models", key, ".keras")
+        model_path = cache.path(_MODEL_FOLDER, key, _ARCHIVE_SUFFIX)
         _save_keras(kmodel, model_path)
         report.model_file = str(model_path)
         if frozen:
             weights = target.get_weights()
-            cache.put_npz("models", _trained_part_key(key),
+            cache.put_npz(_MODEL_FOLDER, _trained_part_key(key),
                           **{f"w{i:05d}": np.asarray(w) for i, w in enumerate(weights)})
-        cache.put_json("models", key, report.to_dict())
+        cache.put_json(_MODEL_FOLDER, key, report.to_dict())
     return report
 
 
@@ -448,7 +453,7 @@ def _save_keras(kmodel: Any, path: Any) -> None:
     import os
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=_ARCHIVE_SUFFIX)
     os.close(fd)
     try:
         kmodel.save(tmp)

@@ -322,3 +322,125 @@ def test_a_failing_declared_cost_is_named_and_the_dry_run_completes(tmp_path, ca
     out, err = _dry(capsys, tmp_path / "b", "--set", 'explainers.names=["random", "gradcam"]')
     assert "bench: warning: explainer 'gradcam'" in err and "cost unknowable" in err
     assert re.search(r"simple-cnn\s+gradcam\s+gaussian-noise", out), out  # the table is still printed
+
+
+# --------------------------------------------------------------------------------------
+# one cache layout: the files a run writes are those the probe looks for (STAGE_FILES)
+# --------------------------------------------------------------------------------------
+def _stage_keys(results: Path, stages) -> dict[str, set[str]]:
+    """stage -> the keys the finished run's cells computed it under (from their records)."""
+    from bench.pipeline.stages import evaluation_key
+
+    records = [CellRecord.from_dict(json.loads(p.read_text())) for p in results.glob("runs/*/cells/*.json")]
+    assert records and all(r.ok for r in records)
+    keys: dict[str, set[str]] = {s: set() for s in ("dataset", "model", "evaluation", "heatmaps", "curves",
+                                                    "metric")}
+    keys["dataset"].add(stages.dataset_key())
+    for rec in records:
+        keys["model"].add(rec.keys["model"])
+        keys["evaluation"].add(evaluation_key(rec.keys["model"]))
+        keys["heatmaps"].add(rec.keys["heatmaps"])
+        curves = {k.removeprefix("curves:"): v for k, v in rec.keys.items() if k.startswith("curves:")}
+        keys["curves"].update(curves.values())
+        for name in rec.metrics:
+            mkey = stages.metric_key(name, heatmaps_key=rec.keys["heatmaps"], curve_keys=curves,
+                                     n_images=rec.n_images, cell_perturbation=rec.perturbation)
+            assert mkey is not None, name
+            keys["metric"].add(mkey)
+    return keys
+
+
+def test_every_file_a_run_writes_lies_where_the_probe_looks(finished):
+    """Each stage folder of the cache holds exactly the files :data:`STAGE_FILES` names for the
+    keys the run used (the stage methods and the trainer write from the same table that
+    ``Stages.is_cached`` / ``Stages.cache_file`` read), and nothing lies elsewhere."""
+    from bench.pipeline.stages import STAGE_FILES, Stages
+    from bench.pipeline.store import STAGE_FILES as STORE_STAGE_FILES
+
+    assert STAGE_FILES is STORE_STAGE_FILES  # one table, re-exported
+    stages = Stages(_probe_plan(finished), quiet=True)
+    root = stages.cache.root
+    keys = _stage_keys(finished, stages)
+    assert set(keys) == set(STAGE_FILES)
+    for stage, (folder, suffixes) in STAGE_FILES.items():
+        assert keys[stage], stage
+        expected = {stages.cache_file(stage, k, s) for k in keys[stage] for s in suffixes}
+        assert all(stages.is_cached(stage, k) for k in keys[stage]), stage
+        assert {stages.cache_file(stage, k) for k in keys[stage]} <= expected
+        written = {p for p in (root / folder).iterdir()
+                   if not (stage == "model" and p.name.endswith("-trained.npz"))}  # frozen-part weights
+        assert written == expected, (stage, sorted(p.name for p in written ^ expected))
+    # the other folders are no stage's: training features, calibrations and the like
+    others = {p.name for p in root.iterdir() if p.is_dir()} - {f for f, _ in STAGE_FILES.values()}
+    assert not others & {"dataset", "model", "heatmap", "curve", "metric", "evaluations"}, others
+    with pytest.raises(ValueError, match="writes no '.keras' file"):
+        stages.cache_file("heatmaps", "k", ".keras")
+
+
+# --------------------------------------------------------------------------------------
+# each problem said once; a finished cell's estimate keeps its problems
+# --------------------------------------------------------------------------------------
+def test_a_dataset_that_cannot_be_constructed_is_named_once(tmp_path, monkeypatch):
+    import functools
+
+    from bench.pipeline.estimate import image_shape_of
+    from bench.plugin.registry import registry
+
+    plan = _plan(tmp_path / "r")
+    factory = registry().get("dataset", plan.dataset).load_factory()
+    real = factory.__init__
+
+    @functools.wraps(real)  # the same signature: its parameters still check
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("no data today")
+
+    monkeypatch.setattr(factory, "__init__", boom)
+    est = estimate_plan(plan)
+    (problem,) = [p for p in est.problems if "dataset" in p]
+    assert problem.startswith(f"dataset {plan.dataset!r} could not be constructed")
+    assert "RuntimeError: no data today" in problem and "image size" in problem and "split sizes" in problem
+    assert not est.cache_probed and est.image_shape is None
+    problems: list[str] = []  # asked alone, it says the same
+    assert image_shape_of(plan, problems=problems) is None and problems == [problem]
+
+
+def test_a_finished_cells_estimate_keeps_its_problems(tmp_path, monkeypatch):
+    from bench.pipeline.estimate import (
+        Calibration,
+        calibration_key,
+        calibration_path,
+        record_estimate,
+    )
+    from bench.pipeline.store import atomic_write_text, to_json
+    from bench.plugin.registry import registry
+
+    plan = _plan(tmp_path / "r", explainers={"names": ["random", "gradcam"]})
+    shape = (32, 32)
+    path = calibration_path(plan, "simple-cnn", shape)
+    cal = Calibration(model="simple-cnn", passes_per_second=100.0, batch_size=8, measured_batch=8,
+                      image_shape=shape, key=calibration_key(plan, "simple-cnn", shape), path=path)
+    path.parent.mkdir(parents=True)
+    atomic_write_text(path, to_json(cal.to_dict()))
+    by_explainer = {t.explainer: t for t in plan.cells}
+
+    def record(task):
+        return CellRecord.from_dict({"schema": 2, "cell_id": task.cell_id, "dataset": task.dataset,
+                                     "model": task.model, "explainer": task.explainer,
+                                     "perturbation": task.perturbation, "status": "ok", "n_images": 3})
+
+    clean = record_estimate(plan, by_explainer["random"], record(by_explainer["random"]), shape)
+    assert clean is not None and clean.unknown == []
+
+    def boom(self, **kwargs):
+        raise RuntimeError("cost unknowable")
+
+    monkeypatch.setattr(registry().get("explainer", "gradcam").load_factory(), "passes_per_map", boom)
+    task = by_explainer["gradcam"]
+    rec = record(task)
+    rec.estimate = record_estimate(plan, task, rec, shape)
+    assert rec.estimate is not None
+    assert rec.estimate.unknown[0] == "explainer gradcam"  # what it could not count, then why
+    (problem,) = rec.estimate.unknown[1:]
+    assert "explainer 'gradcam'" in problem and "RuntimeError: cost unknowable" in problem
+    back = CellRecord.from_dict(json.loads(json.dumps(rec.to_dict())))  # kept in the record's JSON
+    assert back.estimate == rec.estimate

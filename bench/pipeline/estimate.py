@@ -44,7 +44,7 @@ model), stored as ``<results>/cache/calibration/<machine>/<model>-<key>.json``
 (:func:`machine_fingerprint`: platform, CPU model, cores, TensorFlow and Keras versions; the
 key: the model's name, code, parameters, image size and batch size). A finished cell records
 the prediction beside what it measured (:class:`bench.pipeline.record.CostEstimate`) when a
-calibration existed.
+calibration existed, with the estimate's problems among what it could not count (``unknown``).
 """
 
 from __future__ import annotations
@@ -313,16 +313,27 @@ def _note(problems: list[str] | None, text: str) -> None:
         problems.append(text)
 
 
-def _dataset_facts(plan: Plan, stages: Stages, problems: list[str] | None = None) -> _DatasetFacts | None:
-    """The cached dataset's classes and split sizes, when its key is free (no folder to hash);
-    else the dataset's declared ``split_sizes()`` (no key: nothing downstream is probed); else None."""
+def _dataset_component(plan: Plan, problems: list[str] | None = None) -> tuple[dict[str, Any], Any] | None:
+    """The plan's dataset parameters and the dataset constructed with them (a constructor does no
+    work); None when it cannot be constructed, said in ``problems`` (once: :func:`estimate_plan`
+    constructs it once for both its image size and its split sizes)."""
     try:
         params = dataset_params(plan)
-        component = create_component("dataset", plan.dataset, params)  # a constructor does no work
+        return params, create_component("dataset", plan.dataset, params)
     except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
-        _note(problems, f"dataset {plan.dataset!r} could not be constructed ({error_text(exc)}): its split "
-                        "sizes are unknown and the cache is not probed")
+        _note(problems, f"dataset {plan.dataset!r} could not be constructed ({error_text(exc)}): its image "
+                        "size and split sizes are unknown and the cache is not probed")
         return None
+
+
+def _dataset_facts(plan: Plan, stages: Stages, built: tuple[dict[str, Any], Any] | None,
+                   problems: list[str] | None = None) -> _DatasetFacts | None:
+    """The cached dataset's classes and split sizes, when its key is free (no folder to hash);
+    else the dataset's declared ``split_sizes()`` (no key: nothing downstream is probed); else None
+    (``built``: :func:`_dataset_component`, None when the dataset could not be constructed)."""
+    if built is None:
+        return None
+    params, component = built
     if "root" not in params:  # else its fingerprint hashes files: not free
         facts = _cached_dataset_facts(plan, stages, problems)
         if facts is not None:
@@ -675,9 +686,15 @@ def _train_passes(plan: Plan, name: str, image_shape: tuple[int, int] | None,
 def image_shape_of(plan: Plan, *, problems: list[str] | None = None) -> tuple[int, int] | None:
     """The dataset's declared image size (None when it says nothing before loading, or asking
     fails: then said in ``problems``)."""
+    return _declared_shape(plan, _dataset_component(plan, problems), problems)
+
+
+def _declared_shape(plan: Plan, built: tuple[dict[str, Any], Any] | None,
+                    problems: list[str] | None) -> tuple[int, int] | None:
+    if built is None:  # could not be constructed: said by _dataset_component
+        return None
     try:
-        component = create_component("dataset", plan.dataset, dataset_params(plan))
-        return declared_image_shape(component, plan.dataset)
+        return declared_image_shape(built[1], plan.dataset)
     except Exception as exc:  # noqa: BLE001 - an estimate never fails a dry run
         _note(problems, f"dataset {plan.dataset!r}: its image size could not be read ({error_text(exc)}): "
                         "the cache is not probed")
@@ -697,11 +714,12 @@ def estimate_plan(plan: Plan, *, probe_cache: bool = True, image_shape: tuple[in
     cfg = plan.config
     stages = Stages(plan, cache=Cache(plan.results_dir / "cache"), quiet=True)
     problems: list[str] = []
-    shape = image_shape or image_shape_of(plan, problems=problems)
+    built = _dataset_component(plan, problems) if probe_cache or image_shape is None else None
+    shape = image_shape or _declared_shape(plan, built, problems)
     grid = config_mod.grid_shape(cfg["aopc"]["grid"])
     steps = grid[0] * grid[1] + 1
     cap = int(cfg["aopc"]["max_images"] or 0)
-    data = _dataset_facts(plan, stages, problems) if probe_cache else None
+    data = _dataset_facts(plan, stages, built, problems) if probe_cache else None
     probed = data is not None and data.cached and shape is not None  # the model keys need the shape
     models: dict[str, ModelEstimate] = {}
     facts: dict[str, _ModelFacts | None] = {}
@@ -804,7 +822,12 @@ def _probe_cell(plan: Plan, stages: Stages, est: CellEstimate, mf: _ModelFacts, 
 def record_estimate(plan: Plan, task: CellTask, record: CellRecord,
                     image_shape: tuple[int, int] | None) -> CostEstimate | None:
     """The cell's predicted cost (its real number of explained images, the model's calibration)
-    beside what it measured; None when the model has no calibration on this machine."""
+    beside what it measured; None when the model has no calibration on this machine.
+
+    Its ``unknown`` lists what the prediction could not count (``explainer <name>``,
+    ``metric <name>``) and then the problems of the estimate (:attr:`PlanEstimate.problems`:
+    a declared cost that raised, a component that could not be constructed, naming it and the
+    exception), so that a prediction short of something says why in the cell's record."""
     if not record.ok or record.n_images is None:
         return None
     cal = find_calibration(plan, task.model, image_shape)
@@ -824,7 +847,7 @@ def record_estimate(plan: Plan, task: CellTask, record: CellRecord,
         predicted_passes=predicted, predicted_seconds=predicted / cal.passes_per_second,
         measured_passes=measured_passes, measured_seconds=measured_seconds,
         passes_per_second=cal.passes_per_second, calibration=str(cal.path.name),
-        unknown=list(cell.unknown),
+        unknown=list(dict.fromkeys([*cell.unknown, *est.problems])),
     )
 
 

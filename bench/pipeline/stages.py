@@ -48,7 +48,7 @@ from bench.pipeline.plan import (
     model_params,
 )
 from bench.pipeline.record import MetricResult
-from bench.pipeline.store import Cache, content_key
+from bench.pipeline.store import STAGE_FILES, Cache, content_key
 from bench.pipeline.variants import registered_explainer
 from bench.plugin.registry import check_params, registry
 from bench.plugin.specs import CURVE_ORDERS, PerturbationSpec
@@ -57,17 +57,9 @@ from bench.plugin.specs import CURVE_ORDERS, PerturbationSpec
 #: Every stage key also holds bench's version and the code digest of its plugin.
 STAGE_VERSION = {"dataset": 2, "model": 2, "evaluation": 2, "heatmaps": 3, "curves": 4, "metric": 1}
 
-#: Where each stage's result lies in the cache: its folder under ``results/cache/`` and the
-#: suffixes of the files that together hold it (as the stage methods, and the trainer for a
-#: model, write them). :meth:`Stages.is_cached` reads it.
-STAGE_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "dataset": ("datasets", (".npz",)),
-    "model": ("models", (".json", ".keras")),
-    "evaluation": ("evaluation", (".npz", ".json")),
-    "heatmaps": ("heatmaps", (".npz", ".json")),
-    "curves": ("curves", (".npz", ".json")),
-    "metric": ("metrics", (".json", ".npz")),
-}
+#: The cache folder of each stage (:data:`STAGE_FILES`, defined beside the cache in
+#: :mod:`bench.pipeline.store` so that the trainer writes a model there too; re-exported here).
+_FOLDER: dict[str, str] = {stage: folder for stage, (folder, _) in STAGE_FILES.items()}
 
 #: In-process memo of loaded stage outputs (dataset, model), keyed by results cache and content key
 #: (a run in another results folder writes its own cache entries, as a fresh process would).
@@ -306,9 +298,17 @@ class Stages:
     # ---- where results lie ----------------------------------------------------------------
     def cache_file(self, stage: str, key: str, suffix: str | None = None) -> Path:
         """The file of ``stage``'s result under ``key`` (``suffix`` default: its first file,
-        :data:`STAGE_FILES`); no folder is created."""
+        :data:`STAGE_FILES`; one it does not list raises a ValueError); no folder is created."""
         folder, suffixes = STAGE_FILES[stage]
+        if suffix is not None and suffix not in suffixes:
+            raise ValueError(f"the {stage} stage writes no {suffix!r} file (its files: {', '.join(suffixes)})")
         return self.cache.root / folder / f"{key}{suffix or suffixes[0]}"
+
+    def _write_path(self, stage: str, key: str, suffix: str | None = None) -> Path:
+        """:meth:`cache_file`, its folder created: where a stage writes that file."""
+        path = self.cache_file(stage, key, suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def is_cached(self, stage: str, key: str) -> bool:
         """Whether every file of ``stage``'s result under ``key`` exists (:data:`STAGE_FILES`;
@@ -336,7 +336,7 @@ class Stages:
             return _MEMO[memo_key]
         from bench.data import DatasetSplits
 
-        path = self.cache.path("datasets", key, ".npz")
+        path = self._write_path("dataset", key)
         splits = self.cache.read_checked(path, DatasetSplits.load_file)
         if splits is None:
             if self.cached_only:
@@ -377,9 +377,9 @@ class Stages:
         if memo_key in _MEMO:
             return _MEMO[memo_key]
         if self.cached_only and (
-            self.cache.get_json("models", key) is None
-            or not self.cache.exists("models", key, ".keras")
-            or not self.cache.exists("evaluation", evaluation_key(key), ".npz")
+            self.cache.get_json(_FOLDER["model"], key) is None
+            or not self.is_cached("model", key)
+            or not self.is_cached("evaluation", evaluation_key(key))
         ):
             raise self._not_cached("model", key)
         model = create_component("model", name, params)
@@ -390,15 +390,15 @@ class Stages:
             seed=seed,
             selection=tcfg["selection"],
         )
-        trained = self.cache.get_json("models", key) is not None and self.cache.exists("models", key, ".keras")
+        trained = self.cache.get_json(_FOLDER["model"], key) is not None and self.is_cached("model", key)
         log(f"[train] {name} on {splits.name} " + ("(cached)" if trained else "..."), quiet=self.quiet)
         t0 = time.perf_counter()
         report = train(model, splits, training_config, cache=self.cache, key=key, progress=self.progress)
         train_seconds = time.perf_counter() - t0
 
         ekey = evaluation_key(key)
-        stored = self.cache.get_json("evaluation", ekey)
-        arrays = self.cache.get_npz("evaluation", ekey, required=("ids", "labels", "predictions"))
+        stored = self.cache.get_json(_FOLDER["evaluation"], ekey)
+        arrays = self.cache.get_npz(_FOLDER["evaluation"], ekey, required=("ids", "labels", "predictions"))
         if stored is None or arrays is None:
             ev = evaluate_classification(
                 model,
@@ -418,8 +418,8 @@ class Stages:
                 "probabilities": probabilities,
             }
             stored = ev.to_dict()
-            self.cache.put_npz("evaluation", ekey, **arrays)
-            self.cache.put_json("evaluation", ekey, stored)
+            self.cache.put_npz(_FOLDER["evaluation"], ekey, **arrays)
+            self.cache.put_json(_FOLDER["evaluation"], ekey, stored)
         weights_info = model.weights_info() if hasattr(model, "weights_info") else {}
         record = {
             "dataset": splits.name,
@@ -530,8 +530,8 @@ class Stages:
             return HeatmapsArtifact(explainer=name, heatmaps=maps, key=key, params=resolved, index=index,
                                     ids=ids, seconds=seconds, passes_per_map=passes)
 
-        cached = self.cache.get_npz("heatmaps", key, required=("heatmaps",))
-        meta = self.cache.get_json("heatmaps", key) if cached is not None else None
+        cached = self.cache.get_npz(_FOLDER["heatmaps"], key, required=("heatmaps",))
+        meta = self.cache.get_json(_FOLDER["heatmaps"], key) if cached is not None else None
         if cached is not None and meta is not None:
             passes = meta.get("passes_per_map")
             return artifact(cached["heatmaps"], float(meta.get("seconds", 0.0)),
@@ -553,8 +553,8 @@ class Stages:
         )
         seconds = time.perf_counter() - t0
         passes = passes_per_map_of(explainer)
-        self.cache.put_npz("heatmaps", key, heatmaps=heatmaps, ids=ids)
-        self.cache.put_json("heatmaps", key, {"seconds": seconds, "passes_per_map": passes, "explainer": name,
+        self.cache.put_npz(_FOLDER["heatmaps"], key, heatmaps=heatmaps, ids=ids)
+        self.cache.put_json(_FOLDER["heatmaps"], key, {"seconds": seconds, "passes_per_map": passes, "explainer": name,
                                               "params": resolved, "n": int(len(index))})
         return artifact(heatmaps, seconds, passes)
 
@@ -617,8 +617,8 @@ class Stages:
         perturbation, resolved, key = self._curves_setup(name, order, heat)
         shard = start is not None or stop is not None
         if not shard:
-            summary = self.cache.get_json("curves", key)
-            arrays = self.cache.get_npz("curves", key, required=("curves", "per_image", "order", "ids"))
+            summary = self.cache.get_json(_FOLDER["curves"], key)
+            arrays = self.cache.get_npz(_FOLDER["curves"], key, required=("curves", "per_image", "order", "ids"))
             if summary is not None and arrays is not None:
                 return CurvesArtifact.from_stored(name, order, key, summary, arrays)
             if self.cached_only:
@@ -680,8 +680,8 @@ class Stages:
             stop=hi if shard else None,
         )
         if not shard:
-            self.cache.put_npz("curves", key, **artifact.arrays())
-            self.cache.put_json("curves", key, artifact.meta())
+            self.cache.put_npz(_FOLDER["curves"], key, **artifact.arrays())
+            self.cache.put_json(_FOLDER["curves"], key, artifact.meta())
         return artifact
 
     def merge_curves(
@@ -731,8 +731,8 @@ class Stages:
             strategy_info=dict(ordered[0].strategy_info),
             images_with_ties=sum(int(s.images_with_ties) for s in ordered),
         )
-        self.cache.put_npz("curves", key, **artifact.arrays())
-        self.cache.put_json("curves", key, artifact.meta())
+        self.cache.put_npz(_FOLDER["curves"], key, **artifact.arrays())
+        self.cache.put_json(_FOLDER["curves"], key, artifact.meta())
         return artifact
 
     # ---- metrics --------------------------------------------------------------------------
@@ -813,9 +813,9 @@ class Stages:
         curve_cost = {"curve_passes": sum(int(c.forward_passes) for c in read.values()),
                       "curve_seconds": sum(float(c.seconds) for c in read.values()),
                       "curves": {n: c.perturbation for n, c in read.items()}}
-        meta = self.cache.get_json("metrics", key)
+        meta = self.cache.get_json(_FOLDER["metric"], key)
         if meta is not None:
-            arrays = self.cache.get_npz("metrics", key, required=tuple(meta.get("columns", ())))
+            arrays = self.cache.get_npz(_FOLDER["metric"], key, required=tuple(meta.get("columns", ())))
             if arrays is not None:
                 passes = meta.get("forward_passes")
                 return MetricOutput(name=name, columns=dict(arrays), params=resolved, key=key,
@@ -832,8 +832,8 @@ class Stages:
         passes = metric_forward_passes(metric)
         if passes is None and not (needs.inputs.model or needs.inputs.explainer):
             passes = 0.0  # it is given neither the model nor the explainer: it cannot run a forward pass
-        self.cache.put_npz("metrics", key, **columns)
-        self.cache.put_json("metrics", key, {"metric": name, "columns": list(columns), "seconds": seconds,
+        self.cache.put_npz(_FOLDER["metric"], key, **columns)
+        self.cache.put_json(_FOLDER["metric"], key, {"metric": name, "columns": list(columns), "seconds": seconds,
                                              "params": resolved, "forward_passes": passes})
         return MetricOutput(name=name, columns=columns, params=resolved, key=key, seconds=seconds,
                             forward_passes=passes, positions=positions,

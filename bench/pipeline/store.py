@@ -232,6 +232,22 @@ def open_envelope(path: Path, entry: Any) -> Any:
     return entry["value"]
 
 
+#: Where each stage's result lies in the cache: its folder under ``results/cache/`` and the
+#: suffixes of the files that together hold it, the JSON and NPZ ones written by
+#: :meth:`Cache.put_json` / :meth:`Cache.put_npz`. The one source of the layout: the stage
+#: methods (:mod:`bench.pipeline.stages`) and the trainer (:mod:`bench.training`, a model's
+#: report and ``.keras`` archive) write there, and ``Stages.is_cached`` / ``Stages.cache_file``
+#: (the dry run's cache probe) look there. (Changing a folder or suffix orphans existing caches.)
+STAGE_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dataset": ("datasets", (".npz",)),
+    "model": ("models", (".json", ".keras")),
+    "evaluation": ("evaluation", (".npz", ".json")),
+    "heatmaps": ("heatmaps", (".npz", ".json")),
+    "curves": ("curves", (".npz", ".json")),
+    "metric": ("metrics", (".json", ".npz")),
+}
+
+
 class Cache:
     """``results/cache/<stage>/<key>.<suffix>``: one file (or folder) per stage result.
 

@@ -278,3 +278,17 @@ def test_a_run_gives_back_the_incremental_engines_buffers(tmp_path, monkeypatch)
 
     bench.run(tiny_cfg(tmp_path / "out"), quiet=True, leaderboard=False)
     assert released == [True]  # once, at the end of the run, whatever strategy the cells used
+
+
+def test_a_failing_cost_prediction_is_a_warning_and_the_cell_is_kept(tmp_path, monkeypatch):
+    from _tiny_config import tiny as tiny_cfg
+
+    from bench.pipeline import cell
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("calibration file unreadable")
+
+    monkeypatch.setattr(cell, "record_estimate", broken)
+    with pytest.warns(UserWarning, match=r"predicted cost could not be computed \(RuntimeError: calibration"):
+        result = bench.run(tiny_cfg(tmp_path / "out"), quiet=True, leaderboard=False)
+    assert result.ok and all(c.ok for c in result.cells)

@@ -107,7 +107,7 @@ def execute_cell(
     arts = graph.walk(stages, task, failures=failures, computed=computed)
     facts = fill_record(record, stages, arts)
     if arts.failure is None:
-        write_arrays(run_dir, record, arts, cache_file=stages.cache.path("heatmaps", arts.heatmaps.key, ".npz")
+        write_arrays(run_dir, record, arts, cache_file=stages.cache_file("heatmaps", arts.heatmaps.key, ".npz")
                      if arts.heatmaps is not None and arts.heatmaps.key else None)
     else:
         failure = arts.failure
@@ -141,7 +141,11 @@ def predicted_cost(stages: Stages, task: CellTask, record: CellRecord, arts: Cel
     try:
         shape = tuple(int(v) for v in arts.dataset.splits.image_shape)[:2]
         return record_estimate(stages.plan, task, record, (shape[0], shape[1]))
-    except Exception:  # noqa: BLE001 - an estimate is a note beside the result, never its failure
+    except Exception as exc:  # noqa: BLE001 - an estimate is a note beside the result, never its failure
+        import warnings
+
+        warnings.warn(f"cell {task.cell_id}: its predicted cost could not be computed ({error_text(exc)}); "
+                      "the record has measured times only", stacklevel=2)
         return None
 
 

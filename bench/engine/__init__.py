@@ -6,4 +6,6 @@
                     through private attributes (canary-tested)
     strategies.py   the forward strategies by name (full, incremental, auto)
     curves.py       the streaming engine: per-image f(x^(k)) curves (``evaluate_aopc``)
+    tracing.py      per-model tf.functions (``graph_function``, ``traced``): each traced once
+    memo.py         ``ModelMemo``: values memoised per model object (weak, keyed, bounded)
 """

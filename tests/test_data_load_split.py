@@ -29,11 +29,6 @@ def current_file(path: Path, masks: tuple[str, ...] = ("zeta", "alpha", "a-b_c.d
     return ds
 
 
-def legacy_file(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """A schema-1 file: masks as '<split>/<name>_masks', no mask order in meta.json."""
-    return write_legacy_dataset(path, SIZE)
-
-
 def assert_same_split(got: Split, want: Split) -> None:
     assert isinstance(got, Split)
     for field in ("images", "labels", "ids"):
@@ -59,7 +54,7 @@ def test_one_split_is_what_load_file_gives_current_layout(tmp_path, name):
 @pytest.mark.parametrize("name", SPLIT_NAMES)
 def test_one_split_is_what_load_file_gives_legacy_layout(tmp_path, name):
     path = tmp_path / "old.npz"
-    masks = legacy_file(path)
+    masks = write_legacy_dataset(path, SIZE)  # schema 1: '<split>/<name>_masks', no mask order
     got = DatasetSplits.load_split(path, name)
     assert_same_split(got, DatasetSplits.load_file(path).splits()[name])
     assert list(got.masks) == ["lesion", "lung"]  # no order stored: by name, as load_file
